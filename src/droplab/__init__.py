@@ -1,0 +1,22 @@
+"""droplab: dropout that is reproducible on every backend, and a lab that explains it.
+
+The same ``(seed, offset)`` gives the same mask in NumPy, in the PyTorch CPU path
+and in the GPU kernel. See docs/DESIGN.md for the contracts.
+"""
+
+from droplab.masks import bernoulli_mask as bernoulli_mask
+from droplab.masks import fixed_count_mask as fixed_count_mask
+from droplab.masks import keep_threshold as keep_threshold
+from droplab.rng import philox4x32 as philox4x32
+from droplab.rng import random_words as random_words
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "bernoulli_mask",
+    "fixed_count_mask",
+    "keep_threshold",
+    "philox4x32",
+    "random_words",
+]
