@@ -4,19 +4,27 @@ The same ``(seed, offset)`` gives the same mask in NumPy, in the PyTorch CPU pat
 and in the GPU kernel. See docs/DESIGN.md for the contracts.
 """
 
+from droplab._module import StochasticModule as StochasticModule
+from droplab.functional import dropout as dropout
 from droplab.masks import bernoulli_mask as bernoulli_mask
 from droplab.masks import fixed_count_mask as fixed_count_mask
 from droplab.masks import keep_threshold as keep_threshold
+from droplab.nn import Dropout as Dropout
+from droplab.nn import mc_dropout as mc_dropout
 from droplab.rng import philox4x32 as philox4x32
 from droplab.rng import random_words as random_words
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Dropout",
+    "StochasticModule",
     "__version__",
     "bernoulli_mask",
+    "dropout",
     "fixed_count_mask",
     "keep_threshold",
+    "mc_dropout",
     "philox4x32",
     "random_words",
 ]

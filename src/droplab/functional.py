@@ -1,0 +1,190 @@
+"""Dropout for torch tensors: seeded, the same mask on every backend, no saved mask.
+
+- Paper: Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout:
+  a simple way to prevent neural networks from overfitting", JMLR 15, 2014.
+  https://jmlr.org/papers/v15/srivastava14a.html
+
+:func:`dropout` multiplies the kept units by a training scale and zeroes the
+others, with the mask of :mod:`droplab.masks` drawn from ``(seed, offset)``. Its
+backward pass draws the same mask again, so unlike ``torch.nn.functional.dropout``
+it keeps nothing of the input's size for backward (no mask, no input): only the
+handful of Python numbers that name the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from droplab import _backend
+from droplab._validation import (
+    check_choice,
+    check_offset,
+    check_probability,
+    check_seed,
+    check_shared_dims,
+    fail,
+)
+from droplab.masks import SAMPLERS
+from droplab.scaling import SCALES, eval_scale
+
+__all__ = ["check_bool", "check_floating_tensor", "dropout"]
+
+_DTYPE_NAMES = "float16, bfloat16, float32 or float64"
+
+
+def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tensor:
+    """Return ``x`` if it is a torch tensor of a dtype droplab supports.
+
+    Raises TypeError otherwise, naming the argument, what was received and what
+    is allowed (the template of :mod:`droplab._validation`).
+
+    >>> check_floating_tensor(torch.arange(3), owner="dropout")
+    Traceback (most recent call last):
+    ...
+    TypeError: The 'x' argument of dropout must be a torch.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch.int64.
+    """
+    if isinstance(x, torch.Tensor) and x.dtype in _backend.FLOAT_DTYPES:
+        return x
+    got = (
+        f"a tensor of dtype {x.dtype}"
+        if isinstance(x, torch.Tensor)
+        else f"an object of type {type(x).__qualname__}"
+    )
+    raise TypeError(
+        f"The {name!r} argument of {owner} must be a torch.Tensor of dtype "
+        f"{_DTYPE_NAMES}; got {got}."
+    )
+
+
+def check_bool(value: Any, name: str, *, owner: str) -> bool:
+    """Return ``value`` if it is a bool; TypeError otherwise (``1`` is refused too)."""
+    if not isinstance(value, bool):
+        raise fail(name, value, "True or False", owner=owner, kind=TypeError)
+    return value
+
+
+class _MaskedScale(torch.autograd.Function):
+    """``y = x * mask * scale``; its backward is the same op on the gradient.
+
+    Only Python numbers are kept on ``ctx``: the mask is redrawn from
+    ``(seed, offset)`` in backward. Backward calls this Function again, so the
+    double backward (and gradgradcheck) works as well.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        p: float,
+        seed: int,
+        offset: int,
+        scale: str,
+        sampler: str,
+        shared_dims: tuple[int, ...],
+        inplace: bool,
+    ) -> torch.Tensor:
+        ctx.mask_args = (p, seed, offset, scale, sampler, shared_dims)
+        if inplace:
+            ctx.mark_dirty(x)
+        return _backend.masked_scale(
+            x,
+            p=p,
+            seed=seed,
+            offset=offset,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=shared_dims,
+            out=x if inplace else None,
+        )
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
+        # dy/dx = mask * scale: the same op, the same mask, applied to the gradient.
+        grad_input = _MaskedScale.apply(grad_output, *ctx.mask_args, False)
+        return (grad_input, None, None, None, None, None, None, None)
+
+
+def _scale_for_eval(x: torch.Tensor, factor: float, inplace: bool) -> torch.Tensor:
+    # Same numerics as training: factor rounded to the compute dtype, one multiply.
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    factor_t = torch.tensor(factor, dtype=compute, device=x.device)
+    scaled = (x.to(compute) * factor_t).to(x.dtype)
+    return x.copy_(scaled) if inplace else scaled
+
+
+def dropout(
+    x: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    scale: str = "inverted",
+    sampler: str = "bernoulli",
+    shared_dims: Any = (),
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Zero each unit with probability ``p`` and scale the kept ones.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 tensor of any shape and strides.
+        p: probability of *dropping* a unit (not the keep probability!), in [0, 1].
+            ``p = 1`` gives zeros and zero gradients, never a division by zero.
+        training: draw a mask if True; otherwise apply the evaluation rule.
+        seed: the stream, an int in [0, 2**64). None takes a fresh seed from
+            torch's default generator, so ``torch.manual_seed`` reproduces a run.
+        offset: the stream element used by the mask's first element. To get a
+            fresh mask from the same seed, advance it by
+            ``droplab._backend.stream_elements(x.shape, shared_dims)`` (what
+            :class:`droplab.nn.Dropout` does).
+        scale: ``"inverted"`` (kept units x 1/(1-p)), ``"classic"`` (x 1 in
+            training, every unit x (1-p) at evaluation), ``"realized"`` (kept
+            units x n/k, k the number kept in that row) or ``"none"``.
+        sampler: ``"bernoulli"`` (each unit independently) or ``"fixed"``
+            (exactly round(n(1-p)) units kept per row).
+        shared_dims: dimensions along which the mask is shared, e.g. ``(2, 3)``
+            drops whole channels of an (N, C, H, W) input.
+        inplace: write the result into ``x``.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype. At evaluation every rule except
+        ``classic`` returns ``x`` itself, as ``torch.nn.functional.dropout`` does.
+
+    Shape:
+        Input: any. Output: the same. A row (for ``realized`` and ``fixed``) is
+        one index of the first dimension; a 0-d or 1-d input is a single row.
+
+    Examples:
+        >>> x = torch.ones(2, 4)
+        >>> dropout(x, 0.5, seed=0)
+        tensor([[2., 0., 0., 0.],
+                [0., 2., 0., 2.]])
+        >>> dropout(x, 0.5, seed=0, scale="realized")  # row 0 kept 1 of 4: x 4
+        tensor([[4., 0., 0., 0.],
+                [0., 2., 0., 2.]])
+        >>> dropout(x, 0.5, training=False) is x
+        True
+    """
+    owner = "dropout"
+    x = check_floating_tensor(x, owner=owner)
+    p = check_probability(p, owner=owner)
+    training = check_bool(training, "training", owner=owner)
+    if seed is not None:
+        seed = check_seed(seed, owner=owner)
+    offset = check_offset(offset, owner=owner)
+    scale = check_choice(scale, "scale", SCALES, owner=owner)
+    sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
+    dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
+    inplace = check_bool(inplace, "inplace", owner=owner)
+
+    if not training:
+        factor = eval_scale(p, scale)
+        return x if factor == 1.0 else _scale_for_eval(x, factor, inplace)
+    if seed is None:
+        seed = _backend.draw_seed()
+    result: torch.Tensor = _MaskedScale.apply(
+        x, p, seed, offset, scale, sampler, dims, inplace
+    )
+    return result
