@@ -1,0 +1,179 @@
+"""Alpha dropout and feature alpha dropout, for self-normalising networks.
+
+- Paper: Klambauer, Unterthiner, Mayr and Hochreiter, "Self-normalizing neural
+  networks", NeurIPS 2017, section "New dropout technique".
+  https://arxiv.org/abs/1706.02515
+
+Plain dropout sets units to 0, which shifts the mean and variance that SELU
+networks keep at (0, 1). Alpha dropout sets dropped units to SELU's negative
+saturation value ``alpha' = -lambda * alpha = -1.7580993408473766`` and then
+applies the affine map ``a * y + b`` that restores mean 0 and variance 1:
+
+    y = a * (x * m + alpha' * (1 - m)) + b,
+    a = ((1 - p) (1 + p alpha'^2))^(-1/2),   b = -a alpha' p,
+
+for ``m ~ Bernoulli(1 - p)``, so ``E[y] = 0`` and ``Var[y] = 1`` whenever
+``E[x] = 0`` and ``Var[x] = 1`` (the constants of ``torch.nn.AlphaDropout``).
+``p = 1`` gives zeros, as PyTorch does. Feature alpha dropout shares ``m`` over
+every dimension after the first two (whole channels), as
+``torch.nn.FeatureAlphaDropout``. Backward is ``grad * a * m``: the mask is
+regenerated from ``(seed, offset)`` and nothing is saved.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from droplab import functional
+from droplab._backend import stream_elements
+from droplab._module import StochasticModule
+from droplab._validation import check_probability, check_shared_dims
+from droplab.variants._stream import compute_dtype, keep_mask, keep_scale, resolve_seed
+
+__all__ = [
+    "SELU_SATURATION",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "alpha_dropout",
+    "alpha_dropout_affine",
+    "feature_alpha_dropout",
+]
+
+# SELU's limit for x -> -inf: -lambda * alpha (Klambauer et al., eq. 2).
+SELU_SATURATION = -1.7580993408473766
+
+
+def alpha_dropout_affine(p: float) -> tuple[float, float]:
+    """The constants ``(a, b)`` that restore mean 0 and variance 1 (0, 0 at p = 1).
+
+    >>> a, b = alpha_dropout_affine(0.1)
+    >>> round(a, 6), round(b, 6)
+    (0.921285, 0.161971)
+    """
+    p = check_probability(p, owner="alpha_dropout_affine")
+    if p == 1.0:
+        return 0.0, 0.0
+    a = 1.0 / math.sqrt((1.0 - p) * (1.0 + p * SELU_SATURATION**2))
+    return a, -a * SELU_SATURATION * p
+
+
+def _alpha(
+    x: torch.Tensor, p: float, seed: int, offset: int, shared: tuple[int, ...]
+) -> torch.Tensor:
+    a, b = alpha_dropout_affine(p)
+    compute = compute_dtype(x.dtype)
+    kept = keep_scale(x, a, p, seed, offset, shared)  # a * x where kept, 0 elsewhere
+    keep = keep_mask(
+        tuple(x.shape), p, seed=seed, offset=offset, shared_dims=shared, device=x.device
+    )
+    # the constant part (no gradient): b where kept, a * alpha' + b where dropped
+    const = torch.where(keep, b, a * SELU_SATURATION + b).to(compute)
+    if p == 1.0:
+        const = torch.zeros_like(const)
+    return (kept.to(compute) + const).to(x.dtype)
+
+
+def alpha_dropout(
+    x: torch.Tensor,
+    p: float = 0.5,
+    training: bool = False,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    shared_dims: Any = (),
+) -> torch.Tensor:
+    """Alpha dropout: keep the mean and variance of SELU-normalised inputs.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 tensor of any shape.
+        p: probability of dropping a unit (to SELU's saturation value).
+        training: apply if True (default False, as
+            ``torch.nn.functional.alpha_dropout``); identity otherwise.
+        seed, offset: the stream; a call uses ``prod(mask shape)`` elements.
+        shared_dims: dimensions along which one draw is shared.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype.
+
+    Examples:
+        >>> x = torch.randn(200_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> y = alpha_dropout(x, 0.2, True, seed=1)
+        >>> round(float(y.mean()), 2) + 0.0, round(float(y.std()), 2)
+        (0.0, 1.0)
+    """
+    return _alpha_op("alpha_dropout", x, p, training, seed, offset, shared_dims)
+
+
+def feature_alpha_dropout(
+    x: torch.Tensor,
+    p: float = 0.5,
+    training: bool = False,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """Alpha dropout of whole channels: one draw per ``x[n, c]``.
+
+    As ``torch.nn.functional.feature_alpha_dropout``, the first two dimensions
+    are read as ``(N, C)`` whatever the rank (at least 2); the mask is shared
+    along every later dimension. Arguments as :func:`alpha_dropout`.
+    """
+    owner = "feature_alpha_dropout"
+    x = functional.check_floating_tensor(x, owner=owner)
+    if x.ndim < 2:
+        raise ValueError(
+            f"The 'x' argument of {owner} must have at least 2 dimensions (N, C, ...); "
+            f"got a {x.ndim}-d tensor."
+        )
+    return _alpha_op(owner, x, p, training, seed, offset, tuple(range(2, x.ndim)))
+
+
+def _alpha_op(
+    owner: str, x: Any, p: Any, training: Any, seed: Any, offset: Any, shared_dims: Any
+) -> torch.Tensor:
+    x = functional.check_floating_tensor(x, owner=owner)
+    p = check_probability(p, owner=owner)
+    training = functional.check_bool(training, "training", owner=owner)
+    shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
+    seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
+    if not training or p == 0.0:
+        return x
+    return _alpha(x, p, seed_, offset_, shared)
+
+
+class AlphaDropout(StochasticModule):
+    """Module form of :func:`alpha_dropout`; a drop-in for ``torch.nn.AlphaDropout``
+    (without ``inplace``).
+
+    Examples:
+        >>> m = AlphaDropout(0.2, seed=0)
+        >>> _ = m(torch.zeros(3, 5)); m.offset
+        15
+    """
+
+    _feature = False
+
+    def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
+        super().__init__(seed=seed)
+        self.p = check_probability(p, owner=type(self).__name__)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        shared = tuple(range(2, x.ndim)) if self._feature else ()
+        seed, offset = self.next_stream(stream_elements(tuple(x.shape), shared))
+        op = feature_alpha_dropout if self._feature else alpha_dropout
+        return op(x, self.p, True, seed=seed, offset=offset)
+
+    def extra_repr(self) -> str:
+        return ", ".join(filter(None, [f"p={self.p}", self.stream_repr()]))
+
+
+class FeatureAlphaDropout(AlphaDropout):
+    """Module form of :func:`feature_alpha_dropout`; a drop-in for
+    ``torch.nn.FeatureAlphaDropout`` (without ``inplace``)."""
+
+    _feature = True
