@@ -132,7 +132,7 @@ class _KeepScale(torch.autograd.Function):
         t: torch.Tensor,
         c: float,
         p: float,
-        seed: int,  # type: ignore[override]
+        seed: int,
         offset: int,
         shared_dims: tuple[int, ...],
     ) -> torch.Tensor:
@@ -150,7 +150,7 @@ class _KeepScale(torch.autograd.Function):
         return torch.where(keep, t.to(compute) * factor, 0.0).to(t.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         return (_KeepScale.apply(grad, *ctx.args), None, None, None, None, None)
 
 

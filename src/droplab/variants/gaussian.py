@@ -69,14 +69,14 @@ class _GaussianNoise(torch.autograd.Function):
         ctx: Any,
         x: torch.Tensor,
         p: float,
-        seed: int,  # type: ignore[override]
+        seed: int,
         offset: int,
     ) -> torch.Tensor:
         ctx.args = (p, seed, offset)
         return _noisy(x, p, seed, offset)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         # dy/dx = noise: the same op, the same noise, on the gradient.
         return (_GaussianNoise.apply(grad, *ctx.args), None, None, None)
 

@@ -1,0 +1,241 @@
+"""DropBlock: drop contiguous square regions of a feature map.
+
+- Paper: Ghiasi, Lin and Le, "DropBlock: a regularization method for
+  convolutional networks", NeurIPS 2018. https://arxiv.org/abs/1810.12890
+  (timm: ``timm.layers.DropBlock2d``; torchvision: ``ops.DropBlock2d``.)
+
+Dropping single pixels of a convolutional feature map leaves their neighbours
+to carry the same information; DropBlock drops ``block_size x block_size``
+squares instead. Algorithm 1 of the paper, as done here:
+
+1. seed positions: each position ``(i, j)`` whose block fits inside the map,
+   ``0 <= i <= H - bh`` and ``0 <= j <= W - bw``, is a seed with probability
+   ``gamma = p H W / (bh bw (H - bh + 1) (W - bw + 1))`` (clipped to [0, 1]),
+   where ``bh = min(block_size, H)`` and ``bw = min(block_size, W)``;
+2. every seed drops the block ``[i, i + bh) x [j, j + bw)``;
+3. the kept units are scaled by ``count(M) / count_ones(M)`` over the whole
+   tensor (0 if nothing is kept).
+
+Seeds come from the Philox stream: position ``(n, c, i, j)`` uses stream element
+``offset`` + its flat index in ``(N, C, H, W)`` (``(N, 1, H, W)`` with
+``shared_channels=True``) and is a seed iff its word is
+``< droplab.masks.keep_threshold(1 - gamma)``. Backward regenerates the mask:
+nothing is saved. The paper's schedule (the rate raised linearly from 0 to
+``p``) is ``warmup_steps`` of :class:`DropBlock2d`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from droplab import functional, masks
+from droplab._module import StochasticModule
+from droplab._validation import check_int, check_probability
+from droplab.variants._stream import compute_dtype, resolve_seed
+
+__all__ = ["DropBlock2d", "drop_block2d", "drop_block_gamma"]
+
+
+def drop_block_gamma(p: float, block_size: int, height: int, width: int) -> float:
+    """The seed probability ``gamma`` of the paper's eq. (1), clipped to [0, 1].
+
+    >>> round(drop_block_gamma(0.1, 3, 8, 8), 6)  # 0.1 * 64 / (9 * 36)
+    0.019753
+    """
+    bh, bw = min(block_size, height), min(block_size, width)
+    valid = (height - bh + 1) * (width - bw + 1)
+    return min(1.0, p * height * width / (bh * bw * valid))
+
+
+def _keep_and_scale(
+    shape: tuple[int, ...],
+    p: float,
+    block_size: int,
+    seed: int,
+    offset: int,
+    shared_channels: bool,
+    device: Any,
+) -> tuple[torch.Tensor, float]:
+    n, c, h, w = shape
+    bh, bw = min(block_size, h), min(block_size, w)
+    gamma = drop_block_gamma(p, block_size, h, w)
+    seed_shape = (n, 1 if shared_channels else c, h, w)
+    seeds = torch.from_numpy(
+        masks.bernoulli_mask(seed_shape, 1.0 - gamma, seed=seed, offset=offset)
+    ).to(device=device, dtype=torch.float32)
+    seeds[:, :, h - bh + 1 :, :] = 0.0  # a block must fit inside the map
+    seeds[:, :, :, w - bw + 1 :] = 0.0
+    # block [i, i + bh) x [j, j + bw) of seed (i, j): a max over the window
+    # ending at each output position, after padding on the top and left
+    padded = F.pad(seeds, (bw - 1, 0, bh - 1, 0))
+    dropped = F.max_pool2d(padded, (bh, bw), stride=1)
+    keep = (dropped == 0).expand(shape)
+    kept = int(keep.sum())
+    return keep, (keep.numel() / kept if kept else 0.0)
+
+
+class _DropBlock(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        p: float,
+        block_size: int,
+        seed: int,
+        offset: int,
+        shared_channels: bool,
+    ) -> torch.Tensor:
+        ctx.args = (p, block_size, seed, offset, shared_channels)
+        keep, factor = _keep_and_scale(
+            tuple(x.shape), p, block_size, seed, offset, shared_channels, x.device
+        )
+        compute = compute_dtype(x.dtype)
+        scale = torch.tensor(factor, dtype=compute, device=x.device)
+        return torch.where(keep, x.to(compute) * scale, 0.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        # linear in x: the same mask and scale applied to the gradient
+        return (_DropBlock.apply(grad, *ctx.args), *([None] * len(ctx.args)))
+
+
+def _check(
+    x: Any, p: Any, block_size: Any, owner: str
+) -> tuple[torch.Tensor, float, int]:
+    x = functional.check_floating_tensor(x, owner=owner)
+    if x.ndim != 4:
+        raise ValueError(
+            f"The 'x' argument of {owner} must be a 4-d (N, C, H, W) tensor; got a "
+            f"{x.ndim}-d tensor."
+        )
+    return (
+        x,
+        check_probability(p, owner=owner),
+        check_int(block_size, "block_size", low=1, owner=owner),
+    )
+
+
+def drop_block2d(
+    x: torch.Tensor,
+    p: float = 0.1,
+    block_size: int = 7,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    shared_channels: bool = False,
+) -> torch.Tensor:
+    """Drop ``block_size`` squares so that about a fraction ``p`` of units is dropped.
+
+    Args:
+        x: ``(N, C, H, W)`` feature maps, any float dtype.
+        p: the target drop rate (the paper's ``1 - keep_prob``).
+        block_size: side of the dropped squares (clipped to the map's size).
+        training: drop if True; identity otherwise.
+        seed, offset: the stream; a call uses ``N * C * H * W`` stream elements
+            (``N * H * W`` with ``shared_channels``).
+        shared_channels: one block pattern for all channels of a sample
+            (default: each channel its own, the paper's better variant).
+
+    Returns:
+        A tensor of ``x``'s shape and dtype. The expected dropped fraction is
+        about ``p`` (a bit less: blocks overlap).
+
+    Examples:
+        >>> y = drop_block2d(torch.ones(1, 1, 6, 6), 0.3, 3, seed=4)
+        >>> (y[0, 0] > 0).int()
+        tensor([[1, 1, 1, 1, 1, 1],
+                [1, 0, 0, 0, 1, 1],
+                [0, 0, 0, 0, 0, 0],
+                [0, 0, 0, 0, 0, 0],
+                [0, 0, 0, 0, 0, 0],
+                [1, 1, 1, 1, 1, 1]], dtype=torch.int32)
+    """
+    owner = "drop_block2d"
+    x, p, block_size = _check(x, p, block_size, owner)
+    training = functional.check_bool(training, "training", owner=owner)
+    shared = functional.check_bool(shared_channels, "shared_channels", owner=owner)
+    seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
+    if not training or p == 0.0 or x.numel() == 0:
+        return x
+    result: torch.Tensor = _DropBlock.apply(x, p, block_size, seed_, offset_, shared)
+    return result
+
+
+class DropBlock2d(StochasticModule):
+    """Module form of :func:`drop_block2d`, with the paper's linear schedule.
+
+    Args:
+        p: the target drop rate.
+        block_size: side of the dropped squares.
+        warmup_steps: if positive, the rate used at training call ``t`` (counted
+            from 0) is ``p * min(1, t / warmup_steps)``: the paper's linear
+            increase of the drop rate. The count ``num_steps`` is a buffer, so it
+            travels in ``state_dict``.
+        shared_channels: as :func:`drop_block2d`.
+        seed: the stream (None: a fresh seed per call).
+
+    Examples:
+        >>> m = DropBlock2d(0.2, 3, warmup_steps=4, seed=0)
+        >>> for _ in range(3): _ = m(torch.ones(2, 3, 8, 8))
+        >>> m.current_p, int(m.num_steps)  # 0.2 * 3 / 4
+        (0.15000000000000002, 3)
+    """
+
+    num_steps: torch.Tensor
+
+    def __init__(
+        self,
+        p: float = 0.1,
+        block_size: int = 7,
+        *,
+        warmup_steps: int = 0,
+        shared_channels: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed=seed)
+        owner = type(self).__name__
+        self.p = check_probability(p, owner=owner)
+        self.block_size = check_int(block_size, "block_size", low=1, owner=owner)
+        self.warmup_steps = check_int(warmup_steps, "warmup_steps", low=0, owner=owner)
+        self.shared_channels = functional.check_bool(
+            shared_channels, "shared_channels", owner=owner
+        )
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def current_p(self) -> float:
+        """The drop rate the next training call uses (after the schedule)."""
+        if self.warmup_steps == 0:
+            return self.p
+        return self.p * min(1.0, int(self.num_steps) / self.warmup_steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        x, _, _ = _check(x, self.p, self.block_size, type(self).__name__)
+        p = self.current_p
+        self.num_steps += 1
+        n, c, h, w = x.shape
+        seed, offset = self.next_stream(n * (1 if self.shared_channels else c) * h * w)
+        return drop_block2d(
+            x,
+            p,
+            self.block_size,
+            True,
+            seed=seed,
+            offset=offset,
+            shared_channels=self.shared_channels,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"p={self.p}",
+            f"block_size={self.block_size}",
+            f"warmup_steps={self.warmup_steps}",
+            self.stream_repr(),
+        ]
+        return ", ".join(filter(None, parts))

@@ -1,0 +1,156 @@
+"""DropPath (stochastic depth): drop a whole residual branch per sample.
+
+- Paper: Huang, Sun, Liu, Sedra and Weinberger, "Deep networks with stochastic
+  depth", ECCV 2016. https://arxiv.org/abs/1603.09382
+  (timm: ``timm.layers.DropPath``; torchvision: ``stochastic_depth(mode="row")``.)
+
+In a residual block ``x + f(x)``, stochastic depth drops ``f(x)`` for a whole
+sample with probability ``p``: ``x + drop_path(f(x))``. It is dropout with one
+draw per sample, i.e. :func:`droplab.functional.dropout` with the mask shared
+along every dimension but the first; it keeps the (seed, offset) contract and
+saves nothing for backward. The paper's "linear decay rule" gives block ``l`` of
+``L`` the rate ``p_l = (l / L) * p_L`` (:func:`linear_drop_rates`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from droplab import functional
+from droplab._module import StochasticModule
+from droplab._validation import check_choice, check_int, check_probability
+from droplab.masks import SAMPLERS
+from droplab.scaling import SCALES
+
+__all__ = ["DropPath", "drop_path", "linear_drop_rates"]
+
+
+def linear_drop_rates(p_last: float, depth: int) -> list[float]:
+    """Huang et al.'s linear decay rule: block ``l = 1..depth`` gets ``l/depth * p_last``.
+
+    >>> linear_drop_rates(0.5, 4)
+    [0.125, 0.25, 0.375, 0.5]
+    """
+    p_last = check_probability(p_last, "p_last", owner="linear_drop_rates")
+    depth = check_int(depth, "depth", low=1, owner="linear_drop_rates")
+    return [p_last * layer / depth for layer in range(1, depth + 1)]
+
+
+def _check_input(x: Any, owner: str) -> torch.Tensor:
+    x = functional.check_floating_tensor(x, owner=owner)
+    if x.ndim < 1:
+        raise ValueError(
+            f"The 'x' argument of {owner} must have a batch dimension (at least 1-d); "
+            f"got a 0-d tensor."
+        )
+    return x
+
+
+def drop_path(
+    x: torch.Tensor,
+    p: float = 0.0,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    scale: str = "inverted",
+    sampler: str = "bernoulli",
+) -> torch.Tensor:
+    """Zero each sample ``x[n]`` entirely with probability ``p``.
+
+    Args:
+        x: a residual branch's output, ``(N, ...)``, any float dtype.
+        p: probability of dropping a sample's branch (default 0, as timm).
+        training: drop if True; else the evaluation rule of ``scale``.
+        seed, offset: the stream; a call uses ``N`` stream elements.
+        scale: ``"inverted"`` (timm's ``scale_by_keep=True``), ``"none"``
+            (``scale_by_keep=False``), ``"classic"`` (the paper: scale the branch
+            by ``1 - p`` at test time) or ``"realized"``.
+        sampler: ``"bernoulli"``, or ``"fixed"`` to drop exactly ``round(N p)``
+            samples of the batch (the batch is then one row).
+
+    Returns:
+        A tensor of ``x``'s shape and dtype.
+
+    Examples:
+        >>> drop_path(torch.ones(4, 2), 0.5, seed=0)
+        tensor([[2., 2.],
+                [0., 0.],
+                [0., 0.],
+                [0., 0.]])
+    """
+    x = _check_input(x, "drop_path")
+    if sampler == "fixed":
+        # one row holding the whole batch: exactly round(N (1-p)) samples kept
+        flat = x.reshape(1, x.shape[0], -1) if x.numel() else x.reshape(1, *x.shape)
+        out = functional.dropout(
+            flat,
+            p,
+            training,
+            seed=seed,
+            offset=offset,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=tuple(range(2, flat.ndim)),
+        )
+        return out.reshape(x.shape)
+    return functional.dropout(
+        x,
+        p,
+        training,
+        seed=seed,
+        offset=offset,
+        scale=scale,
+        sampler=sampler,
+        shared_dims=tuple(range(1, x.ndim)),
+    )
+
+
+class DropPath(StochasticModule):
+    """Module form of :func:`drop_path`; a drop-in for ``timm.layers.DropPath``.
+
+    Args:
+        p: probability of dropping a sample's branch.
+        seed: the stream (None: a fresh seed per call); a call uses ``N`` elements.
+        scale, sampler: as :func:`drop_path`.
+
+    Examples:
+        >>> m = DropPath(0.2, seed=0)
+        >>> _ = m(torch.ones(8, 3, 4)); m.offset
+        8
+    """
+
+    def __init__(
+        self,
+        p: float = 0.0,
+        *,
+        seed: int | None = None,
+        scale: str = "inverted",
+        sampler: str = "bernoulli",
+    ) -> None:
+        super().__init__(seed=seed)
+        owner = type(self).__name__
+        self.p = check_probability(p, owner=owner)
+        self.scale = check_choice(scale, "scale", SCALES, owner=owner)
+        self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seed, offset = None, 0
+        if self.training:
+            x = _check_input(x, type(self).__name__)
+            seed, offset = self.next_stream(x.shape[0])
+        return drop_path(
+            x,
+            self.p,
+            self.training,
+            seed=seed,
+            offset=offset,
+            scale=self.scale,
+            sampler=self.sampler,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"p={self.p}", self.stream_repr(), f"scale={self.scale!r}"]
+        return ", ".join(filter(None, parts))
