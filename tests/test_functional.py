@@ -272,6 +272,8 @@ def test_nothing_of_the_input_size_is_saved_for_backward(dtype):
         lambda: torch.autograd.grad(dropout(z, 0.5, seed=2).sum(), z, create_graph=True)
     )
     assert nbytes == 0
+    assert grad.requires_grad  # a graph for the double backward was built
+    assert torch.equal(grad.detach(), dropout(torch.ones_like(z), 0.5, seed=2))
 
 
 def test_inplace_overwrites_and_returns_the_input():
