@@ -326,3 +326,42 @@ def test_bad_call_arguments():
         ReferenceMLP.from_torch(
             torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout())
         )
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_same_masks_and_gradients_as_droplab_functional_dropout(scale, sampler):
+    """droplab.functional.dropout with the trace's (seed, offset) drops the same units."""
+    from droplab.functional import dropout
+
+    net = ReferenceMLP(
+        (5, 9, 7, 3), p=0.4, p_input=0.2, seed=31, scale=scale, sampler=sampler
+    )
+    x, y = _data(net, batch=4, seed=6)
+    trace = net.forward(x)
+    grads = net.backward(trace, y)
+    linears = [m for m in net.to_torch() if isinstance(m, torch.nn.Linear)]
+    h = torch.from_numpy(x)
+    for k, linear in enumerate(linears):
+        if k:
+            h = torch.relu(h)
+        h = dropout(
+            h,
+            net.rates[k],
+            seed=net.seed,
+            offset=trace.offsets[k],
+            scale=scale,
+            sampler=sampler,
+        )
+        np.testing.assert_allclose(
+            h.detach().numpy(), trace.dropped[k], rtol=1e-15, atol=0
+        )
+        h = linear(h)
+    torch.nn.functional.cross_entropy(h, torch.from_numpy(y)).backward()
+    for k, linear in enumerate(linears):
+        np.testing.assert_allclose(
+            grads.weights[k], linear.weight.grad, rtol=0, atol=1e-10
+        )
+        np.testing.assert_allclose(
+            grads.biases[k], linear.bias.grad, rtol=0, atol=1e-10
+        )

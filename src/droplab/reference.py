@@ -103,6 +103,10 @@ class Gradients:
         return float(self.losses.mean())
 
 
+def _error(name: str, value: Any, allowed: str, kind: type = ValueError) -> Exception:
+    return fail(name, value, allowed, owner=_OWNER, kind=kind)
+
+
 def _softmax(logits: Array) -> Array:
     shifted = logits - logits.max(axis=1, keepdims=True)  # no overflow in exp
     e = np.exp(shifted)
@@ -161,36 +165,31 @@ class ReferenceMLP:
     scale: str = "inverted"
     sampler: str = "bernoulli"
     p_input: float = 0.0
-    weights: list[Array] = field(default_factory=list)
-    biases: list[Array] = field(default_factory=list)
+    weights: list[Array] = field(default_factory=list, repr=False)
+    biases: list[Array] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.widths, (str, bytes)) or not isinstance(
             self.widths, Sequence
         ):
-            raise fail(
-                "widths",
-                self.widths,
-                "a sequence of positive integers",
-                owner=_OWNER,
-                kind=TypeError,
+            raise _error(
+                "widths", self.widths, "a sequence of positive integers", kind=TypeError
             )
         self.widths = tuple(
             check_int(w, "widths", low=1, owner=_OWNER) for w in self.widths
         )
         if len(self.widths) < 2:
-            raise fail("widths", self.widths, "at least (n_in, n_out)", owner=_OWNER)
+            raise _error("widths", self.widths, "at least (n_in, n_out)")
         hidden = len(self.widths) - 2
         if not isinstance(self.p, Sequence) or isinstance(self.p, str):
             hidden_p = (check_probability(self.p, owner=_OWNER),) * hidden
         else:
             hidden_p = tuple(check_probability(q, owner=_OWNER) for q in self.p)
             if len(hidden_p) != hidden:
-                raise fail(
+                raise _error(
                     "p",
                     self.p,
                     f"a float, or a sequence of {hidden} (one per hidden layer)",
-                    owner=_OWNER,
                 )
         self.rates: tuple[float, ...] = (
             check_probability(self.p_input, "p_input", owner=_OWNER),
@@ -211,12 +210,7 @@ class ReferenceMLP:
         self.biases = [np.array(b, dtype=np.float64) for b in self.biases]
         got = [w.shape for w in self.weights], [b.shape for b in self.biases]
         if got != (shapes, [(out,) for out, _ in shapes]):
-            raise fail(
-                "weights",
-                got,
-                f"weight shapes {shapes} and matching biases",
-                owner=_OWNER,
-            )
+            raise _error("weights", got, f"weight shapes {shapes} and matching biases")
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -242,11 +236,10 @@ class ReferenceMLP:
         a = self._check_x(x)
         batch = a.shape[0]
         if masks is not None and len(masks) != len(self.rates):
-            raise fail(
+            raise _error(
                 "masks",
                 f"{len(masks)} masks",
                 f"{len(self.rates)} masks (one per site; None where no dropout)",
-                owner=_OWNER,
             )
         trace = Trace([], [], [], [], [], [], training)
         for k, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
@@ -255,11 +248,10 @@ class ReferenceMLP:
             if training and masks is not None and masks[k] is not None:
                 mask = np.asarray(masks[k], dtype=bool)
                 if mask.shape != (batch, width):
-                    raise fail(
+                    raise _error(
                         "masks",
                         f"mask of shape {mask.shape} at site {k}",
                         f"shape {(batch, width)}",
-                        owner=_OWNER,
                     )
             elif training and masks is None and rate > 0.0:
                 start = self.offset
@@ -340,7 +332,7 @@ class ReferenceMLP:
         Returns the gradients used (their ``loss`` is the loss before the step).
         """
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
-            raise fail("lr", lr, "a positive real number", owner=_OWNER)
+            raise _error("lr", lr, "a positive real number")
         grads = self.backward(self.forward(x), y)
         for k in range(len(self.weights)):
             self.weights[k] -= lr * grads.weights[k]
@@ -399,11 +391,10 @@ class ReferenceMLP:
         if not linears or len(linears) + sum(
             type(m).__name__ in ("ReLU", "Dropout") for m in model
         ) != len(model):
-            raise fail(
+            raise _error(
                 "model",
                 type(model).__name__,
                 "a Sequential of Linear, ReLU and Dropout modules",
-                owner=_OWNER,
                 kind=TypeError,
             )
         rates = [0.0] * (len(linears) + 1)
@@ -416,11 +407,10 @@ class ReferenceMLP:
                     if isinstance(getattr(m, name, None), str):
                         kwargs.setdefault(name, getattr(m, name))
         if rates[-1] > 0.0:
-            raise fail(
+            raise _error(
                 "model",
                 "a Dropout after the last Linear",
                 "dropout before a Linear only",
-                owner=_OWNER,
             )
         widths = (linears[0].in_features, *(m.out_features for m in linears))
         return cls(
@@ -436,11 +426,10 @@ class ReferenceMLP:
     def _check_x(self, x: npt.ArrayLike) -> Array:
         a = np.asarray(x, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != self.widths[0]:
-            raise fail(
+            raise _error(
                 "x",
                 f"array of shape {a.shape}",
                 f"an array of shape (batch, {self.widths[0]})",
-                owner=_OWNER,
             )
         return a
 
@@ -448,7 +437,7 @@ class ReferenceMLP:
         labels = np.asarray(y)
         n_out = self.widths[-1]
         if labels.dtype.kind not in "iu":
-            raise fail("y", y, "integer class labels", owner=_OWNER, kind=TypeError)
+            raise _error("y", y, "integer class labels", kind=TypeError)
         if labels.shape != (batch,) or labels.min() < 0 or labels.max() >= n_out:
-            raise fail("y", y, f"{batch} labels in [0, {n_out})", owner=_OWNER)
+            raise _error("y", y, f"{batch} labels in [0, {n_out})")
         return labels.astype(np.int64)
