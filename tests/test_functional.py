@@ -267,13 +267,21 @@ def test_nothing_of_the_input_size_is_saved_for_backward(dtype):
     # In place, and through a double backward.
     nbytes, _ = saved_bytes(lambda: dropout(x * 1, 0.5, seed=1, inplace=True))
     assert nbytes == 0
+    # Double backward: the gradient is the same op on an upstream gradient v.
     z = sample((32,), torch.float64).requires_grad_()
-    nbytes, (grad,) = saved_bytes(
-        lambda: torch.autograd.grad(dropout(z, 0.5, seed=2).sum(), z, create_graph=True)
-    )
+    v = sample((32,), torch.float64, seed=1).requires_grad_()
+
+    def double_backward():
+        y = dropout(z, 0.5, seed=2)
+        (grad,) = torch.autograd.grad(y, z, grad_outputs=v, create_graph=True)
+        grad.sum().backward()
+        return grad
+
+    nbytes, grad = saved_bytes(double_backward)
     assert nbytes == 0
-    assert grad.requires_grad  # a graph for the double backward was built
-    assert torch.equal(grad.detach(), dropout(torch.ones_like(z), 0.5, seed=2))
+    mask_times_scale = dropout(torch.ones_like(z), 0.5, seed=2)
+    assert torch.equal(grad.detach(), v.detach() * mask_times_scale)
+    assert torch.equal(v.grad, mask_times_scale)
 
 
 def test_inplace_overwrites_and_returns_the_input():
