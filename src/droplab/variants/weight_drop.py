@@ -25,6 +25,8 @@ mask (``N * H``). The weight mask is drawn with
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
