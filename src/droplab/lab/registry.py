@@ -1,0 +1,100 @@
+"""Which experiments exist, and what each experiment module must provide.
+
+An experiment is a module under :mod:`droplab.experiments` with:
+
+- ``NAME`` (str, also the results file name), ``QUESTION`` (the question in plain
+  words), ``METHOD`` (how the numbers are produced, a few sentences);
+- ``Config``: a frozen dataclass, a comment on each field; ``Config()`` is the
+  ``default`` preset (between quick and full), ``Config.quick()`` and
+  ``Config.full()`` the others. A field named ``data`` (a :func:`droplab.data.load`
+  name) is replaced by ``droplab report --data``; a field ``seed`` is the root seed;
+- ``run(config, *, jobs=1) -> dict``: JSON-able numbers, the same for any ``jobs``;
+- ``figure(result) -> matplotlib.figure.Figure``;
+- ``numbers(result) -> list[dict]``: table rows ``{"quantity", "value", "low",
+  "high", "unit"}`` (``low``/``high`` the 95 % interval, or None);
+- ``answer(result) -> str``: a sentence computed from the numbers and intervals;
+- optionally ``tables(result) -> list[dict]`` (``{"title", "columns", "rows"}``),
+  shown as HTML tables.
+
+To add an experiment, add its module name to :data:`EXPERIMENTS` (report order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+from typing import Any
+
+from droplab._validation import check_choice, fail
+
+__all__ = ["EXPERIMENTS", "PRESETS", "config_for", "experiment_names", "get_experiment"]
+
+# Report order. Later issues append here.
+EXPERIMENTS: tuple[str, ...] = (
+    "droplab.experiments.masks",
+    "droplab.experiments.expectation",
+    "droplab.experiments.averaging",
+    "droplab.experiments.gradients",
+)
+
+PRESETS = ("quick", "default", "full")
+
+REQUIRED = (
+    "NAME",
+    "QUESTION",
+    "METHOD",
+    "Config",
+    "run",
+    "figure",
+    "numbers",
+    "answer",
+)
+
+
+def _modules() -> dict[str, ModuleType]:
+    found = {}
+    for module_name in EXPERIMENTS:
+        module = importlib.import_module(module_name)
+        missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+        if missing:
+            raise TypeError(
+                f"experiment module {module_name} lacks {', '.join(missing)}"
+            )
+        found[module.NAME] = module
+    return found
+
+
+def experiment_names() -> list[str]:
+    """Names of the registered experiments, in report order.
+
+    >>> experiment_names()[0]
+    'masks'
+    """
+    return list(_modules())
+
+
+def get_experiment(name: str) -> ModuleType:
+    """The experiment module called ``name`` (see the module doc for its contents)."""
+    modules = _modules()
+    if name not in modules:
+        raise fail("name", name, "one of " + ", ".join(modules), owner="get_experiment")
+    return modules[name]
+
+
+def config_for(
+    module: ModuleType, preset: str = "default", *, data: str | None = None
+) -> Any:
+    """The experiment's config for ``preset``, with its ``data`` field replaced if given.
+
+    Experiments without a ``data`` field ignore ``data`` (they use no data set).
+    """
+    preset = check_choice(preset, "preset", PRESETS, owner="config_for")
+    config = {
+        "quick": module.Config.quick,
+        "default": module.Config,
+        "full": module.Config.full,
+    }[preset]()
+    if data is not None and any(f.name == "data" for f in dataclasses.fields(config)):
+        config = dataclasses.replace(config, data=data)
+    return config

@@ -1,0 +1,150 @@
+"""Results on disk: one JSON file per experiment, written atomically.
+
+A record is ``{"format": "droplab-result", "format_version": 1, "name", "preset",
+"config", "config_hash", "seed", "versions", "machine", "started", "wall_time_s",
+"result"}``. It is written to a temporary file in the same folder and moved into
+place with :func:`os.replace`, so a crash or Ctrl-C leaves either the old file or
+the new one, never half of one. :func:`load_result` refuses (raises
+:class:`ResultError`) anything that is not a complete record for the expected
+experiment; the runner reports it and recomputes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ResultError",
+    "config_dict",
+    "config_hash",
+    "load_result",
+    "machine_info",
+    "result_path",
+    "save_result",
+    "versions",
+]
+
+FORMAT = "droplab-result"
+FORMAT_VERSION = 1
+_KEYS = ("name", "preset", "config", "config_hash", "versions", "wall_time_s", "result")
+
+
+class ResultError(ValueError):
+    """A results file that cannot be used: unreadable, corrupt, or not ours."""
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-able dict (tuples become lists)."""
+    loaded: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(config)))
+    return loaded
+
+
+def config_hash(config: Any) -> str:
+    """SHA-256 of the config's canonical JSON: equal configs, equal hashes.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class C:
+    ...     n: int = 1
+    >>> config_hash(C()) == config_hash(C(1)) != config_hash(C(2))
+    True
+    """
+    canonical = json.dumps(config_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions that produced a result: droplab, torch, numpy, python."""
+    import numpy
+    import torch
+
+    from droplab import __version__
+
+    return {
+        "droplab": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a result was computed on (no host name)."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python_implementation": sys.implementation.name,
+    }
+
+
+def result_path(results_dir: str | Path, name: str) -> Path:
+    """``results_dir/NAME.json``."""
+    return Path(results_dir) / f"{name}.json"
+
+
+def save_result(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``path`` atomically (tmp file in the same folder + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(
+        {"format": FORMAT, "format_version": FORMAT_VERSION, **record}, indent=1
+    )
+    handle, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_result(path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Read a record, checking it is a complete droplab result (for ``name`` if given).
+
+    Raises:
+        ResultError: unreadable or corrupt JSON, another format, a record for
+            another experiment, or missing fields.
+        FileNotFoundError: no such file.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultError(f"{path} is not readable JSON ({error}).") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ResultError(
+            f"{path} is not a droplab result file (no 'format': {FORMAT!r})."
+        )
+    if record.get("format_version") != FORMAT_VERSION:
+        raise ResultError(
+            f"{path} has format version {record.get('format_version')!r}; "
+            f"this droplab reads {FORMAT_VERSION}."
+        )
+    missing = [key for key in _KEYS if key not in record]
+    if missing:
+        raise ResultError(f"{path} lacks {', '.join(missing)}.")
+    if name is not None and record["name"] != name:
+        raise ResultError(
+            f"{path} holds a result for {record['name']!r}, not {name!r}."
+        )
+    return record

@@ -1,0 +1,167 @@
+"""Run experiments, skipping those already saved for the same config, resuming after faults.
+
+Each finished experiment is saved (atomically) before the next one starts, so
+Ctrl-C or a crash loses at most the experiment in progress, and a rerun skips
+every experiment whose saved result has the same config hash. A results file
+that is corrupt, from another experiment or not a droplab result is reported
+and recomputed, never used. An experiment that raises is reported and the
+others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from droplab.lab.registry import config_for, get_experiment
+from droplab.lab.results import (
+    ResultError,
+    config_dict,
+    config_hash,
+    load_result,
+    machine_info,
+    result_path,
+    save_result,
+    versions,
+)
+
+__all__ = ["Outcome", "progress_enabled", "run_experiment", "run_experiments"]
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def progress_enabled() -> bool:
+    """Progress bars only on a terminal, and never when ``CI`` is set."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one experiment.
+
+    Attributes:
+        name: the experiment.
+        status: ``"ran"``, ``"skipped"`` (saved result reused) or ``"failed"``.
+        record: the saved record (None when failed).
+        message: why it was recomputed or how it failed ("" otherwise).
+    """
+
+    name: str
+    status: str
+    record: dict[str, Any] | None
+    message: str = ""
+
+
+def run_experiment(
+    module: ModuleType,
+    config: Any,
+    *,
+    results_dir: str | Path,
+    preset: str = "custom",
+    force: bool = False,
+    jobs: int = 1,
+    log: Log = _stderr,
+) -> Outcome:
+    """Run one experiment module with ``config`` unless its result is already saved.
+
+    Returns:
+        An :class:`Outcome` with status ``ran`` or ``skipped``. Exceptions from
+        the experiment propagate (nothing is saved for it).
+    """
+    name = module.NAME
+    path = result_path(results_dir, name)
+    digest = config_hash(config)
+    message = ""
+    if path.exists() and not force:
+        try:
+            saved = load_result(path, name)
+        except ResultError as error:
+            message = f"{error} Recomputing {name}."
+            log(message)
+        else:
+            if saved["config_hash"] == digest:
+                return Outcome(name, "skipped", saved)
+            message = f"{path} was computed with another config; recomputing {name}."
+            log(message)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    clock = time.perf_counter()
+    result = module.run(config, jobs=jobs)
+    wall = time.perf_counter() - clock
+    json.dumps(
+        result, allow_nan=False
+    )  # a result must be plain JSON; fail before saving
+    record = {
+        "name": name,
+        "preset": preset,
+        "config": config_dict(config),
+        "config_hash": digest,
+        "seed": getattr(config, "seed", None),
+        "versions": versions(),
+        "machine": machine_info(),
+        "started": started,
+        "wall_time_s": wall,
+        "result": result,
+    }
+    save_result(path, record)
+    return Outcome(name, "ran", record, message)
+
+
+def run_experiments(
+    names: Sequence[str],
+    *,
+    results_dir: str | Path,
+    preset: str = "default",
+    data: str | None = None,
+    force: bool = False,
+    jobs: int = 1,
+    log: Log = _stderr,
+    progress: bool | None = None,
+) -> list[Outcome]:
+    """Run the named experiments in order, saving each as soon as it finishes.
+
+    An experiment that raises is reported (traceback to ``log``) as ``failed``
+    and the next one runs; KeyboardInterrupt stops the loop (finished results
+    are already on disk).
+    """
+    from tqdm import tqdm
+
+    show = progress_enabled() if progress is None else progress
+    outcomes = []
+    bar = tqdm(total=len(names), disable=not show, unit="experiment", file=sys.stderr)
+    try:
+        for name in names:
+            bar.set_description(name)
+            module = get_experiment(name)
+            config = config_for(module, preset, data=data)
+            try:
+                outcome = run_experiment(
+                    module, config, results_dir=results_dir, preset=preset,
+                    force=force, jobs=jobs, log=log,
+                )  # fmt: skip
+            except Exception as error:  # report it, run the others
+                log(f"{name} failed:\n{traceback.format_exc()}")
+                outcome = Outcome(
+                    name, "failed", None, f"{type(error).__name__}: {error}"
+                )
+            else:
+                seconds = outcome.record["wall_time_s"] if outcome.record else 0.0
+                verb = "reused saved result" if outcome.status == "skipped" else "ran"
+                log(f"{name}: {verb} ({seconds:.1f} s)")
+            outcomes.append(outcome)
+            bar.update()
+    finally:
+        bar.close()
+    return outcomes

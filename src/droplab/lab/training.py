@@ -1,0 +1,150 @@
+"""Small torch MLPs for the experiments: build, train, predict, with droplab's dropout.
+
+Every function is deterministic given its seeds and leaves torch's and NumPy's
+global random state untouched (initialisation runs under
+``torch.random.fork_rng``; shuffling uses its own NumPy generator; dropout
+layers are :class:`droplab.nn.Dropout` with their own seeds). Run it under
+:func:`droplab.lab.parallel.one_thread` (``parallel_map`` does) for results that
+do not depend on the number of jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from droplab.data import Dataset
+from droplab.nn import Dropout
+
+__all__ = ["accuracy", "build_mlp", "derive_seed", "predict", "train_classifier"]
+
+
+def derive_seed(root: int, *keys: int) -> int:
+    """An independent 63-bit seed for task ``keys`` of run ``root`` (NumPy SeedSequence).
+
+    >>> derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(0, 2)
+    True
+    """
+    state = np.random.SeedSequence(root, spawn_key=tuple(keys)).generate_state(
+        2, np.uint32
+    )
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def build_mlp(
+    n_in: int,
+    hidden: Sequence[int],
+    n_out: int,
+    *,
+    p: float,
+    seed: int,
+    p_input: float = 0.0,
+    scale: str = "inverted",
+    sampler: str = "bernoulli",
+) -> nn.Sequential:
+    """``[Dropout(p_input)] -> (Linear -> ReLU -> Dropout(p)) * len(hidden) -> Linear``.
+
+    Dropout layers with rate 0 are left out. Weights use PyTorch's default
+    initialisation under ``torch.manual_seed(seed)`` (in a forked RNG); dropout
+    layer ``i`` gets the seed ``derive_seed(seed, i)``.
+
+    Examples:
+        >>> build_mlp(4, [8], 3, p=0.5, seed=0)  # doctest: +ELLIPSIS
+        Sequential(
+          (0): Linear(in_features=4, out_features=8, bias=True)
+          (1): ReLU()
+          (2): Dropout(p=0.5, inplace=False, seed=..., offset=0)
+          (3): Linear(in_features=8, out_features=3, bias=True)
+        )
+    """
+    layers: list[nn.Module] = []
+    site = 0
+
+    def drop(rate: float) -> None:
+        nonlocal site
+        if rate > 0:
+            layers.append(
+                Dropout(
+                    rate, seed=derive_seed(seed, site), scale=scale, sampler=sampler
+                )
+            )
+        site += 1
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        drop(p_input)
+        width = n_in
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            drop(p)
+            width = h
+        layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def predict(
+    model: nn.Module, x: npt.ArrayLike, *, batch: int = 4096
+) -> npt.NDArray[np.float32]:
+    """The model's outputs (logits) in evaluation mode, as a NumPy array."""
+    was_training = model.training
+    model.eval()
+    inputs = torch.as_tensor(np.asarray(x, dtype=np.float32)).to(_dtype(model))
+    try:
+        with torch.no_grad():
+            out = [model(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).float().numpy()
+
+
+def accuracy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Fraction of rows whose largest logit is at the label."""
+    return float(np.mean(np.argmax(np.asarray(logits), axis=1) == np.asarray(labels)))
+
+
+def train_classifier(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+) -> dict[str, Any]:
+    """Train with Adam on softmax cross-entropy; returns the per-epoch history.
+
+    Returns:
+        ``{"train_loss": [...], "val_accuracy": [...]}`` (one entry per epoch),
+        the model trained in place and left in evaluation mode.
+    """
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(data.x_train).to(_dtype(model))
+    y = torch.as_tensor(np.asarray(data.y_train, dtype=np.int64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    history: dict[str, list[float]] = {"train_loss": [], "val_accuracy": []}
+    for _ in range(epochs):
+        model.train()
+        order = torch.as_tensor(rng.permutation(len(x)))
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[index]), y[index])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+        history["train_loss"].append(total / len(x))
+        history["val_accuracy"].append(accuracy(predict(model, data.x_val), data.y_val))
+    model.eval()
+    return history
