@@ -26,6 +26,7 @@ Everything returned is a float64 NumPy array, ready for JSON and plots.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -190,13 +191,17 @@ class _Eval:
 
 def _tail_on(site: DropoutSite, h: torch.Tensor, factors: Array) -> torch.Tensor:
     """Tail outputs for each factor row set: factors (m, batch, n) -> (m, batch, c)."""
-    scaled = h.unsqueeze(0) * torch.from_numpy(factors).to(h.dtype)
+    scaled = h.unsqueeze(0) * torch.from_numpy(factors).to(h.device, h.dtype)
     out = site.tail(scaled.reshape(-1, h.shape[1]))
-    return out.reshape(factors.shape[0], h.shape[0], -1).to(torch.float64)
+    return out.reshape(factors.shape[0], h.shape[0], -1).to("cpu", torch.float64)
 
 
 def _head(site: DropoutSite, x: Any) -> torch.Tensor:
-    h = site.head(torch.as_tensor(x))
+    like = next(itertools.chain(site.head.parameters(), site.tail.parameters()), None)
+    if like is None:
+        h = site.head(torch.as_tensor(x))
+    else:  # arrays and tensors follow the model's dtype and device
+        h = site.head(torch.as_tensor(x, dtype=like.dtype, device=like.device))
     if h.ndim != 2:
         raise fail(
             "x",
@@ -258,9 +263,9 @@ def exact_average(
         for start in range(0, len(used), step):
             factors = _factors(masks[start : start + step], site)[:, None, :]
             z = _tail_on(site, h, factors)  # (masks, batch, outputs)
-            w = torch.from_numpy(weights[start : start + step])[:, None, None]
+            w = torch.from_numpy(weights[start : start + step])  # (masks,)
             prob = torch.softmax(z, dim=-1)
-            chunk = [(w * t).sum(0) for t in (z, z * z, prob, prob * prob)]
+            chunk = [torch.tensordot(w, t, 1) for t in (z, z * z, prob, prob * prob)]
             if totals:
                 chunk = [a + b for a, b in zip(totals, chunk, strict=True)]
             totals = chunk
