@@ -1,0 +1,150 @@
+"""Weight scaling: fold ``classic`` dropout into the next layer's weights.
+
+- Paper: Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout:
+  a simple way to prevent neural networks from overfitting", JMLR 15, 2014,
+  section 10 (and Hinton et al. 2012). https://jmlr.org/papers/v15/srivastava14a.html
+
+A network trained with ``classic`` dropout (kept units times 1) is evaluated by
+multiplying each dropped layer's outputs by ``1 - p``. Since the next layer is
+linear, ``W ((1 - p) h) + b = ((1 - p) W) h + b``: the factor can move into the
+weights and the dropout layer can go. :func:`weight_scaled` does exactly that on
+a copy of the model, which is then a plain deterministic network.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TypeVar, cast
+
+import torch
+from torch import nn
+
+from droplab._module import StochasticModule
+from droplab._validation import fail
+from droplab.scaling import eval_scale
+from droplab.variants.concrete import ConcreteDropout
+from droplab.variants.dropconnect import DropConnectLinear
+
+__all__ = ["weight_scaled"]
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+# torch.nn's dropout layers: identity at evaluation.
+_TORCH_DROPOUTS = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+# Layers the factor can move into (linear and without a bias on the input side).
+_FOLD_INTO = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Layers that commute with a scalar factor and may sit in between.
+_PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten)
+
+
+def _eval_factor(module: nn.Module) -> float | None:
+    """The factor a dropout layer applies at evaluation; None if not a dropout."""
+    if isinstance(module, _TORCH_DROPOUTS):
+        return 1.0
+    if isinstance(module, (ConcreteDropout, DropConnectLinear)):
+        return None
+    if isinstance(module, StochasticModule) and hasattr(module, "p"):
+        scale = getattr(module, "scale", "inverted")
+        p = cast(float, module.p)
+        return eval_scale(p, scale)  # 1 - p for classic, else 1
+    return None
+
+
+def _fold(container: nn.Sequential, index: int, factor: float, where: str) -> None:
+    names = list(container._modules)
+    for name in names[index + 1 :]:
+        target = container._modules[name]
+        if isinstance(target, _PASS_THROUGH):
+            continue
+        if isinstance(target, _FOLD_INTO):
+            with torch.no_grad():
+                target.weight.mul_(factor)
+            return
+        break
+    raise ValueError(
+        f"weight_scaled cannot fold the 'classic' dropout {where!r}: the factor "
+        f"1 - p needs a Linear or Conv layer right after it (only Identity/Flatten "
+        f"in between) in the same nn.Sequential."
+    )
+
+
+def weight_scaled(model: ModelT) -> ModelT:
+    """A deterministic copy of ``model`` with its dropout folded into weights.
+
+    In the copy (the original is untouched), every dropout layer is replaced by
+    ``nn.Identity``:
+
+    - droplab dropouts with the ``classic`` rule (evaluation factor ``1 - p``)
+      first multiply the weight of the next ``Linear`` / ``Conv`` layer of their
+      ``nn.Sequential`` by ``1 - p`` (the bias is unchanged);
+    - every other dropout (droplab's whose evaluation is the identity, and
+      torch.nn's ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
+      ``FeatureAlphaDropout``) is simply removed;
+    - a :class:`~droplab.variants.concrete.ConcreteDropout` is replaced by the
+      layer it wraps.
+
+    The copy is in eval mode, and equals ``model.eval()`` on every input (up to
+    float rounding; exactly when ``1 - p`` is a power of two).
+
+    Raises:
+        ValueError: a ``classic`` dropout is not followed by a Linear or Conv
+            layer in an ``nn.Sequential``, or a ``DropConnectLinear`` uses a
+            random inference (``"gaussian"`` or ``"mc"``).
+
+    Examples:
+        >>> from droplab.nn import Dropout
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Dropout(0.5, scale="classic"),
+        ...                     nn.Linear(4, 2))
+        >>> folded = weight_scaled(net)
+        >>> folded
+        Sequential(
+          (0): Linear(in_features=3, out_features=4, bias=True)
+          (1): ReLU()
+          (2): Identity()
+          (3): Linear(in_features=4, out_features=2, bias=True)
+        )
+        >>> x = torch.randn(5, 3)
+        >>> bool(torch.equal(folded(x), net.eval()(x)))
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise fail(
+            "model", model, "a torch.nn.Module", owner="weight_scaled", kind=TypeError
+        )
+    result = copy.deepcopy(model)
+    for parent_name, parent in list(result.named_modules()):
+        for index, (name, child) in enumerate(list(parent.named_children())):
+            where = f"{parent_name}.{name}" if parent_name else name
+            if isinstance(child, DropConnectLinear) and child.inference != "mean":
+                raise ValueError(
+                    f"weight_scaled cannot make {where!r} deterministic: it is a "
+                    f"DropConnectLinear with inference={child.inference!r}; use "
+                    f"inference='mean'."
+                )
+            if isinstance(child, ConcreteDropout):
+                setattr(
+                    parent,
+                    name,
+                    child.layer if child.layer is not None else nn.Identity(),
+                )
+                continue
+            factor = _eval_factor(child)
+            if factor is None:
+                continue
+            if factor != 1.0:
+                if not isinstance(parent, nn.Sequential):
+                    raise ValueError(
+                        f"weight_scaled cannot fold the 'classic' dropout {where!r}: "
+                        f"it is not inside an nn.Sequential, so the layer after it "
+                        f"is unknown."
+                    )
+                _fold(parent, index, factor, where)
+            setattr(parent, name, nn.Identity())
+    return result.eval()
