@@ -179,6 +179,17 @@ def select_backend(t: torch.Tensor) -> MaskedScale:
     # kernel dispatch: faster implementations of the same contract are chosen
     # here by device (cpu -> droplab.kernels.cpu when Numba imports; cuda ->
     # droplab.kernels.gpu when Triton imports), falling back to the reference.
+    from droplab import kernels
+
+    if forced in ("", "numba") and t.device.type == "cpu" and kernels.numba_available():
+        from droplab.kernels import cpu
+
+        return cpu.masked_scale
+    if (forced == "triton" or t.device.type == "cuda") and kernels.triton_available():
+        from droplab.kernels import gpu
+
+        if gpu.runs_on(t):  # CUDA, or any device under TRITON_INTERPRET=1
+            return gpu.masked_scale
     if forced:
         raise RuntimeError(
             f"DROPLAB_BACKEND={forced!r} was requested, but that kernel is not "

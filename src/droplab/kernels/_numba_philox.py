@@ -1,0 +1,220 @@
+"""Numba kernels for the CPU path: Philox4x32-10 words, masks and the fused op.
+
+- Paper: Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as
+  1, 2, 3", SC 2011. https://doi.org/10.1145/2063384.2063405
+
+Every function here reproduces :mod:`droplab.rng` and :mod:`droplab.masks`
+bit for bit; :mod:`droplab.kernels.cpu` wraps them for torch tensors.
+
+How the speed comes about (measured on a 2-core AVX-512 machine, see
+docs/performance.md):
+
+- Work is cut into chunks of ``CHUNK`` mask elements. Each chunk first fills a
+  small buffer with its random words (:func:`fill_words`, a loop over Philox
+  blocks with no branches, which LLVM turns into 8-lane ``vpmuludq`` code),
+  then runs a second, elementwise loop over the buffer. Fusing both in one loop
+  blocks vectorisation (interleaved stores) and ran ~4x slower.
+- The 32x32 -> 64-bit products are written as ``(c & 0xFFFFFFFF) * M`` on
+  uint64 values, so the compiler knows both factors fit 32 bits.
+- Chunks depend only on their position in the stream, never on which thread
+  runs them, so the result is the same on any thread count.
+- No fastmath: the multiply must round exactly as torch's does.
+
+All integers that reach a kernel are uint64 (key words, first Philox block,
+threshold) or int64 (sizes), so each kernel compiles once per array dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Multipliers and Weyl key increments of Philox4x32 (Salmon et al., Table 2).
+M0 = np.uint64(0xD2511F53)
+M1 = np.uint64(0xCD9E8D57)
+W0 = np.uint64(0x9E3779B9)
+W1 = np.uint64(0xBB67AE85)
+LOW32 = np.uint64(0xFFFFFFFF)
+SHIFT32 = np.uint64(32)
+
+# Mask elements per chunk: the words buffer (4 bytes each) stays in L1/L2, and
+# a 2**16-element tensor still splits into enough chunks for two threads.
+CHUNK = 8192
+
+
+@njit(inline="always", cache=True)
+def philox_block(block, k0, k1):  # type: ignore[no-untyped-def]
+    """The four output words of counter ``(block low, block high, 0, 0)``."""
+    c0 = block & LOW32
+    c1 = block >> SHIFT32
+    c2 = np.uint64(0)
+    c3 = np.uint64(0)
+    for _ in range(10):
+        prod0 = (c0 & LOW32) * M0  # 32 x 32 -> 64 bits, exact
+        prod1 = (c2 & LOW32) * M1
+        c0 = (prod1 >> SHIFT32) ^ c1 ^ k0
+        c1 = prod1 & LOW32
+        c2 = (prod0 >> SHIFT32) ^ c3 ^ k1
+        c3 = prod0 & LOW32
+        k0 = (k0 + W0) & LOW32
+        k1 = (k1 + W1) & LOW32
+    return c0, c1, c2, c3
+
+
+@njit(cache=True)
+def fill_words(first_block, k0, k1, words):  # type: ignore[no-untyped-def]
+    """Write the words of blocks ``first_block, first_block + 1, ...`` into ``words``.
+
+    ``words`` (uint32, length a multiple of 4) receives ``len(words) // 4``
+    blocks; block numbers wrap modulo 2**64 exactly as NumPy's uint64 does.
+    """
+    for t in range(words.size // 4):
+        a, b, c, d = philox_block(first_block + np.uint64(t), k0, k1)
+        words[4 * t] = np.uint32(a)
+        words[4 * t + 1] = np.uint32(b)
+        words[4 * t + 2] = np.uint32(c)
+        words[4 * t + 3] = np.uint32(d)
+
+
+@njit(inline="always", cache=True)
+def chunk_words(start, stop, base_block, head, k0, k1, buffer):  # type: ignore[no-untyped-def]
+    """Words of mask elements ``[start, stop)``: a view into ``buffer``.
+
+    Mask element ``i`` is stream element ``j = offset + i`` with
+    ``offset = 4 * base_block + head``; ``buffer`` holds at least
+    ``stop - start + 8`` words (up to 3 skipped, up to 3 past the end).
+    """
+    j0 = head + start  # stream position relative to 4 * base_block
+    skip = j0 % 4
+    blocks = (skip + stop - start + 3) // 4
+    fill_words(base_block + np.uint64(j0 // 4), k0, k1, buffer[: 4 * blocks])
+    return buffer[skip : skip + stop - start]
+
+
+@njit(cache=True)
+def _bernoulli_chunk(x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer):  # type: ignore[no-untyped-def]
+    words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
+    src = x[start:stop]
+    dst = out[start:stop]
+    zero = factor - factor  # +0.0 in the compute dtype (factor is finite)
+    for i in range(words.size):
+        dst[i] = src[i] * factor if words[i] < thr else zero
+
+
+@njit(cache=True)
+def bernoulli_scale_serial(x, out, base_block, head, k0, k1, thr, factor):  # type: ignore[no-untyped-def]
+    """``out = where(word < thr, x * factor, +0)`` on one thread (x, out: 1-d, same dtype)."""
+    buffer = np.empty(CHUNK + 8, np.uint32)
+    for start in range(0, x.size, CHUNK):
+        stop = min(start + CHUNK, x.size)
+        _bernoulli_chunk(x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer)
+
+
+@njit(parallel=True, cache=True)
+def bernoulli_scale_parallel(x, out, base_block, head, k0, k1, thr, factor):  # type: ignore[no-untyped-def]
+    """:func:`bernoulli_scale_serial` with chunks spread over Numba's threads."""
+    chunks = (x.size + CHUNK - 1) // CHUNK
+    for c in prange(chunks):
+        buffer = np.empty(CHUNK + 8, np.uint32)
+        start = c * CHUNK
+        stop = min(start + CHUNK, x.size)
+        _bernoulli_chunk(x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer)
+
+
+@njit(cache=True)
+def _keep_chunk(keep, start, stop, base_block, head, k0, k1, thr, buffer):  # type: ignore[no-untyped-def]
+    words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
+    dst = keep[start:stop]
+    for i in range(words.size):
+        dst[i] = 1 if words[i] < thr else 0
+
+
+@njit(parallel=True, cache=True)
+def bernoulli_keep(keep, base_block, head, k0, k1, thr):  # type: ignore[no-untyped-def]
+    """``keep[i] = word(offset + i) < thr`` for a flat uint8 mask."""
+    chunks = (keep.size + CHUNK - 1) // CHUNK
+    for c in prange(chunks):
+        buffer = np.empty(CHUNK + 8, np.uint32)
+        stop = min(c * CHUNK + CHUNK, keep.size)
+        _keep_chunk(keep, c * CHUNK, stop, base_block, head, k0, k1, thr, buffer)
+
+
+@njit(cache=True)
+def kth_smallest_word(words, k):  # type: ignore[no-untyped-def]
+    """The ``k``-th smallest (1-based) of uint32 ``words``: radix select, 8 bits a pass."""
+    prefix = np.uint32(0)
+    known = np.uint32(0)  # the bits of the answer found so far
+    hist = np.empty(256, np.int64)
+    for shift in (24, 16, 8, 0):
+        hist[:] = 0
+        for i in range(words.size):
+            if words[i] & known == prefix:
+                hist[(words[i] >> np.uint32(shift)) & np.uint32(255)] += 1
+        digit = 0
+        while hist[digit] < k:
+            k -= hist[digit]
+            digit += 1
+        prefix |= np.uint32(digit) << np.uint32(shift)
+        known |= np.uint32(255) << np.uint32(shift)
+    return prefix
+
+
+@njit(cache=True)
+def _fixed_row(row, start, k, base_block, head, k0, k1):  # type: ignore[no-untyped-def]
+    if k == 0 or k == row.size:
+        row[:] = 1 if k == row.size else 0
+        return
+    buffer = np.empty(row.size + 8, np.uint32)
+    words = chunk_words(start, start + row.size, base_block, head, k0, k1, buffer)
+    kth = kth_smallest_word(words, k)
+    ties = k  # ties kept = k minus the number of smaller words
+    for i in range(row.size):
+        if words[i] < kth:
+            ties -= 1
+    for i in range(row.size):
+        if words[i] < kth:
+            row[i] = 1
+        elif words[i] == kth and ties > 0:
+            row[i] = 1
+            ties -= 1
+        else:
+            row[i] = 0
+
+
+@njit(parallel=True, cache=True)
+def fixed_keep(keep, rows, row_len, k, base_block, head, k0, k1):  # type: ignore[no-untyped-def]
+    """Keep the ``k`` smallest words of each row of ``row_len`` (ties: lower index).
+
+    The row's ``k``-th smallest word ``w`` is found by radix selection; every
+    element with a smaller word is kept, then elements whose word equals ``w``
+    in index order until ``k`` are kept: the ``masks.fixed_count_mask`` rule.
+    """
+    # The loop body lives in its own function: Numba's parfor pass must not
+    # mistake the per-row counters for reductions across rows.
+    for r in prange(rows):
+        _fixed_row(keep[r * row_len : (r + 1) * row_len], r * row_len, k, base_block, head, k0, k1)
+
+
+@njit(cache=True)
+def _apply_chunk(x, out, keep, factors, row_len, start, stop):  # type: ignore[no-untyped-def]
+    i = start
+    while i < stop:  # one constant factor per row segment
+        row = i // row_len
+        end = min(stop, (row + 1) * row_len)
+        factor = factors[row]
+        zero = factor - factor
+        src = x[i:end]
+        dst = out[i:end]
+        flags = keep[i:end]
+        for e in range(src.size):
+            dst[e] = src[e] * factor if flags[e] != 0 else zero
+        i = end
+
+
+@njit(parallel=True, cache=True)
+def apply_rows(x, out, keep, factors, row_len):  # type: ignore[no-untyped-def]
+    """``out[i] = where(keep[i], x[i] * factors[i // row_len], +0)``, all flat."""
+    chunks = (x.size + CHUNK - 1) // CHUNK
+    for c in prange(chunks):
+        stop = min(c * CHUNK + CHUNK, x.size)
+        _apply_chunk(x, out, keep, factors, row_len, c * CHUNK, stop)

@@ -1,0 +1,182 @@
+"""The CPU kernel of :func:`droplab._backend.masked_scale`, compiled with Numba.
+
+Same contract as the reference path (see :mod:`droplab._backend`): the mask of
+:func:`droplab.masks.make_mask`, the factor rounded to the compute dtype (float64
+for float64 input, float32 otherwise), kept elements ``(t * factor)`` cast back
+to ``t``'s dtype, dropped elements ``+0.0``. The tests check equality bit for bit.
+
+Paths, from fastest to most general:
+
+1. Bernoulli mask covering the whole input (no effective shared dimension),
+   one factor (``inverted``, ``classic``, ``none``): one fused pass that draws
+   the words and writes the output; nothing of the input's size is allocated
+   besides the output. Tensors below :data:`SERIAL_BELOW` elements run on one
+   thread, where the thread pool's start-up costs more than it saves.
+2. Otherwise (``fixed`` sampler, ``realized`` scale, shared dimensions): a uint8
+   mask of the mask's own shape is drawn by a parallel kernel, then applied by
+   a parallel kernel (or, when the mask broadcasts over shared dimensions, by
+   ``torch.where``, which gives the same bits).
+
+float16 and bfloat16 go through a float32 copy. Non-contiguous inputs are
+copied to contiguous memory first; ``out`` is written in place when it is
+contiguous and of the compute dtype.
+
+The first call of each kernel compiles it (a few seconds, see
+docs/performance.md); compiled code is cached on disk (``cache=True``), so
+later processes start in well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from droplab import masks, scaling
+from droplab.kernels import _numba_philox as nk
+
+__all__ = ["SERIAL_BELOW", "masked_scale", "supports"]
+
+# Below this many elements the fused kernel runs on the calling thread: Numba's
+# parallel launch costs a few microseconds (measured crossover near 2**13).
+SERIAL_BELOW = 1 << 13
+
+_LOW32 = 0xFFFFFFFF
+# Counts in ``fixed_keep`` are int64; keep rows far below that.
+_MAX_FIXED_ROW = 1 << 40
+
+
+def supports(
+    t: torch.Tensor, *, sampler: str, shared_dims: tuple[int, ...] = ()
+) -> bool:
+    """Whether this kernel handles ``t`` (else the caller uses the reference path).
+
+    Any CPU tensor of the four float dtypes qualifies, except the ``fixed``
+    sampler on a row of more than 2**40 mask elements.
+
+    >>> supports(torch.zeros(3), sampler="bernoulli")
+    True
+    >>> supports(torch.zeros(3, dtype=torch.int64), sampler="bernoulli")
+    False
+    """
+    if t.device.type != "cpu" or t.dtype not in _COMPUTE:
+        return False
+    if sampler == "fixed":
+        own = masks.mask_shape(tuple(t.shape), shared_dims)
+        return masks.row_count(own)[1] <= _MAX_FIXED_ROW
+    return True
+
+
+_COMPUTE = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+}
+
+
+def _stream_args(seed: int, offset: int) -> tuple[np.uint64, int, np.uint64, np.uint64]:
+    """(first Philox block, offset % 4, key low, key high) as the kernels take them."""
+    return (
+        np.uint64(offset // 4),
+        offset % 4,
+        np.uint64(seed & _LOW32),
+        np.uint64(seed >> 32),
+    )
+
+
+def _draw_keep(
+    own: tuple[int, ...], p: float, seed: int, offset: int, sampler: str
+) -> npt.NDArray[np.uint8]:
+    """The flat uint8 mask (1 = kept) of a mask of shape ``own``."""
+    keep = np.empty(math.prod(own), np.uint8)
+    if keep.size == 0:
+        return keep
+    base, head, k0, k1 = _stream_args(seed, offset)
+    if sampler == "bernoulli":
+        threshold = np.uint64(masks.keep_threshold(p))
+        nk.bernoulli_keep(keep, base, head, k0, k1, threshold)
+    else:
+        rows, row_len = masks.row_count(own)
+        k = masks.fixed_keep_count(row_len, p)
+        nk.fixed_keep(keep, rows, row_len, k, base, head, k0, k1)
+    return keep
+
+
+def masked_scale(
+    t: torch.Tensor,
+    *,
+    p: float,
+    seed: int,
+    offset: int,
+    scale: str,
+    sampler: str,
+    shared_dims: tuple[int, ...],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``t * mask * train-scale`` on the CPU; see :func:`droplab._backend.masked_scale`.
+
+    Arguments are assumed valid (the callers validate them).
+
+    Examples:
+        >>> x = torch.ones(2, 3)
+        >>> masked_scale(x, p=0.5, seed=0, offset=0, scale="inverted",
+        ...              sampler="bernoulli", shared_dims=())
+        tensor([[2., 0., 0.],
+                [0., 0., 2.]])
+    """
+    shape = tuple(t.shape)
+    compute = _COMPUTE[t.dtype]
+    np_compute = np.float64 if compute == torch.float64 else np.float32
+    x = t.detach().to(compute).contiguous()  # no copy for contiguous f32/f64
+    writes_out = (
+        out is not None
+        and out.dtype == compute
+        and out.is_contiguous()
+        and tuple(out.shape) == shape
+    )
+    dst = out.detach() if writes_out and out is not None else torch.empty(shape, dtype=compute)
+    x_flat = x.view(-1).numpy()
+    dst_flat = dst.view(-1).numpy()
+    own = masks.mask_shape(shape, shared_dims)
+
+    if x_flat.size == 0:
+        pass
+    elif sampler == "bernoulli" and scale != "realized" and own == shape:
+        base, head, k0, k1 = _stream_args(seed, offset)
+        threshold = np.uint64(masks.keep_threshold(p))
+        factor = np_compute(scaling.train_scale(p, scale))
+        kernel = (
+            nk.bernoulli_scale_serial
+            if x_flat.size < SERIAL_BELOW
+            else nk.bernoulli_scale_parallel
+        )
+        kernel(x_flat, dst_flat, base, head, k0, k1, threshold, factor)
+    else:
+        keep = _draw_keep(own, p, seed, offset, sampler)
+        rows, row_len = masks.row_count(own)
+        if scale == "realized":
+            kept = np.count_nonzero(keep.reshape(rows, row_len), axis=1)
+            factors = scaling.realized_row_scale(kept, row_len).astype(np_compute)
+        else:
+            factors = np.full(rows, scaling.train_scale(p, scale), np_compute)
+        if own == shape:
+            nk.apply_rows(x_flat, dst_flat, keep, factors, row_len)
+        else:  # the mask broadcasts over shared dimensions
+            keep_t = torch.from_numpy(keep.view(np.bool_)).reshape(own)
+            if len(own) > 1:  # one factor per row, broadcast like the mask
+                factor_t = torch.from_numpy(factors).reshape((rows,) + (1,) * (len(own) - 1))
+            else:
+                factor_t = torch.from_numpy(factors).reshape(())
+            zero = torch.zeros((), dtype=compute)
+            torch.where(keep_t, x * factor_t, zero, out=dst)
+
+    if writes_out and out is not None:
+        return out
+    result = dst if compute == t.dtype else dst.to(t.dtype)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out

@@ -1,0 +1,216 @@
+"""The GPU kernel of :func:`droplab._backend.masked_scale`, written in Triton.
+
+- Paper: Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as
+  1, 2, 3", SC 2011 (Philox4x32-10, the generator of ``tl.philox``).
+- Kernel shape after Triton's "low-memory dropout" tutorial: the mask is
+  regenerated from (seed, offset) and never stored.
+
+Same contract as the reference path (see :mod:`droplab._backend`), bit for bit.
+Each program draws ``BLOCK // 4`` Philox blocks with ``tl.philox(seed, lo, hi,
+0, 0)`` (counter = the block number's low and high 32 bits, key = the seed's
+low and high 32 bits, split by Triton itself from the 64-bit seed) and
+interleaves the four words into ``BLOCK`` consecutive stream elements. So every
+seed in ``[0, 2**64)`` and every offset droplab accepts is supported; there is
+no 2**32-block limit (``tl.randint4x(seed, j // 4)`` with a 32-bit offset would
+have one). The tests check this in Triton's interpreter against the NumPy
+reference, including seeds above 2**63 and counters crossing 2**32 blocks.
+
+Paths: a Bernoulli mask covering the whole input with one factor runs as one
+fused kernel (read x, write y). Other cases (``fixed`` sampler, ``realized``
+scale, shared dimensions) draw the mask's words with a Triton kernel and finish
+with torch ops on the device (a stable sort per row for ``fixed``).
+
+The kernels are built on first use, so setting ``TRITON_INTERPRET=1`` before
+that first call runs them on CPU tensors through Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from droplab import masks, scaling
+
+__all__ = ["BLOCK", "interpreting", "masked_scale", "runs_on"]
+
+# Stream elements per program (a multiple of 4: whole Philox blocks).
+BLOCK = 1024
+
+_COMPUTE = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+}
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
+
+
+def runs_on(t: torch.Tensor) -> bool:
+    """Whether this kernel can take ``t``: a CUDA tensor, or any tensor when interpreting."""
+    return t.dtype in _COMPUTE and (t.device.type == "cuda" or interpreting())
+
+
+def _words_4x(seed: Any, first_lo: Any, first_hi: Any, pid: Any, BLOCK: Any) -> Any:
+    """The ``BLOCK`` words of stream elements ``4 * first + pid * BLOCK + arange(BLOCK)``."""
+    local = pid.to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
+    low = first_lo + local  # < 2**33: no overflow in int64
+    c_lo = (low & 0xFFFFFFFF).to(tl.uint32)
+    c_hi = ((first_hi + (low >> 32)) & 0xFFFFFFFF).to(tl.uint32)
+    zero = c_lo * 0
+    r0, r1, r2, r3 = tl.philox(seed, c_lo, c_hi, zero, zero)
+    # tl.join adds a minor dimension: join(join(r0, r2), join(r1, r3))[c, a, b] is
+    # word 2 * a + b of block c, so the row-major flattening puts word m of
+    # block c at element 4 * c + m.
+    words = tl.join(tl.join(r0, r2), tl.join(r1, r3))
+    return tl.reshape(words, (BLOCK,))
+
+
+def _bernoulli_scale_kernel(  # type: ignore[no-untyped-def]
+    x_ptr, out_ptr, factor_ptr, n, head, first_lo, first_hi, seed, threshold,
+    BLOCK: tl.constexpr, OUT_BF16: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    words = _words_4x(seed, first_lo, first_hi, pid, BLOCK)
+    index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64) - head
+    inside = (index >= 0) & (index < n)
+    factor = tl.load(factor_ptr)  # the factor, already rounded to the compute dtype
+    x = tl.load(x_ptr + index, mask=inside, other=0.0)
+    y = tl.where(words.to(tl.int64) < threshold, x.to(factor.dtype) * factor, 0.0)
+    if OUT_BF16:
+        # Round to nearest even by hand (out_ptr points at int16): Triton's
+        # interpreter truncates float32 -> bfloat16, the GPU and torch do not.
+        bits = y.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+        rounded = tl.where(is_nan, 0x7FC0, rounded)  # torch's quiet NaN
+        tl.store(out_ptr + index, rounded.to(tl.uint16).to(tl.int16, bitcast=True), mask=inside)
+    else:
+        tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def _words_kernel(  # type: ignore[no-untyped-def]
+    out_ptr, n, head, first_lo, first_hi, seed, BLOCK: tl.constexpr
+):
+    pid = tl.program_id(0)
+    words = _words_4x(seed, first_lo, first_hi, pid, BLOCK)
+    index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64) - head
+    inside = (index >= 0) & (index < n)
+    tl.store(out_ptr + index, words.to(tl.int64), mask=inside)
+
+
+@functools.cache
+def _kernels(interpret: bool) -> tuple[Any, Any]:
+    """The jitted kernels; built per mode, because ``triton.jit`` reads the mode."""
+    del interpret  # only the cache key: triton.jit itself reads TRITON_INTERPRET
+    helper = triton.jit(_words_4x)
+    return (
+        triton.jit(_rebind(_bernoulli_scale_kernel, helper)),
+        triton.jit(_rebind(_words_kernel, helper)),
+    )
+
+
+def _rebind(kernel: Any, helper: Any) -> Any:
+    """``kernel`` with ``_words_4x`` resolved to the jitted ``helper``."""
+    import types
+
+    scope = dict(kernel.__globals__, _words_4x=helper)
+    clone = types.FunctionType(kernel.__code__, scope, kernel.__name__)
+    clone.__module__ = kernel.__module__
+    clone.__doc__ = kernel.__doc__
+    return clone
+
+
+def _launch_args(n: int, seed: int, offset: int) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    head = offset % 4
+    first = offset // 4
+    grid = (triton.cdiv(n + head, BLOCK),)
+    return grid, (n, head, first & 0xFFFFFFFF, (first >> 32) & 0xFFFFFFFF, seed)
+
+
+def stream_words(n: int, *, seed: int, offset: int, device: Any) -> torch.Tensor:
+    """The ``n`` words of the stream from ``offset``, as int64 on ``device``.
+
+    Equal to :func:`droplab.rng.random_words` (checked by the tests).
+    """
+    words = torch.empty(n, dtype=torch.int64, device=device)
+    if n:
+        grid, args = _launch_args(n, seed, offset)
+        _kernels(interpreting())[1][grid](words, *args, BLOCK=BLOCK)
+    return words
+
+
+def _keep_mask(
+    own: tuple[int, ...], p: float, seed: int, offset: int, sampler: str, device: Any
+) -> torch.Tensor:
+    """The bool mask (True = kept) of shape ``own``."""
+    size = math.prod(own)
+    words = stream_words(size, seed=seed, offset=offset, device=device)
+    if sampler == "bernoulli":
+        return (words < masks.keep_threshold(p)).reshape(own)
+    rows, row_len = masks.row_count(own)
+    k = masks.fixed_keep_count(row_len, p)
+    order = torch.sort(words.reshape(rows, row_len), dim=1, stable=True).indices
+    keep = torch.zeros(rows, row_len, dtype=torch.bool, device=device)
+    keep.scatter_(1, order[:, :k], True)  # the k smallest, ties to the lower index
+    return keep.reshape(own)
+
+
+def masked_scale(
+    t: torch.Tensor,
+    *,
+    p: float,
+    seed: int,
+    offset: int,
+    scale: str,
+    sampler: str,
+    shared_dims: tuple[int, ...],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``t * mask * train-scale`` with Triton; see :func:`droplab._backend.masked_scale`."""
+    shape = tuple(t.shape)
+    compute = _COMPUTE[t.dtype]
+    own = masks.mask_shape(shape, shared_dims)
+    x = t.detach().contiguous()
+    if sampler == "bernoulli" and scale != "realized" and own == shape:
+        factor = torch.tensor(scaling.train_scale(p, scale), dtype=compute, device=t.device)
+        result = torch.empty(shape, dtype=t.dtype, device=t.device)
+        if x.numel():
+            grid, args = _launch_args(x.numel(), seed, offset)
+            out_bf16 = t.dtype == torch.bfloat16
+            _kernels(interpreting())[0][grid](
+                x,
+                result.view(torch.int16) if out_bf16 else result,
+                factor,
+                *args,
+                masks.keep_threshold(p),
+                BLOCK=BLOCK,
+                OUT_BF16=out_bf16,
+            )
+    else:
+        keep = _keep_mask(own, p, seed, offset, sampler, t.device)
+        rows, row_len = masks.row_count(own)
+        if scale == "realized":
+            kept = keep.reshape(rows, row_len).sum(dim=1).to(torch.float64)
+            # A true division, as NumPy's: ``scalar / tensor`` multiplies by a reciprocal.
+            ratio = torch.full_like(kept, float(row_len)) / kept.clamp(min=1)
+            factors = torch.where(kept > 0, ratio, 0.0)
+            shape_f = (rows,) + (1,) * (len(own) - 1) if len(own) > 1 else ()
+            factor = factors.reshape(shape_f).to(compute)
+        else:
+            factor = torch.tensor(scaling.train_scale(p, scale), dtype=compute, device=t.device)
+        kept_values = (x.to(compute) * factor).to(t.dtype)
+        result = torch.where(keep, kept_values, 0.0)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
