@@ -377,7 +377,7 @@ def test_forced_reference_backend_matches_and_unknown_backends_are_refused(monke
     assert _backend.select_backend(x) is _backend.reference_masked_scale
     assert_same_bits(dropout(x, 0.3, seed=10, offset=2, scale="realized", sampler="fixed"), default)
     monkeypatch.setenv("DROPLAB_BACKEND", "cuda-magic")
-    with pytest.raises(ValueError, match=r"The 'DROPLAB_BACKEND' argument of the environment must be one of 'reference', 'numba', 'triton'; got 'cuda-magic'\."):
+    with pytest.raises(ValueError, match=r"The DROPLAB_BACKEND environment variable must be unset or one of 'reference', 'numba', 'triton'; got 'cuda-magic'\."):
         dropout(x, 0.3, seed=10)
 
 

@@ -33,7 +33,6 @@ import numpy.typing as npt
 import torch
 
 from droplab import masks, scaling
-from droplab._validation import check_choice
 
 __all__ = [
     "BACKENDS",
@@ -172,8 +171,12 @@ def select_backend(t: torch.Tensor) -> MaskedScale:
     a forced kernel that cannot run here is an error rather than a silent fallback.
     """
     forced = os.environ.get("DROPLAB_BACKEND", "").strip()
-    if forced:
-        check_choice(forced, "DROPLAB_BACKEND", BACKENDS, owner="the environment")
+    if forced not in ("", *BACKENDS):
+        allowed = ", ".join(repr(name) for name in BACKENDS)
+        raise ValueError(
+            f"The DROPLAB_BACKEND environment variable must be unset or one of "
+            f"{allowed}; got {forced!r}."
+        )
     if forced == "reference":
         return reference_masked_scale
     # kernel dispatch: faster implementations of the same contract are chosen
