@@ -224,3 +224,14 @@ def test_cap_and_bad_arguments():
         ValueError, match=r"'x'.*as \(batch, units\); got .*shape \(2, 3, 3\)"
     ):
         exact_average(small, torch.ones(2, 3, 4, dtype=torch.float64))
+
+
+def test_inputs_follow_the_model_dtype():
+    model, x = _net(5, nn.Dropout(0.5))
+    x32 = x.numpy().astype(np.float32)  # an array, in another dtype
+    from_array = exact_average(model, x32)
+    from_tensor = exact_average(model, torch.from_numpy(x32.astype(np.float64)))
+    np.testing.assert_array_equal(from_array.mean_probs, from_tensor.mean_probs)
+    np.testing.assert_array_equal(
+        weight_scaling(model, x32)[0], weight_scaling(model, x32.astype(np.float64))[0]
+    )

@@ -22,6 +22,10 @@ masks in chunks. Two averages of the subnetworks' softmax outputs are reported:
 Known answers (Baldi and Sadowski): if the part after dropout is one Linear layer,
 ``E[z]`` equals the weight-scaled logits exactly, so the NWGM *is* weight scaling.
 Everything returned is a float64 NumPy array, ready for JSON and plots.
+
+The exact average uses keep probability ``1 - p``; droplab's Bernoulli masks, hence
+:func:`mc_logits`, keep with ``keep_threshold(p) / 2**32``, which differs from it
+by less than ``2**-33`` (exactly equal for p = 0, 1/4, 1/2, 3/4, 1).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from droplab.scaling import SCALES, eval_scale, realized_row_scale, train_scale
 
 __all__ = [
     "AveragingErrors",
+    "DropoutSite",
     "ExactAverage",
     "averaging_errors",
     "exact_average",
@@ -228,6 +233,9 @@ def exact_average(
         x: a batch of inputs (tensor or array) in the model's dtype.
         max_units: the largest dropout layer allowed (2^n tail evaluations).
         chunk_rows: at most this many (mask, sample) rows go through the tail at once.
+
+    Returns:
+        An :class:`ExactAverage`; the model's train/eval modes are left as found.
 
     Examples:
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Dropout(0.5),
