@@ -17,7 +17,11 @@ Reproducibility. Every droplab dropout module owns a Philox stream
 mask of a replicated batch of ``c * B`` rows at offset ``o`` covers the elements
 ``o .. o + c * E`` row by row, so setting ``o = t0 * E`` for the chunk that starts
 at pass ``t0`` gives pass ``t`` the same mask whatever chunk it falls in: the
-same seed gives the same masks for any ``chunk``. The modules' own seeds and
+same seed gives the same masks for any ``chunk``. Outputs are then identical
+bit for bit where the model's arithmetic does not depend on the number of rows
+(element-wise layers); after a matrix product they agree to floating-point
+rounding, since BLAS may block a product differently for a different number of
+rows. The modules' own seeds and
 offsets are restored afterwards. ``torch.nn`` dropout modules draw from
 PyTorch's global generator, which cannot be replayed this way, so they are
 refused (replace them with :class:`droplab.nn.Dropout`).
