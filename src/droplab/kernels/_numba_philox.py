@@ -43,7 +43,7 @@ CHUNK = 8192
 
 
 @njit(inline="always", cache=True)
-def philox_block(block, k0, k1):  # type: ignore[no-untyped-def]
+def philox_block(block, k0, k1):
     """The four output words of counter ``(block low, block high, 0, 0)``."""
     c0 = block & LOW32
     c1 = block >> SHIFT32
@@ -62,7 +62,7 @@ def philox_block(block, k0, k1):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def fill_words(first_block, k0, k1, words):  # type: ignore[no-untyped-def]
+def fill_words(first_block, k0, k1, words):
     """Write the words of blocks ``first_block, first_block + 1, ...`` into ``words``.
 
     ``words`` (uint32, length a multiple of 4) receives ``len(words) // 4``
@@ -77,7 +77,7 @@ def fill_words(first_block, k0, k1, words):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", cache=True)
-def chunk_words(start, stop, base_block, head, k0, k1, buffer):  # type: ignore[no-untyped-def]
+def chunk_words(start, stop, base_block, head, k0, k1, buffer):
     """Words of mask elements ``[start, stop)``: a view into ``buffer``.
 
     Mask element ``i`` is stream element ``j = offset + i`` with
@@ -92,7 +92,9 @@ def chunk_words(start, stop, base_block, head, k0, k1, buffer):  # type: ignore[
 
 
 @njit(cache=True)
-def _bernoulli_chunk(x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer):  # type: ignore[no-untyped-def]
+def _bernoulli_chunk(
+    x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer
+):
     words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
     src = x[start:stop]
     dst = out[start:stop]
@@ -102,27 +104,31 @@ def _bernoulli_chunk(x, out, start, stop, base_block, head, k0, k1, thr, factor,
 
 
 @njit(cache=True)
-def bernoulli_scale_serial(x, out, base_block, head, k0, k1, thr, factor):  # type: ignore[no-untyped-def]
+def bernoulli_scale_serial(x, out, base_block, head, k0, k1, thr, factor):
     """``out = where(word < thr, x * factor, +0)`` on one thread (x, out: 1-d, same dtype)."""
     buffer = np.empty(CHUNK + 8, np.uint32)
     for start in range(0, x.size, CHUNK):
         stop = min(start + CHUNK, x.size)
-        _bernoulli_chunk(x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer)
+        _bernoulli_chunk(
+            x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer
+        )
 
 
 @njit(parallel=True, cache=True)
-def bernoulli_scale_parallel(x, out, base_block, head, k0, k1, thr, factor):  # type: ignore[no-untyped-def]
+def bernoulli_scale_parallel(x, out, base_block, head, k0, k1, thr, factor):
     """:func:`bernoulli_scale_serial` with chunks spread over Numba's threads."""
     chunks = (x.size + CHUNK - 1) // CHUNK
     for c in prange(chunks):
         buffer = np.empty(CHUNK + 8, np.uint32)
         start = c * CHUNK
         stop = min(start + CHUNK, x.size)
-        _bernoulli_chunk(x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer)
+        _bernoulli_chunk(
+            x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer
+        )
 
 
 @njit(cache=True)
-def _keep_chunk(keep, start, stop, base_block, head, k0, k1, thr, buffer):  # type: ignore[no-untyped-def]
+def _keep_chunk(keep, start, stop, base_block, head, k0, k1, thr, buffer):
     words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
     dst = keep[start:stop]
     for i in range(words.size):
@@ -130,7 +136,7 @@ def _keep_chunk(keep, start, stop, base_block, head, k0, k1, thr, buffer):  # ty
 
 
 @njit(parallel=True, cache=True)
-def bernoulli_keep(keep, base_block, head, k0, k1, thr):  # type: ignore[no-untyped-def]
+def bernoulli_keep(keep, base_block, head, k0, k1, thr):
     """``keep[i] = word(offset + i) < thr`` for a flat uint8 mask."""
     chunks = (keep.size + CHUNK - 1) // CHUNK
     for c in prange(chunks):
@@ -140,7 +146,7 @@ def bernoulli_keep(keep, base_block, head, k0, k1, thr):  # type: ignore[no-unty
 
 
 @njit(cache=True)
-def kth_smallest_word(words, k):  # type: ignore[no-untyped-def]
+def kth_smallest_word(words, k):
     """The ``k``-th smallest (1-based) of uint32 ``words``: radix select, 8 bits a pass."""
     prefix = np.uint32(0)
     known = np.uint32(0)  # the bits of the answer found so far
@@ -160,7 +166,7 @@ def kth_smallest_word(words, k):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _fixed_row(row, start, k, base_block, head, k0, k1):  # type: ignore[no-untyped-def]
+def _fixed_row(row, start, k, base_block, head, k0, k1):
     if k == 0 or k == row.size:
         row[:] = 1 if k == row.size else 0
         return
@@ -182,7 +188,7 @@ def _fixed_row(row, start, k, base_block, head, k0, k1):  # type: ignore[no-unty
 
 
 @njit(parallel=True, cache=True)
-def fixed_keep(keep, rows, row_len, k, base_block, head, k0, k1):  # type: ignore[no-untyped-def]
+def fixed_keep(keep, rows, row_len, k, base_block, head, k0, k1):
     """Keep the ``k`` smallest words of each row of ``row_len`` (ties: lower index).
 
     The row's ``k``-th smallest word ``w`` is found by radix selection; every
@@ -192,11 +198,19 @@ def fixed_keep(keep, rows, row_len, k, base_block, head, k0, k1):  # type: ignor
     # The loop body lives in its own function: Numba's parfor pass must not
     # mistake the per-row counters for reductions across rows.
     for r in prange(rows):
-        _fixed_row(keep[r * row_len : (r + 1) * row_len], r * row_len, k, base_block, head, k0, k1)
+        _fixed_row(
+            keep[r * row_len : (r + 1) * row_len],
+            r * row_len,
+            k,
+            base_block,
+            head,
+            k0,
+            k1,
+        )
 
 
 @njit(cache=True)
-def _apply_chunk(x, out, keep, factors, row_len, start, stop):  # type: ignore[no-untyped-def]
+def _apply_chunk(x, out, keep, factors, row_len, start, stop):
     i = start
     while i < stop:  # one constant factor per row segment
         row = i // row_len
@@ -212,7 +226,7 @@ def _apply_chunk(x, out, keep, factors, row_len, start, stop):  # type: ignore[n
 
 
 @njit(parallel=True, cache=True)
-def apply_rows(x, out, keep, factors, row_len):  # type: ignore[no-untyped-def]
+def apply_rows(x, out, keep, factors, row_len):
     """``out[i] = where(keep[i], x[i] * factors[i // row_len], +0)``, all flat."""
     chunks = (x.size + CHUNK - 1) // CHUNK
     for c in prange(chunks):

@@ -44,29 +44,15 @@ __all__ = ["SERIAL_BELOW", "masked_scale", "supports"]
 SERIAL_BELOW = 1 << 13
 
 _LOW32 = 0xFFFFFFFF
-# Counts in ``fixed_keep`` are int64; keep rows far below that.
-_MAX_FIXED_ROW = 1 << 40
 
 
-def supports(
-    t: torch.Tensor, *, sampler: str, shared_dims: tuple[int, ...] = ()
-) -> bool:
-    """Whether this kernel handles ``t`` (else the caller uses the reference path).
+def supports(t: torch.Tensor) -> bool:
+    """Whether this kernel takes ``t``: a CPU tensor of one of the four float dtypes.
 
-    Any CPU tensor of the four float dtypes qualifies, except the ``fixed``
-    sampler on a row of more than 2**40 mask elements.
-
-    >>> supports(torch.zeros(3), sampler="bernoulli")
-    True
-    >>> supports(torch.zeros(3, dtype=torch.int64), sampler="bernoulli")
-    False
+    >>> supports(torch.zeros(3)), supports(torch.zeros(3, dtype=torch.int64))
+    (True, False)
     """
-    if t.device.type != "cpu" or t.dtype not in _COMPUTE:
-        return False
-    if sampler == "fixed":
-        own = masks.mask_shape(tuple(t.shape), shared_dims)
-        return masks.row_count(own)[1] <= _MAX_FIXED_ROW
-    return True
+    return t.device.type == "cpu" and t.dtype in _COMPUTE
 
 
 _COMPUTE = {
@@ -137,7 +123,11 @@ def masked_scale(
         and out.is_contiguous()
         and tuple(out.shape) == shape
     )
-    dst = out.detach() if writes_out and out is not None else torch.empty(shape, dtype=compute)
+    dst = (
+        out.detach()
+        if writes_out and out is not None
+        else torch.empty(shape, dtype=compute)
+    )
     x_flat = x.view(-1).numpy()
     dst_flat = dst.view(-1).numpy()
     own = masks.mask_shape(shape, shared_dims)
@@ -167,7 +157,9 @@ def masked_scale(
         else:  # the mask broadcasts over shared dimensions
             keep_t = torch.from_numpy(keep.view(np.bool_)).reshape(own)
             if len(own) > 1:  # one factor per row, broadcast like the mask
-                factor_t = torch.from_numpy(factors).reshape((rows,) + (1,) * (len(own) - 1))
+                factor_t = torch.from_numpy(factors).reshape(
+                    (rows,) + (1,) * (len(own) - 1)
+                )
             else:
                 factor_t = torch.from_numpy(factors).reshape(())
             zero = torch.zeros((), dtype=compute)

@@ -52,7 +52,11 @@ _COMPUTE = {
 
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in (
+        "1",
+        "true",
+        "on",
+    )
 
 
 def runs_on(t: torch.Tensor) -> bool:
@@ -75,9 +79,18 @@ def _words_4x(seed: Any, first_lo: Any, first_hi: Any, pid: Any, BLOCK: Any) -> 
     return tl.reshape(words, (BLOCK,))
 
 
-def _bernoulli_scale_kernel(  # type: ignore[no-untyped-def]
-    x_ptr, out_ptr, factor_ptr, n, head, first_lo, first_hi, seed, threshold,
-    BLOCK: tl.constexpr, OUT_BF16: tl.constexpr,
+def _bernoulli_scale_kernel(
+    x_ptr,
+    out_ptr,
+    factor_ptr,
+    n,
+    head,
+    first_lo,
+    first_hi,
+    seed,
+    threshold,
+    BLOCK: tl.constexpr,
+    OUT_BF16: tl.constexpr,
 ):
     pid = tl.program_id(0)
     words = _words_4x(seed, first_lo, first_hi, pid, BLOCK)
@@ -93,14 +106,16 @@ def _bernoulli_scale_kernel(  # type: ignore[no-untyped-def]
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
         rounded = tl.where(is_nan, 0x7FC0, rounded)  # torch's quiet NaN
-        tl.store(out_ptr + index, rounded.to(tl.uint16).to(tl.int16, bitcast=True), mask=inside)
+        tl.store(
+            out_ptr + index,
+            rounded.to(tl.uint16).to(tl.int16, bitcast=True),
+            mask=inside,
+        )
     else:
         tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def _words_kernel(  # type: ignore[no-untyped-def]
-    out_ptr, n, head, first_lo, first_hi, seed, BLOCK: tl.constexpr
-):
+def _words_kernel(out_ptr, n, head, first_lo, first_hi, seed, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     words = _words_4x(seed, first_lo, first_hi, pid, BLOCK)
     index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64) - head
@@ -130,7 +145,9 @@ def _rebind(kernel: Any, helper: Any) -> Any:
     return clone
 
 
-def _launch_args(n: int, seed: int, offset: int) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+def _launch_args(
+    n: int, seed: int, offset: int
+) -> tuple[tuple[int, ...], tuple[Any, ...]]:
     head = offset % 4
     first = offset // 4
     grid = (triton.cdiv(n + head, BLOCK),)
@@ -182,7 +199,9 @@ def masked_scale(
     own = masks.mask_shape(shape, shared_dims)
     x = t.detach().contiguous()
     if sampler == "bernoulli" and scale != "realized" and own == shape:
-        factor = torch.tensor(scaling.train_scale(p, scale), dtype=compute, device=t.device)
+        factor = torch.tensor(
+            scaling.train_scale(p, scale), dtype=compute, device=t.device
+        )
         result = torch.empty(shape, dtype=t.dtype, device=t.device)
         if x.numel():
             grid, args = _launch_args(x.numel(), seed, offset)
@@ -207,7 +226,9 @@ def masked_scale(
             shape_f = (rows,) + (1,) * (len(own) - 1) if len(own) > 1 else ()
             factor = factors.reshape(shape_f).to(compute)
         else:
-            factor = torch.tensor(scaling.train_scale(p, scale), dtype=compute, device=t.device)
+            factor = torch.tensor(
+                scaling.train_scale(p, scale), dtype=compute, device=t.device
+            )
         kept_values = (x.to(compute) * factor).to(t.dtype)
         result = torch.where(keep, kept_values, 0.0)
     if out is None:
