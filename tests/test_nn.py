@@ -98,6 +98,18 @@ def test_state_dict_round_trip_replays_the_masks():
     assert resumed[1].offset == model[1].offset == 6 * 40
 
 
+def test_checkpoints_of_torch_dropout_models_load_strictly():
+    torch.manual_seed(4)
+    theirs = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    ours = nn.Sequential(nn.Linear(3, 4), Dropout(0.5, seed=6), nn.Linear(4, 2))
+    ours[1].offset = 10
+    result = ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert (ours[1].seed, ours[1].offset) == (6, 10)  # the module keeps its stream
+    x = sample((2, 3))
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=0, atol=0)
+
+
 def test_seed_none_draws_from_torch_and_keeps_offset_zero():
     m = Dropout(0.5)
     x = sample((30, 20))

@@ -38,6 +38,7 @@ from torch import nn
 
 from droplab._backend import draw_seed
 from droplab._validation import check_int, check_offset, check_seed, fail
+from droplab.distributed import current_rank, fold_rank
 
 __all__ = ["StochasticModule"]
 
@@ -88,11 +89,12 @@ class StochasticModule(nn.Module):
     def _effective_seed(self, seed: int) -> int:
         """The key a draw actually uses, from the module's (or a drawn) seed.
 
-        This is the single place where the distributed-training support planned
-        in issue 8 folds the process rank into the key, so that ranks draw
-        disjoint streams. Today it returns ``seed`` unchanged.
+        The single place where the process rank folds into the key, so that
+        ranks draw disjoint streams: ``droplab.distributed.fold_rank(seed,
+        current_rank())``, which is ``seed`` itself on rank 0 and in a single
+        process (see :mod:`droplab.distributed`).
         """
-        return seed
+        return fold_rank(seed, current_rank())
 
     def next_stream(self, n: int) -> tuple[int, int]:
         """The ``(seed, offset)`` for a draw of ``n`` stream elements.
@@ -132,3 +134,28 @@ class StochasticModule(nn.Module):
             )
         self.seed = state["seed"]
         self.offset = state["offset"]
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+        # A checkpoint written with torch.nn.Dropout in this place has no stream:
+        # keep the module's own (seed, offset) rather than refuse a strict load.
+        key = prefix + "_extra_state"
+        if key in missing_keys:
+            missing_keys.remove(key)
