@@ -70,7 +70,11 @@ def _alpha(
         tuple(x.shape), p, seed=seed, offset=offset, shared_dims=shared, device=x.device
     )
     # the constant part (no gradient): b where kept, a * alpha' + b where dropped
-    const = torch.where(keep, b, a * SELU_SATURATION + b).to(compute)
+    const = torch.where(
+        keep,
+        torch.tensor(b, dtype=compute, device=x.device),
+        torch.tensor(a * SELU_SATURATION + b, dtype=compute, device=x.device),
+    )
     if p == 1.0:
         const = torch.zeros_like(const)
     return (kept.to(compute) + const).to(x.dtype)
