@@ -171,7 +171,8 @@ def mc_dropout(model: ModelT) -> Iterator[ModelT]:
     ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``) are in
     training mode and every other module (BatchNorm included) is in eval mode.
     On exit every module gets back the ``training`` flag it had, even when the
-    block raises.
+    block raises. Dropout built into other modules (the ``dropout`` argument of
+    ``nn.LSTM``, of attention layers) is not a dropout module and stays off.
 
     Args:
         model: any ``nn.Module``.
