@@ -6,14 +6,15 @@
   regenerated from (seed, offset) and never stored.
 
 Same contract as the reference path (see :mod:`droplab._backend`), bit for bit.
-Each program draws ``BLOCK // 4`` Philox blocks with ``tl.philox(seed, lo, hi,
-0, 0)`` (counter = the block number's low and high 32 bits, key = the seed's
-low and high 32 bits, split by Triton itself from the 64-bit seed) and
-interleaves the four words into ``BLOCK`` consecutive stream elements. So every
-seed in ``[0, 2**64)`` and every offset droplab accepts is supported; there is
-no 2**32-block limit (``tl.randint4x(seed, j // 4)`` with a 32-bit offset would
-have one). The tests check this in Triton's interpreter against the NumPy
-reference, including seeds above 2**63 and counters crossing 2**32 blocks.
+Each program draws ``BLOCK // 4`` Philox4x32-10 blocks on counters ``(block
+low 32 bits, block high 32 bits, 0, 0)`` under the key ``(seed low, seed
+high)`` and interleaves the four words into ``BLOCK`` consecutive stream
+elements. Philox is written out in the kernel (the same rounds as
+``tl.philox``); both halves of the counter and of the key are passed, so every
+seed in ``[0, 2**64)`` and every offset droplab accepts is supported, with no
+``2**32``-block limit. (Triton 3.x's ``tl.randint4x(seed, c)`` gives the same
+words for ``c < 2**32`` with a 32-bit ``c``, and for any ``c < 2**63`` with an
+int64 ``c``; the tests check that claim in the interpreter.)
 
 Paths: a Bernoulli mask covering the whole input with one factor runs as one
 fused kernel (read x, write y). Other cases (``fixed`` sampler, ``realized``
@@ -29,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import types
 from typing import Any
 
 import torch
@@ -64,18 +66,37 @@ def runs_on(t: torch.Tensor) -> bool:
     return t.dtype in _COMPUTE and (t.device.type == "cuda" or interpreting())
 
 
-def _words_4x(seed: Any, first_lo: Any, first_hi: Any, pid: Any, BLOCK: Any) -> Any:
-    """The ``BLOCK`` words of stream elements ``4 * first + pid * BLOCK + arange(BLOCK)``."""
+def _philox_words(first_lo, first_hi, key_lo, key_hi, pid, BLOCK: tl.constexpr):
+    """Words of stream elements ``4 * first + pid * BLOCK + arange(BLOCK)``.
+
+    Philox4x32-10 on counters ``(block low, block high, 0, 0)`` under the key
+    ``(key_lo, key_hi)``, written out here (as in ``tl.philox``) so that the
+    kernel needs no other jitted function and runs in the interpreter whatever
+    the import order.
+    """
     local = pid.to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
-    low = first_lo + local  # < 2**33: no overflow in int64
-    c_lo = (low & 0xFFFFFFFF).to(tl.uint32)
-    c_hi = ((first_hi + (low >> 32)) & 0xFFFFFFFF).to(tl.uint32)
-    zero = c_lo * 0
-    r0, r1, r2, r3 = tl.philox(seed, c_lo, c_hi, zero, zero)
-    # tl.join adds a minor dimension: join(join(r0, r2), join(r1, r3))[c, a, b] is
-    # word 2 * a + b of block c, so the row-major flattening puts word m of
-    # block c at element 4 * c + m.
-    words = tl.join(tl.join(r0, r2), tl.join(r1, r3))
+    low = first_lo.to(tl.int64) + local  # < 2**33: no overflow in int64
+    c0 = (low & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((first_hi.to(tl.int64) + (low >> 32)) & 0xFFFFFFFF).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    k0 = key_lo.to(tl.uint32)
+    k1 = key_hi.to(tl.uint32)
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi2 = tl.umulhi(c2, 0xCD9E8D57)
+        lo2 = c2 * 0xCD9E8D57
+        c0 = hi2 ^ c1 ^ k0
+        c1 = lo2
+        c2 = hi0 ^ c3 ^ k1
+        c3 = lo0
+        k0 = k0 + 0x9E3779B9  # wraps modulo 2**32
+        k1 = k1 + 0xBB67AE85
+    # tl.join adds a minor dimension: join(join(c0, c2), join(c1, c3))[b, i, j]
+    # is word 2 * i + j of block b, so row-major, word m of block b lands on
+    # element 4 * b + m.
+    words = tl.join(tl.join(c0, c2), tl.join(c1, c3))
     return tl.reshape(words, (BLOCK,))
 
 
@@ -87,13 +108,14 @@ def _bernoulli_scale_kernel(
     head,
     first_lo,
     first_hi,
-    seed,
+    key_lo,
+    key_hi,
     threshold,
     BLOCK: tl.constexpr,
     OUT_BF16: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    words = _words_4x(seed, first_lo, first_hi, pid, BLOCK)
+    words = _philox_words(first_lo, first_hi, key_lo, key_hi, pid, BLOCK)
     index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64) - head
     inside = (index >= 0) & (index < n)
     factor = tl.load(factor_ptr)  # the factor, already rounded to the compute dtype
@@ -115,30 +137,35 @@ def _bernoulli_scale_kernel(
         tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def _words_kernel(out_ptr, n, head, first_lo, first_hi, seed, BLOCK: tl.constexpr):
+def _words_kernel(
+    out_ptr, n, head, first_lo, first_hi, key_lo, key_hi, BLOCK: tl.constexpr
+):
     pid = tl.program_id(0)
-    words = _words_4x(seed, first_lo, first_hi, pid, BLOCK)
+    words = _philox_words(first_lo, first_hi, key_lo, key_hi, pid, BLOCK)
     index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64) - head
     inside = (index >= 0) & (index < n)
     tl.store(out_ptr + index, words.to(tl.int64), mask=inside)
 
 
+# Scalars that must stay runtime values: Triton would otherwise compile a
+# special case (a constant) whenever one of them happens to equal 1.
+_RUNTIME_SCALARS = ["n", "head", "first_lo", "first_hi", "key_lo", "key_hi"]
+
+
 @functools.cache
 def _kernels(interpret: bool) -> tuple[Any, Any]:
-    """The jitted kernels; built per mode, because ``triton.jit`` reads the mode."""
-    del interpret  # only the cache key: triton.jit itself reads TRITON_INTERPRET
-    helper = triton.jit(_words_4x)
-    return (
-        triton.jit(_rebind(_bernoulli_scale_kernel, helper)),
-        triton.jit(_rebind(_words_kernel, helper)),
+    """The jitted kernels, built per mode: ``triton.jit`` reads ``TRITON_INTERPRET``."""
+    del interpret  # the cache key only
+    helper = triton.jit(_philox_words)
+    return tuple(
+        triton.jit(_with_helper(kernel, helper), do_not_specialize=_RUNTIME_SCALARS)
+        for kernel in (_bernoulli_scale_kernel, _words_kernel)
     )
 
 
-def _rebind(kernel: Any, helper: Any) -> Any:
-    """``kernel`` with ``_words_4x`` resolved to the jitted ``helper``."""
-    import types
-
-    scope = dict(kernel.__globals__, _words_4x=helper)
+def _with_helper(kernel: Any, helper: Any) -> Any:
+    """A copy of ``kernel`` whose global ``_philox_words`` is the jitted ``helper``."""
+    scope = dict(kernel.__globals__, _philox_words=helper)
     clone = types.FunctionType(kernel.__code__, scope, kernel.__name__)
     clone.__module__ = kernel.__module__
     clone.__doc__ = kernel.__doc__
@@ -147,11 +174,13 @@ def _rebind(kernel: Any, helper: Any) -> Any:
 
 def _launch_args(
     n: int, seed: int, offset: int
-) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(grid, the kernels' scalar arguments n .. key_hi) for one call."""
     head = offset % 4
-    first = offset // 4
+    first = offset // 4  # < 2**64 (offsets are < 2**66)
     grid = (triton.cdiv(n + head, BLOCK),)
-    return grid, (n, head, first & 0xFFFFFFFF, (first >> 32) & 0xFFFFFFFF, seed)
+    words = (first & 0xFFFFFFFF, (first >> 32) & 0xFFFFFFFF)
+    return grid, (n, head, *words, seed & 0xFFFFFFFF, seed >> 32)
 
 
 def stream_words(n: int, *, seed: int, offset: int, device: Any) -> torch.Tensor:
