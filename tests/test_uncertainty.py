@@ -81,7 +81,9 @@ def test_passes_equal_a_loop_of_single_passes_on_the_same_streams() -> None:
                 module.seed, module.offset = stream_seed(9, m, 0), t * size
             single = net(X)
             assert torch.equal(single == 0, result.samples[t] == 0)
-            torch.testing.assert_close(single, result.samples[t], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(
+                single, result.samples[t], rtol=1e-12, atol=1e-12
+            )
 
 
 def test_a_module_called_twice_gets_two_streams() -> None:
@@ -140,7 +142,9 @@ def test_mean_and_variance_match_the_samples() -> None:
     r = mc_predict(net, X, samples=30, seed=4, chunk=7, keep_samples=True)
     assert r.samples is not None and r.samples.shape == (30, 7, 3)
     torch.testing.assert_close(r.mean, r.samples.mean(0), rtol=0, atol=1e-12)
-    torch.testing.assert_close(r.variance, r.samples.var(0, unbiased=False), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        r.variance, r.samples.var(0, unbiased=False), rtol=0, atol=1e-12
+    )
     assert r.entropy is None and r.mutual_information is None
 
 
@@ -153,21 +157,29 @@ def test_without_dropout_every_pass_is_the_deterministic_output() -> None:
 
 def test_classification_statistics_match_the_metric_functions() -> None:
     net = regression_net()
-    r = mc_predict(net, X, samples=25, seed=2, chunk=6, task="classification", keep_samples=True)
+    r = mc_predict(
+        net, X, samples=25, seed=2, chunk=6, task="classification", keep_samples=True
+    )
     assert r.samples is not None and r.entropy is not None
     assert r.mutual_information is not None and r.variation_ratio is not None
     probs = r.samples.numpy()
     np.testing.assert_allclose(r.mean.sum(-1).numpy(), 1.0, atol=1e-12)
-    np.testing.assert_allclose(r.entropy.numpy(), metrics.predictive_entropy(probs), atol=1e-12)
+    np.testing.assert_allclose(
+        r.entropy.numpy(), metrics.predictive_entropy(probs), atol=1e-12
+    )
     np.testing.assert_allclose(
         r.mutual_information.numpy(), metrics.mutual_information(probs), atol=1e-12
     )
-    np.testing.assert_allclose(r.variation_ratio.numpy(), metrics.variation_ratio(probs))
+    np.testing.assert_allclose(
+        r.variation_ratio.numpy(), metrics.variation_ratio(probs)
+    )
 
 
 def test_torch_dropout_is_refused_with_the_fix() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Dropout(0.5)).double()
-    with pytest.raises(ValueError, match=r"droplab.nn.Dropout.*torch.nn dropout module '1'"):
+    with pytest.raises(
+        ValueError, match=r"droplab.nn.Dropout.*torch.nn dropout module '1'"
+    ):
         mc_predict(net, X, samples=2, seed=0)
 
 
@@ -240,14 +252,16 @@ def test_log_likelihood_is_stable_far_in_the_tail() -> None:
 def test_log_likelihood_bad_tau_and_shapes() -> None:
     with pytest.raises(ValueError, match="'tau' argument of gaussian_log_likelihood"):
         metrics.gaussian_log_likelihood([[0.0]], [0.0], tau=0.0)
-    with pytest.raises(ValueError, match="'samples' argument of gaussian_log_likelihood"):
+    with pytest.raises(
+        ValueError, match="'samples' argument of gaussian_log_likelihood"
+    ):
         metrics.gaussian_log_likelihood([[0.0, 1.0]], [0.0], tau=1.0)
 
 
 def test_rmse_known_answer() -> None:
-    assert metrics.rmse(torch.tensor([1.0, 2.0, 3.0]), [1.0, 2.0, 5.0]) == pytest.approx(
-        math.sqrt(4 / 3)
-    )
+    assert metrics.rmse(
+        torch.tensor([1.0, 2.0, 3.0]), [1.0, 2.0, 5.0]
+    ) == pytest.approx(math.sqrt(4 / 3))
 
 
 PROBS = np.array([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.4, 0.4, 0.2]])
@@ -263,7 +277,9 @@ def test_ece_by_hand() -> None:
         expected
     )
     # One bin: |accuracy - mean confidence| = |0.5 - 0.65|.
-    assert metrics.expected_calibration_error(PROBS, LABELS, n_bins=1) == pytest.approx(0.15)
+    assert metrics.expected_calibration_error(PROBS, LABELS, n_bins=1) == pytest.approx(
+        0.15
+    )
 
 
 def test_ece_is_zero_when_calibrated() -> None:
@@ -272,7 +288,9 @@ def test_ece_is_zero_when_calibrated() -> None:
 
 
 def test_brier_and_nll_by_hand() -> None:
-    brier = (0.01 + 0.01 + (0.36 + 0.49 + 0.01) + (0.04 + 0.09 + 0.01) + (0.16 + 0.16 + 0.64)) / 4
+    brier = (
+        0.01 + 0.01 + (0.36 + 0.49 + 0.01) + (0.04 + 0.09 + 0.01) + (0.16 + 0.16 + 0.64)
+    ) / 4
     assert metrics.brier_score(PROBS, LABELS) == pytest.approx(brier)
     nll = -(math.log(0.9) + math.log(0.3) + math.log(0.7) + math.log(0.2)) / 4
     assert metrics.negative_log_likelihood(PROBS, LABELS) == pytest.approx(nll)
@@ -288,11 +306,17 @@ def test_entropy_bald_and_variation_ratio_by_hand() -> None:
 
 @settings(derandomize=True, deadline=None, max_examples=25)
 @given(st.integers(1, 6), st.integers(1, 5), st.integers(2, 4), st.integers(0, 2**32))
-def test_bald_between_zero_and_entropy(passes: int, points: int, classes: int, seed: int) -> None:
+def test_bald_between_zero_and_entropy(
+    passes: int, points: int, classes: int, seed: int
+) -> None:
     logits = np.random.default_rng(seed).normal(size=(passes, points, classes)) * 3
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     mi, h = metrics.mutual_information(probs), metrics.predictive_entropy(probs)
-    assert (mi >= 0).all() and (mi <= h + 1e-12).all() and (h <= math.log(classes) + 1e-12).all()
+    assert (
+        (mi >= 0).all()
+        and (mi <= h + 1e-12).all()
+        and (h <= math.log(classes) + 1e-12).all()
+    )
     ratio = metrics.variation_ratio(probs)
     assert ((ratio >= 0) & (ratio <= 1 - 1 / classes + 1e-12)).all()
 
@@ -300,10 +324,16 @@ def test_bald_between_zero_and_entropy(passes: int, points: int, classes: int, s
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: metrics.brier_score([[0.5, 0.6]], [0]), "non-negative rows summing to 1"),
+        (
+            lambda: metrics.brier_score([[0.5, 0.6]], [0]),
+            "non-negative rows summing to 1",
+        ),
         (lambda: metrics.brier_score([[0.5, 0.5]], [2]), r"class indices in \[0, 2\)"),
         (lambda: metrics.negative_log_likelihood([[0.5, 0.5]], [0.0]), "integer array"),
-        (lambda: metrics.expected_calibration_error([[1.0]], [0], n_bins=0), "'n_bins'"),
+        (
+            lambda: metrics.expected_calibration_error([[1.0]], [0], n_bins=0),
+            "'n_bins'",
+        ),
         (lambda: metrics.rmse([1.0, 2.0], [1.0]), "2 values"),
         (lambda: metrics.rmse([math.nan], [1.0]), "finite numbers"),
     ],
