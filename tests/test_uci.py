@@ -57,6 +57,7 @@ def test_loads_a_valid_folder(tmp_path: Path) -> None:
     assert folder.n_splits == 3 and folder.n_hidden == 8 and folder.n_epochs == 3
     assert folder.dropout_rates == (0.01, 0.1) and folder.tau_values == (1.0,)
     x_train, y_train, x_test, y_test = folder.arrays(0)
+    assert y_train.shape == (32,) and x_test.shape == (8, 3)
     assert x_train.shape == (32, 3) and y_test.shape == (8,)
 
 
