@@ -98,6 +98,41 @@ def test_state_dict_round_trip_replays_the_masks():
     assert resumed[1].offset == model[1].offset == 6 * 40
 
 
+def _train(model, steps, x, target):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), target).backward()
+        optimizer.step()
+
+
+def _make_model():
+    torch.manual_seed(7)
+    return nn.Sequential(
+        nn.Linear(4, 16), nn.ReLU(), Dropout(0.3, seed=123, sampler="fixed"), nn.Linear(16, 1)
+    ).double()
+
+
+def test_a_resumed_training_run_ends_where_an_uninterrupted_one_does():
+    x, target = sample((32, 4), torch.float64), sample((32, 1), torch.float64, seed=1)
+    straight = _make_model()
+    _train(straight, 6, x, target)
+
+    first = _make_model()
+    _train(first, 3, x, target)  # plain SGD: the model is the whole checkpoint
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = nn.Sequential(
+        nn.Linear(4, 16), nn.ReLU(), Dropout(0.3, sampler="fixed"), nn.Linear(16, 1)
+    ).double()
+    resumed.load_state_dict(torch.load(buffer))
+    _train(resumed, 3, x, target)
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed[2].offset == straight[2].offset == 6 * 32 * 16
+
+
 def test_checkpoints_of_torch_dropout_models_load_strictly():
     torch.manual_seed(4)
     theirs = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2))
