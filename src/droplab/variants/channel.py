@@ -169,7 +169,7 @@ def _channel_dropout(
         shared_dims=shared,
         inplace=inplace,
     )
-    if inplace:
+    if inplace or out is work:  # in place, or evaluation with an identity rule
         return x
     return out if batched else out.squeeze(0)
 
