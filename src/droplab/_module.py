@@ -38,7 +38,6 @@ from torch import nn
 
 from droplab._backend import draw_seed
 from droplab._validation import check_int, check_offset, check_seed, fail
-from droplab.distributed import current_rank, fold_rank
 
 __all__ = ["StochasticModule"]
 
@@ -94,7 +93,11 @@ class StochasticModule(nn.Module):
         current_rank())``, which is ``seed`` itself on rank 0 and in a single
         process (see :mod:`droplab.distributed`).
         """
-        return fold_rank(seed, current_rank())
+        # Looked up at call time: droplab.distributed stays out of the package's
+        # import chain, so a doctest run of that file alone imports it only once.
+        from droplab import distributed
+
+        return distributed.fold_rank(seed, distributed.current_rank())
 
     def next_stream(self, n: int) -> tuple[int, int]:
         """The ``(seed, offset)`` for a draw of ``n`` stream elements.
