@@ -47,12 +47,8 @@ class Config:
 
     p: float = 0.5  # drop probability of the hidden units
     lr: float = 0.1  # SGD learning rate of the shown update
-    masks: str = (
-        "blog"  # "blog" (the post's three subnetworks) or "sampled" (droplab's stream)
-    )
-    seed: int = (
-        34  # weights, inputs, masks if sampled (34: every kept unit's ReLU is on)
-    )
+    masks: str = "blog"  # "blog" (the post's subnetworks) or "sampled" (droplab's)
+    seed: int = 34  # weights, inputs, sampled masks (34: kept units' ReLUs all on)
 
     @classmethod
     def quick(cls) -> Config:
