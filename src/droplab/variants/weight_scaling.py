@@ -57,17 +57,26 @@ def _eval_factor(module: nn.Module) -> float | None:
     return None
 
 
-def _fold(container: nn.Sequential, index: int, factor: float, where: str) -> None:
-    names = list(container._modules)
-    for name in names[index + 1 :]:
-        target = container._modules[name]
-        if isinstance(target, _PASS_THROUGH):
+def _first_layer(modules: list[nn.Module]) -> nn.Module | None:
+    """The first module that is not a pass-through, entering nested Sequentials."""
+    for module in modules:
+        if isinstance(module, _PASS_THROUGH):
             continue
-        if isinstance(target, _FOLD_INTO):
-            with torch.no_grad():
-                target.weight.mul_(factor)
-            return
-        break
+        if isinstance(module, nn.Sequential):
+            inner = _first_layer(list(module))
+            if inner is None:  # an empty or pass-through-only Sequential
+                continue
+            return inner
+        return module
+    return None
+
+
+def _fold(container: nn.Sequential, index: int, factor: float, where: str) -> None:
+    target = _first_layer(list(container)[index + 1 :])
+    if isinstance(target, _FOLD_INTO):
+        with torch.no_grad():
+            target.weight.mul_(factor)
+        return
     raise ValueError(
         f"weight_scaled cannot fold the 'classic' dropout {where!r}: the factor "
         f"1 - p needs a Linear or Conv layer right after it (only Identity/Flatten "
@@ -83,7 +92,9 @@ def weight_scaled(model: ModelT) -> ModelT:
 
     - droplab dropouts with the ``classic`` rule (evaluation factor ``1 - p``)
       first multiply the weight of the next ``Linear`` / ``Conv`` layer of their
-      ``nn.Sequential`` by ``1 - p`` (the bias is unchanged);
+      ``nn.Sequential`` by ``1 - p`` (the bias is unchanged); only ``Identity``,
+      ``Flatten`` and ``Unflatten`` may sit in between, and the next layer may be
+      the first of a nested ``nn.Sequential``;
     - every other dropout (droplab's whose evaluation is the identity, and
       torch.nn's ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
       ``FeatureAlphaDropout``) is simply removed;
