@@ -28,7 +28,11 @@ def test_digits_split_sizes_and_standardisation() -> None:
 
 
 def test_splits_are_deterministic_by_seed() -> None:
-    a, b, c = data.load("digits", seed=1), data.load("digits", seed=1), data.load("digits", seed=2)
+    a, b, c = (
+        data.load("digits", seed=1),
+        data.load("digits", seed=1),
+        data.load("digits", seed=2),
+    )
     assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
     assert not np.array_equal(a.y_train, c.y_train)
 
@@ -63,7 +67,10 @@ def test_gap_regression_has_no_training_inputs_in_the_gap() -> None:
 
 
 def test_unknown_data_name() -> None:
-    with pytest.raises(ValueError, match=r"The 'name' argument of load must be one of digits, mnist1d, toy, mnist:DIR; got 'cifar'"):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'name' argument of load must be one of digits, mnist1d, toy, mnist:DIR; got 'cifar'",
+    ):
         data.load("cifar")
     with pytest.raises(TypeError, match="'name' argument of load"):
         data.load(3)  # type: ignore[arg-type]
@@ -71,24 +78,33 @@ def test_unknown_data_name() -> None:
 
 def test_split_needs_a_training_example() -> None:
     with pytest.raises(ValueError, match="at least one training example"):
-        data.split_and_standardize(np.ones((2, 1)), [0, 1], seed=0, val_fraction=0.5, test_fraction=0.5)
+        data.split_and_standardize(
+            np.ones((2, 1)), [0, 1], seed=0, val_fraction=0.5, test_fraction=0.5
+        )
 
 
 # ----------------------------------------------------------------------------- IDX files
 
 
 def _idx(array: np.ndarray, type_byte: int = 0x08) -> bytes:
-    header = bytes([0, 0, type_byte, array.ndim]) + b"".join(struct.pack(">I", s) for s in array.shape)
+    header = bytes([0, 0, type_byte, array.ndim]) + b"".join(
+        struct.pack(">I", s) for s in array.shape
+    )
     return header + array.astype(np.uint8).tobytes()
 
 
-def _write_mnist(folder: Path, *, n_train: int = 12, n_test: int = 5, gz: bool = False) -> None:
+def _write_mnist(
+    folder: Path, *, n_train: int = 12, n_test: int = 5, gz: bool = False
+) -> None:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, size=(n, 4, 4))
         labels = np.arange(n) % 10
-        for stem, payload in ((f"{prefix}-images-idx3-ubyte", _idx(images)), (f"{prefix}-labels-idx1-ubyte", _idx(labels))):
+        for stem, payload in (
+            (f"{prefix}-images-idx3-ubyte", _idx(images)),
+            (f"{prefix}-labels-idx1-ubyte", _idx(labels)),
+        ):
             if gz:
                 (folder / (stem + ".gz")).write_bytes(gzip.compress(payload))
             else:
@@ -98,7 +114,7 @@ def _write_mnist(folder: Path, *, n_train: int = 12, n_test: int = 5, gz: bool =
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_idx_loads(tmp_path: Path, gz: bool) -> None:
     _write_mnist(tmp_path, gz=gz)
-    x_train, y_train, x_test, y_test = data.load_mnist_idx(tmp_path)
+    x_train, _, x_test, y_test = data.load_mnist_idx(tmp_path)
     assert x_train.shape == (12, 16) and x_test.shape == (5, 16)
     assert 0.0 <= x_train.min() and x_train.max() <= 1.0
     assert y_test.tolist() == [0, 1, 2, 3, 4]
@@ -112,7 +128,10 @@ def test_mnist_idx_truncated(tmp_path: Path) -> None:
     _write_mnist(tmp_path)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-7])
-    with pytest.raises(ValueError, match=r"truncated or corrupt: its header announces shape \(12, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"truncated or corrupt: its header announces shape \(12, 4, 4\)",
+    ):
         data.load_mnist_idx(tmp_path)
     path.write_bytes(path.read_bytes()[:6])
     with pytest.raises(ValueError, match="truncated: its header needs 16 bytes"):
@@ -123,7 +142,9 @@ def test_mnist_idx_wrong_magic(tmp_path: Path) -> None:
     _write_mnist(tmp_path)
     path = tmp_path / "t10k-labels-idx1-ubyte"
     path.write_bytes(b"\x1f\x8b" + path.read_bytes()[2:])
-    with pytest.raises(ValueError, match="is not an IDX file: its magic number is 1f8b0801"):
+    with pytest.raises(
+        ValueError, match="is not an IDX file: its magic number is 1f8b0801"
+    ):
         data.load_mnist_idx(tmp_path)
 
 
@@ -134,26 +155,37 @@ def test_mnist_idx_images_and_labels_swapped(tmp_path: Path) -> None:
     a, b = images.read_bytes(), labels.read_bytes()
     images.write_bytes(b)
     labels.write_bytes(a)
-    with pytest.raises(ValueError, match=r"must hold uint8 images \(magic 00000803\); got 1-d"):
+    with pytest.raises(
+        ValueError, match=r"must hold uint8 images \(magic 00000803\); got 1-d"
+    ):
         data.load_mnist_idx(tmp_path)
 
 
 def test_mnist_idx_count_mismatch(tmp_path: Path) -> None:
     _write_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.arange(4)))
-    with pytest.raises(ValueError, match="mislabelled: t10k-images-idx3-ubyte holds 5 images but t10k-labels-idx1-ubyte holds 4 labels"):
+    with pytest.raises(
+        ValueError,
+        match="mislabelled: t10k-images-idx3-ubyte holds 5 images but t10k-labels-idx1-ubyte holds 4 labels",
+    ):
         data.load_mnist_idx(tmp_path)
 
 
 def test_mnist_idx_label_out_of_range(tmp_path: Path) -> None:
     _write_mnist(tmp_path)
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 2, 11] + [0] * 8)))
-    with pytest.raises(ValueError, match="has label 11 at index 3; MNIST labels are 0-9"):
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(
+        _idx(np.array([0, 1, 2, 11] + [0] * 8))
+    )
+    with pytest.raises(
+        ValueError, match="has label 11 at index 3; MNIST labels are 0-9"
+    ):
         data.load_mnist_idx(tmp_path)
 
 
 def test_mnist_missing_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.load_mnist_idx(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\(.gz\) not found"):
+    with pytest.raises(
+        FileNotFoundError, match=r"train-images-idx3-ubyte\(.gz\) not found"
+    ):
         data.load_mnist_idx(tmp_path)

@@ -23,7 +23,7 @@ from droplab.lab.stats import chisquare_pooled, mean_ci, proportion_ci
 
 # A fake experiment, written as a module file so that it can also run in a subprocess.
 # MODE (an environment variable read at run time) picks its behaviour.
-FAKE = '''
+FAKE = """
 from dataclasses import dataclass
 import os, pathlib, time
 
@@ -73,7 +73,7 @@ def numbers(result):
 
 def answer(result):
     return "size is " + str(result["size"])
-'''
+"""
 
 
 @pytest.fixture
@@ -117,7 +117,11 @@ def test_registry_modules_follow_the_protocol() -> None:
         assert module.QUESTION.endswith("?") and len(module.METHOD) > 40
         source = inspect.getsource(module.Config)
         for field in dataclasses.fields(config):
-            line = next(line for line in source.splitlines() if line.strip().startswith(f"{field.name}:"))
+            line = next(
+                line
+                for line in source.splitlines()
+                if line.strip().startswith(f"{field.name}:")
+            )
             assert "#" in line, f"{name}.Config.{field.name} has no comment"
 
 
@@ -127,9 +131,14 @@ def test_config_for_presets_and_data_override() -> None:
     assert registry.config_for(module, "default", data="mnist1d").data == "mnist1d"
     masks = registry.get_experiment("masks")
     assert registry.config_for(masks, "default", data="mnist1d") == masks.Config()
-    with pytest.raises(ValueError, match="The 'preset' argument of config_for must be one of 'quick', 'default', 'full'; got 'fast'"):
+    with pytest.raises(
+        ValueError,
+        match="The 'preset' argument of config_for must be one of 'quick', 'default', 'full'; got 'fast'",
+    ):
         registry.config_for(module, "fast")
-    with pytest.raises(ValueError, match="The 'name' argument of get_experiment must be one of masks"):
+    with pytest.raises(
+        ValueError, match="The 'name' argument of get_experiment must be one of masks"
+    ):
         registry.get_experiment("nope")
 
 
@@ -149,14 +158,24 @@ def test_config_hash_is_canonical() -> None:
 
 
 def _record(name: str = "x") -> dict[str, Any]:
-    return {"name": name, "preset": "quick", "config": {}, "config_hash": "h", "versions": {}, "wall_time_s": 1.0, "result": {"a": 1}}
+    return {
+        "name": name,
+        "preset": "quick",
+        "config": {},
+        "config_hash": "h",
+        "versions": {},
+        "wall_time_s": 1.0,
+        "result": {"a": 1},
+    }
 
 
 def test_save_and_load_round_trip_atomically(tmp_path: Path) -> None:
     path = results.save_result(tmp_path / "r" / "x.json", _record())
     loaded = results.load_result(path, "x")
     assert loaded["result"] == {"a": 1} and loaded["format"] == results.FORMAT
-    assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temporary file left
+    assert [p.name for p in path.parent.iterdir()] == [
+        "x.json"
+    ]  # no temporary file left
 
 
 def test_load_refuses_corrupt_foreign_and_mismatched_files(tmp_path: Path) -> None:
@@ -173,7 +192,9 @@ def test_load_refuses_corrupt_foreign_and_mismatched_files(tmp_path: Path) -> No
     path.write_text(json.dumps({"format": results.FORMAT, "format_version": 99}))
     with pytest.raises(results.ResultError, match="format version 99"):
         results.load_result(path)
-    path.write_text(json.dumps({"format": results.FORMAT, "format_version": 1, "name": "x"}))
+    path.write_text(
+        json.dumps({"format": results.FORMAT, "format_version": 1, "name": "x"})
+    )
     with pytest.raises(results.ResultError, match="lacks preset, config"):
         results.load_result(path)
 
@@ -193,10 +214,14 @@ def test_run_skips_same_config_and_reruns_on_force_or_change(fakes: Path) -> Non
     assert record["wall_time_s"] >= 0 and record["result"] == {"size": 2, "jobs": 1}
     again = runner.run_experiment(module, module.Config(), results_dir=out, log=_quiet)
     assert again.status == "skipped" and _runs(fakes, "fake_first") == 1
-    forced = runner.run_experiment(module, module.Config(), results_dir=out, force=True, log=_quiet)
+    forced = runner.run_experiment(
+        module, module.Config(), results_dir=out, force=True, log=_quiet
+    )
     assert forced.status == "ran" and _runs(fakes, "fake_first") == 2
     messages: list[str] = []
-    changed = runner.run_experiment(module, module.Config(size=5), results_dir=out, log=messages.append)
+    changed = runner.run_experiment(
+        module, module.Config(size=5), results_dir=out, log=messages.append
+    )
     assert changed.status == "ran" and "another config" in messages[0]
 
 
@@ -205,36 +230,56 @@ def test_corrupt_or_foreign_result_is_reported_and_recomputed(fakes: Path) -> No
     out = fakes / "results"
     path = results.result_path(out, "fake_first")
     out.mkdir()
-    for content in ("{not json", json.dumps({"name": "fake_first", "result": {"size": 2}})):
+    for content in (
+        "{not json",
+        json.dumps({"name": "fake_first", "result": {"size": 2}}),
+    ):
         path.write_text(content)
         messages: list[str] = []
-        outcome = runner.run_experiment(module, module.Config(), results_dir=out, log=messages.append)
+        outcome = runner.run_experiment(
+            module, module.Config(), results_dir=out, log=messages.append
+        )
         assert outcome.status == "ran"
         assert "Recomputing fake_first" in messages[0]
         assert results.load_result(path, "fake_first")["result"]["size"] == 2
 
 
-def test_a_crash_loses_no_finished_experiment(fakes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_loses_no_finished_experiment(
+    fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = fakes / "results"
     monkeypatch.setenv("FAKE_MODE_fake_first", "raise")
     messages: list[str] = []
-    outcomes = runner.run_experiments(["fake_first", "fake_second"], results_dir=out, log=messages.append, progress=False)
+    outcomes = runner.run_experiments(
+        ["fake_first", "fake_second"],
+        results_dir=out,
+        log=messages.append,
+        progress=False,
+    )
     assert [o.status for o in outcomes] == ["failed", "ran"]
     assert "boom in fake_first" in outcomes[0].message and "Traceback" in messages[0]
     monkeypatch.setenv("FAKE_MODE_fake_first", "ok")
-    outcomes = runner.run_experiments(["fake_first", "fake_second"], results_dir=out, log=_quiet, progress=False)
+    outcomes = runner.run_experiments(
+        ["fake_first", "fake_second"], results_dir=out, log=_quiet, progress=False
+    )
     assert [o.status for o in outcomes] == ["ran", "skipped"]
     assert _runs(fakes, "fake_second") == 1
 
 
-def test_interrupt_keeps_finished_results_and_rerun_resumes(fakes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_keeps_finished_results_and_rerun_resumes(
+    fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = fakes / "results"
     monkeypatch.setenv("FAKE_MODE_fake_second", "interrupt")
     with pytest.raises(KeyboardInterrupt):
-        runner.run_experiments(["fake_first", "fake_second"], results_dir=out, log=_quiet, progress=False)
+        runner.run_experiments(
+            ["fake_first", "fake_second"], results_dir=out, log=_quiet, progress=False
+        )
     assert sorted(p.name for p in out.iterdir()) == ["fake_first.json"]
     monkeypatch.setenv("FAKE_MODE_fake_second", "ok")
-    outcomes = runner.run_experiments(["fake_first", "fake_second"], results_dir=out, log=_quiet, progress=False)
+    outcomes = runner.run_experiments(
+        ["fake_first", "fake_second"], results_dir=out, log=_quiet, progress=False
+    )
     assert [o.status for o in outcomes] == ["skipped", "ran"]
     assert (_runs(fakes, "fake_first"), _runs(fakes, "fake_second")) == (1, 2)
 
@@ -253,22 +298,39 @@ def test_ctrl_c_in_a_subprocess_then_rerun_repeats_nothing(fakes: Path) -> None:
         """
     )
     env = {**os.environ, "FAKE_MODE_fake_second": "hang", "CI": "1"}
-    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     started = fakes / "fake_second.started"
     deadline = time.monotonic() + 60
-    while not started.exists() and time.monotonic() < deadline and process.poll() is None:
+    while (
+        not started.exists() and time.monotonic() < deadline and process.poll() is None
+    ):
         time.sleep(0.05)
     assert started.exists(), process.communicate()
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "finished results are saved, rerun to resume" in stderr
     assert sorted(p.name for p in (out / "results").iterdir()) == ["fake_first.json"]
 
     env["FAKE_MODE_fake_second"] = "ok"
-    rerun = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rerun.returncode == 0, rerun.stderr
-    assert "fake_first: reused saved result" in rerun.stderr and "fake_second: ran" in rerun.stderr
+    assert (
+        "fake_first: reused saved result" in rerun.stderr
+        and "fake_second: ran" in rerun.stderr
+    )
     assert (_runs(fakes, "fake_first"), _runs(fakes, "fake_second")) == (1, 2)
     assert (out / "index.html").exists()
 
@@ -283,14 +345,18 @@ def test_progress_bar_is_off_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_parallel_map_keeps_order_and_rejects_bad_jobs() -> None:
     assert parallel_map(abs, [-3, 1, -2]) == [3, 1, 2]
-    with pytest.raises(ValueError, match="The 'jobs' argument of parallel_map must be an integer in"):
+    with pytest.raises(
+        ValueError, match="The 'jobs' argument of parallel_map must be an integer in"
+    ):
         parallel_map(abs, [1], jobs=0)
 
 
 def test_parallel_training_is_the_same_for_any_number_of_jobs() -> None:
     from droplab.experiments import averaging
 
-    config = averaging.Config(large_hidden=(16,), large_epochs=1, large_ks=(1, 3), seeds=2)
+    config = averaging.Config(
+        large_hidden=(16,), large_epochs=1, large_ks=(1, 3), seeds=2
+    )
     tasks = [(config, i) for i in range(2)]
     serial = parallel_map(averaging._large_task, tasks, jobs=1)
     parallel = parallel_map(averaging._large_task, tasks, jobs=2)
@@ -314,14 +380,23 @@ def test_statistics_helpers() -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
-def test_cli_run_list_and_report(fakes: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_list_and_report(
+    fakes: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = fakes / "out"
     assert cli.main(["list", "--out", str(out)]) == 0
     assert "fake_first     not run" in capsys.readouterr().out
-    assert cli.main(["run", "fake_first", "--preset", "quick", "--out", str(out), "--jobs", "2"]) == 0
+    assert (
+        cli.main(
+            ["run", "fake_first", "--preset", "quick", "--out", str(out), "--jobs", "2"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "fake_first: size is 1" in printed
-    assert results.load_result(results.result_path(out / "results", "fake_first"))["result"] == {"size": 1, "jobs": 2}
+    assert results.load_result(results.result_path(out / "results", "fake_first"))[
+        "result"
+    ] == {"size": 1, "jobs": 2}
     assert cli.main(["list", "--out", str(out)]) == 0
     assert "saved (quick config" in capsys.readouterr().out
     assert cli.main(["report", "--only", "fake_second", "--out", str(out)]) == 0
@@ -335,7 +410,9 @@ def test_cli_run_list_and_report(fakes: Path, capsys: pytest.CaptureFixture[str]
         cli.main(["report", "--jobs", "0", "--out", str(out)])
 
 
-def test_cli_report_exits_nonzero_when_an_experiment_fails(fakes: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_report_exits_nonzero_when_an_experiment_fails(
+    fakes: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("FAKE_MODE_fake_second", "raise")
     out = fakes / "out"
     assert cli.main(["report", "--out", str(out)]) == 1
