@@ -188,3 +188,28 @@ def dropout(
         x, p, seed, offset, scale, sampler, dims, inplace
     )
     return result
+
+
+# --- the dropout family (droplab.variants) ---
+from droplab.variants.alpha import alpha_dropout as alpha_dropout  # noqa: E402
+from droplab.variants.alpha import feature_alpha_dropout as feature_alpha_dropout  # noqa: E402
+from droplab.variants.channel import dropout1d as dropout1d  # noqa: E402
+from droplab.variants.channel import dropout2d as dropout2d  # noqa: E402
+from droplab.variants.channel import dropout3d as dropout3d  # noqa: E402
+from droplab.variants.channel import (  # noqa: E402
+    shared_dims_from_noise_shape as shared_dims_from_noise_shape,
+)
+from droplab.variants.concrete import concrete_dropout as concrete_dropout  # noqa: E402
+from droplab.variants.dropblock import drop_block2d as drop_block2d  # noqa: E402
+from droplab.variants.dropconnect import drop_connect_linear as drop_connect_linear  # noqa: E402
+from droplab.variants.droppath import drop_path as drop_path  # noqa: E402
+from droplab.variants.droppath import linear_drop_rates as linear_drop_rates  # noqa: E402
+from droplab.variants.gaussian import gaussian_dropout as gaussian_dropout  # noqa: E402
+from droplab.variants.locked import locked_dropout as locked_dropout  # noqa: E402
+
+__all__ += [
+    "alpha_dropout", "concrete_dropout", "drop_block2d", "drop_connect_linear",
+    "drop_path", "dropout1d", "dropout2d", "dropout3d", "feature_alpha_dropout",
+    "gaussian_dropout", "linear_drop_rates", "locked_dropout",
+    "shared_dims_from_noise_shape",
+]

@@ -203,3 +203,24 @@ def mc_dropout(model: ModelT) -> Iterator[ModelT]:
     finally:
         for module, training in saved:
             module.training = training
+
+
+# --- the dropout family (droplab.variants) ---
+from droplab.variants.alpha import AlphaDropout as AlphaDropout  # noqa: E402
+from droplab.variants.alpha import FeatureAlphaDropout as FeatureAlphaDropout  # noqa: E402
+from droplab.variants.channel import Dropout1d as Dropout1d  # noqa: E402
+from droplab.variants.channel import Dropout2d as Dropout2d  # noqa: E402
+from droplab.variants.channel import Dropout3d as Dropout3d  # noqa: E402
+from droplab.variants.concrete import ConcreteDropout as ConcreteDropout  # noqa: E402
+from droplab.variants.dropblock import DropBlock2d as DropBlock2d  # noqa: E402
+from droplab.variants.dropconnect import DropConnectLinear as DropConnectLinear  # noqa: E402
+from droplab.variants.droppath import DropPath as DropPath  # noqa: E402
+from droplab.variants.gaussian import GaussianDropout as GaussianDropout  # noqa: E402
+from droplab.variants.locked import LockedDropout as LockedDropout  # noqa: E402
+from droplab.variants.weight_drop import WeightDropLSTM as WeightDropLSTM  # noqa: E402
+
+__all__ += [
+    "AlphaDropout", "ConcreteDropout", "DropBlock2d", "DropConnectLinear", "DropPath",
+    "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout", "GaussianDropout",
+    "LockedDropout", "WeightDropLSTM",
+]

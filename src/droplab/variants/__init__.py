@@ -6,6 +6,9 @@ A private package: the public names are re-exported by :mod:`droplab.nn`
 Flax and for which variants save nothing for backward.
 """
 
+# droplab.functional first: its last lines re-export the ops of this package, so
+# it must be complete before any of them imports it.
+import droplab.functional  # noqa: F401  (isort: keep before the submodules)
 from droplab.variants.alpha import AlphaDropout as AlphaDropout
 from droplab.variants.alpha import FeatureAlphaDropout as FeatureAlphaDropout
 from droplab.variants.alpha import alpha_dropout as alpha_dropout
