@@ -37,8 +37,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -272,11 +273,31 @@ def _saved(path: Path, settings: ProtocolSettings) -> dict[str, Any] | None:
     return result
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One torch thread and one thread for the CPU kernels' parallel launches."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        numba = None
+    kernel_threads = numba.get_num_threads() if numba else 1
+    if numba:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if numba:
+            numba.set_num_threads(kernel_threads)
+
+
 def _split_job(
     path: str, split: int, settings: ProtocolSettings, out: str
 ) -> dict[str, Any]:
-    torch.set_num_threads(1)  # one process per core: threads would fight
-    result = run_split(load_uci_folder(path), split, settings)
+    with _one_thread():  # one process per core: threads would fight
+        result = run_split(load_uci_folder(path), split, settings)
     _write_json_atomically(Path(out) / f"split_{split}.json", result)
     return result
 
@@ -310,9 +331,7 @@ def run_protocol(
         (lambda text: print(text, file=log, flush=True)) if log else (lambda text: None)
     )
     say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these networks are tiny: one thread is fastest
-    try:
+    with _one_thread():  # these networks are tiny: one thread per process is fastest
         if jobs == 1 or len(todo) <= 1:
             for split in todo:
                 result = run_split(folder, split, settings)
@@ -330,8 +349,6 @@ def run_protocol(
                     result = future.result()
                     results[result["split"]] = result
                     say(_progress(result))
-    finally:
-        torch.set_num_threads(threads)
     return [results[s] for s in splits]
 
 
