@@ -25,6 +25,7 @@ mask (``N * H``). The weight mask is drawn with
 
 from __future__ import annotations
 
+import warnings
 from typing import cast
 
 import torch
@@ -156,7 +157,13 @@ class WeightDropLSTM(StochasticModule):
             weights = {
                 "weight_hh_l0": self._weight_hh(cast(torch.Tensor, layer.weight_hh_l0))
             }
-            out, (h, c) = torch.func.functional_call(layer, weights, (out, state))
+            with warnings.catch_warnings():
+                # cuDNN warns that the weights are not one contiguous chunk: the
+                # dropped weight_hh is a fresh tensor on every call, by design.
+                warnings.filterwarnings(
+                    "ignore", message="RNN module weights are not part of single"
+                )
+                out, (h, c) = torch.func.functional_call(layer, weights, (out, state))
             h_n.append(h)
             c_n.append(c)
             if i < self.num_layers - 1:
