@@ -32,7 +32,6 @@ from droplab._validation import check_offset, check_seed
 from droplab.rng import random_words
 
 __all__ = [
-    "check_floating",
     "compute_dtype",
     "keep_mask",
     "normal_noise",
@@ -46,13 +45,6 @@ _TWO_POW_M32 = 2.0**-32
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 for float64 tensors, float32 for every other floating dtype."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_floating(x: Any, owner: str, name: str = "x") -> torch.Tensor:
-    """Refuse anything but a float16/bfloat16/float32/float64 tensor."""
-    from droplab.functional import check_floating_tensor
-
-    return check_floating_tensor(x, name, owner=owner)
 
 
 def resolve_seed(
