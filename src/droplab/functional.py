@@ -208,8 +208,17 @@ from droplab.variants.gaussian import gaussian_dropout as gaussian_dropout  # no
 from droplab.variants.locked import locked_dropout as locked_dropout  # noqa: E402
 
 __all__ += [
-    "alpha_dropout", "concrete_dropout", "drop_block2d", "drop_connect_linear",
-    "drop_path", "dropout1d", "dropout2d", "dropout3d", "feature_alpha_dropout",
-    "gaussian_dropout", "linear_drop_rates", "locked_dropout",
+    "alpha_dropout",
+    "concrete_dropout",
+    "drop_block2d",
+    "drop_connect_linear",
+    "drop_path",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "linear_drop_rates",
+    "locked_dropout",
     "shared_dims_from_noise_shape",
 ]

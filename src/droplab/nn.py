@@ -220,7 +220,16 @@ from droplab.variants.locked import LockedDropout as LockedDropout  # noqa: E402
 from droplab.variants.weight_drop import WeightDropLSTM as WeightDropLSTM  # noqa: E402
 
 __all__ += [
-    "AlphaDropout", "ConcreteDropout", "DropBlock2d", "DropConnectLinear", "DropPath",
-    "Dropout1d", "Dropout2d", "Dropout3d", "FeatureAlphaDropout", "GaussianDropout",
-    "LockedDropout", "WeightDropLSTM",
+    "AlphaDropout",
+    "ConcreteDropout",
+    "DropBlock2d",
+    "DropConnectLinear",
+    "DropPath",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "FeatureAlphaDropout",
+    "GaussianDropout",
+    "LockedDropout",
+    "WeightDropLSTM",
 ]
