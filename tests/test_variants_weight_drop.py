@@ -85,6 +85,7 @@ def test_batch_first_and_unbatched():
     x = randn(2, 6, 3)
     assert torch.allclose(m(x)[0], ref(x)[0], atol=1e-12)
     single, (h, c) = m(x[0])
+    assert c.shape == (1, 4)
     assert single.shape == (6, 4) and h.shape == (1, 4)
     assert torch.allclose(single, ref(x[0])[0], atol=1e-12)
 
