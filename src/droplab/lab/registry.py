@@ -36,6 +36,8 @@ EXPERIMENTS: tuple[str, ...] = (
     "droplab.experiments.expectation",
     "droplab.experiments.averaging",
     "droplab.experiments.gradients",
+    "droplab.experiments.exact_count",
+    "droplab.experiments.rate",
 )
 
 PRESETS = ("quick", "default", "full")

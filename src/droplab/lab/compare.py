@@ -1,0 +1,166 @@
+"""Paired comparisons between training rules, and the sentences that report them.
+
+The training experiments compare two ways of training the *same* network
+(same initialisation, same data order, same dropout stream seed) over several
+seeds, so their differences are paired: the seed-to-seed spread cancels and a
+paired t interval on the per-seed differences is the honest measure. A
+difference counts as *detectable* when its 95 % interval excludes zero; over a
+family of comparisons (one per width, say) Holm's step-down correction keeps
+the chance of any false detection at 5 %.
+
+Every answer sentence in the lab is built from these numbers by
+:func:`verdict`, so it says "no detectable difference" whenever the interval
+contains zero, and names the better side and the size of its lead otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats
+
+from droplab._validation import fail
+from droplab.lab.stats import mean_ci
+
+__all__ = ["detectable", "holm", "paired_difference", "verdict"]
+
+
+def paired_difference(
+    a: npt.ArrayLike, b: npt.ArrayLike, level: float = 0.95
+) -> dict[str, Any]:
+    """Mean of ``a - b`` over pairs, its Student-t interval and two-sided p-value.
+
+    Args:
+        a, b: per-seed values of the two rules, paired by position.
+        level: confidence level of the interval.
+
+    Returns:
+        ``{"mean", "low", "high", "p_value", "n"}``; with fewer than two pairs, or
+        pairs that all differ by the same amount, the interval is that of the
+        t distribution with zero spread (``low == high == mean``) and the
+        p-value is 1 when the difference is zero, else 0.
+
+    Examples:
+        >>> d = paired_difference([0.9, 0.8, 0.85], [0.8, 0.7, 0.8])
+        >>> round(d["mean"], 3), d["n"], d["low"] > 0
+        (0.083, 3, True)
+    """
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape or len(x) == 0:
+        raise fail(
+            "a, b", (x.shape, y.shape), "two non-empty sequences of the same length",
+            owner="paired_difference",
+        )  # fmt: skip
+    diff = x - y
+    mean, low, high = mean_ci(diff, level)
+    spread = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    if low is None or high is None or spread == 0.0:
+        # No spread: the data cannot say more than the observed difference.
+        p_value = 1.0 if mean == 0.0 else 0.0
+        return {
+            "mean": mean,
+            "low": mean,
+            "high": mean,
+            "p_value": p_value,
+            "n": len(x),
+        }
+    t = mean / (spread / math.sqrt(len(diff)))
+    p_value = float(2 * stats.t.sf(abs(t), len(diff) - 1))
+    return {"mean": mean, "low": low, "high": high, "p_value": p_value, "n": len(x)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control).
+
+    >>> [round(v, 3) for v in holm([0.01, 0.04, 0.03])]
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return [float(v) for v in adjusted]
+
+
+def detectable(diff: dict[str, Any], adjusted_p: float | None = None) -> bool:
+    """Whether ``diff`` (from :func:`paired_difference` or a mean/low/high triple)
+    is detectably non-zero: its interval excludes 0 and, when an adjusted p-value
+    is given, that is below 0.05 too.
+
+    >>> detectable({"mean": 1.0, "low": 0.2, "high": 1.8})
+    True
+    >>> detectable({"mean": 1.0, "low": -0.2, "high": 2.2})
+    False
+    """
+    low, high = diff.get("low"), diff.get("high")
+    if low is None or high is None:
+        return False
+    excludes_zero = low > 0 or high < 0
+    if adjusted_p is not None:
+        return excludes_zero and adjusted_p < 0.05
+    return bool(excludes_zero)
+
+
+def verdict(
+    name_a: str,
+    name_b: str,
+    diff: dict[str, Any],
+    *,
+    quantity: str,
+    higher_is_better: bool,
+    unit: str = " points",
+    factor: float = 100.0,
+    adjusted_p: float | None = None,
+    digits: int = 2,
+) -> str:
+    """One clause on ``a - b``: which is better and by how much, or none detectable.
+
+    Args:
+        name_a, name_b: the two sides (``diff`` is a minus b).
+        diff: ``{"mean", "low", "high"}`` (e.g. from :func:`paired_difference`).
+        quantity: what was measured ("test accuracy").
+        higher_is_better: True for accuracy, False for error or loss.
+        unit, factor: values are multiplied by ``factor`` and followed by ``unit``
+            (default: fractions shown as percentage points).
+        adjusted_p: a multiplicity-adjusted p-value that must also be < 0.05.
+        digits: decimals shown.
+
+    Examples:
+        >>> d = {"mean": 0.02, "low": 0.01, "high": 0.03}
+        >>> verdict("A", "B", d, quantity="test accuracy", higher_is_better=True)
+        'A is better than B by 2.00 points of test accuracy (95 % interval of the difference [1.00, 3.00])'
+        >>> d = {"mean": 0.02, "low": -0.01, "high": 0.05}
+        >>> verdict("A", "B", d, quantity="test accuracy", higher_is_better=True)
+        'no detectable difference in test accuracy between A and B (difference 2.00 points, 95 % interval [-1.00, 5.00])'
+    """
+    mean = diff["mean"] * factor
+    low = diff["low"] * factor if diff.get("low") is not None else None
+    high = diff["high"] * factor if diff.get("high") is not None else None
+    if low is None or high is None:
+        return (
+            f"{quantity} of {name_a} minus {name_b}: {mean:.{digits}f}{unit} "
+            "(one seed: no interval, so no claim)"
+        )
+    if not detectable(diff, adjusted_p):
+        return (
+            f"no detectable difference in {quantity} between {name_a} and {name_b} "
+            f"(difference {mean:.{digits}f}{unit}, 95 % interval [{low:.{digits}f}, {high:.{digits}f}])"
+        )
+    a_better = (mean > 0) == higher_is_better
+    better, worse = (name_a, name_b) if a_better else (name_b, name_a)
+    # The better side's lead, as a positive number with its interval.
+    size = abs(mean)
+    lo, hi = (low, high) if mean > 0 else (-high, -low)
+    return (
+        f"{better} is better than {worse} by {size:.{digits}f}{unit} of {quantity} "
+        f"(95 % interval of the difference [{lo:.{digits}f}, {hi:.{digits}f}])"
+    )

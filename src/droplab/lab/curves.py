@@ -1,0 +1,211 @@
+"""Training with learning curves: per-epoch errors, losses and seconds.
+
+:func:`droplab.lab.training.train_classifier` returns the final model and a short
+history; the training questions (which rate, how many epochs, how long) need the
+whole curve: training and validation error after every epoch, the test error of
+the final model, and the seconds each epoch took. :func:`train_with_curves`
+records them with the same optimiser (Adam), the same seeded shuffling and the
+same models (:func:`droplab.lab.training.build_mlp`), so a curve and a
+``train_classifier`` run of the same seeds see the same batches.
+:func:`train_regressor` is its twin for a 1-D regression network (MSE loss).
+
+Seconds are measured with ``time.perf_counter`` around the training steps only
+(evaluation excluded); they are the one output that is not reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from droplab import data as datasets
+from droplab._validation import check_int
+from droplab.data import Dataset
+from droplab.lab.parallel import one_thread
+from droplab.lab.training import predict
+
+__all__ = [
+    "cross_entropy",
+    "load_cached",
+    "serial_kernels",
+    "train_regressor",
+    "train_with_curves",
+]
+
+
+@contextlib.contextmanager
+def serial_kernels() -> Iterator[None]:
+    """Run the body with one torch thread and one Numba thread, restoring both after.
+
+    Training tasks already run one per core (``parallel_map``); a parallel
+    dropout kernel inside a task only adds thread start-ups and spinning
+    workers, which on small layers cost ten times the work itself (measured:
+    realized/fixed dropout steps of a 256-unit layer took 12-29 ms of CPU with
+    Numba's default threads against 1.4-2 ms with one). droplab's kernels give
+    the same bits on any thread count, so results do not change.
+    """
+    with one_thread():
+        try:
+            import numba
+        except ImportError:  # no Numba: the reference path has no threads
+            yield
+            return
+        before = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(before)
+
+
+def cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
+    """Mean softmax cross-entropy (nats) of ``logits`` (N, C) against ``labels`` (N,).
+
+    >>> round(cross_entropy([[0.0, 0.0]], [1]), 4)
+    0.6931
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    return float(np.mean(log_norm - shifted[np.arange(len(y)), y]))
+
+
+def _error(logits: npt.NDArray[Any], labels: npt.NDArray[Any]) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) != labels))
+
+
+def train_with_curves(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    train_rows: npt.NDArray[np.int64] | None = None,
+) -> dict[str, Any]:
+    """Train a classifier with Adam, recording its curves after every epoch.
+
+    Args:
+        model: the network (trained in place, left in evaluation mode).
+        data: a classification :class:`~droplab.data.Dataset`.
+        epochs: passes over the training rows.
+        seed: seed of the shuffling generator.
+        batch_size, lr, weight_decay: the optimiser's settings.
+        train_rows: train on these rows of ``data.x_train`` only (e.g. a subset
+            for the data-size question); all rows when None.
+
+    Returns:
+        Lists with one entry per epoch: ``train_loss`` (mean mini-batch loss with
+        dropout on), ``train_error`` and ``val_error`` (evaluation mode, fractions),
+        ``val_loss``, ``epoch_seconds``; and the final model's ``test_error``,
+        ``test_loss`` (floats).
+    """
+    epochs = check_int(epochs, "epochs", low=1, owner="train_with_curves")
+    rows = np.arange(len(data.x_train)) if train_rows is None else train_rows
+    dtype = next(model.parameters()).dtype
+    x_np = data.x_train[rows]
+    x = torch.as_tensor(x_np).to(dtype)
+    y_np = np.asarray(data.y_train, dtype=np.int64)[rows]
+    y = torch.as_tensor(y_np)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    curves: dict[str, Any] = {
+        key: []
+        for key in (
+            "train_loss",
+            "train_error",
+            "val_error",
+            "val_loss",
+            "epoch_seconds",
+        )
+    }
+    for _ in range(epochs):
+        model.train()
+        clock = time.perf_counter()
+        order = torch.as_tensor(rng.permutation(len(x)))
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[index]), y[index])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+        curves["epoch_seconds"].append(time.perf_counter() - clock)
+        curves["train_loss"].append(total / len(x))
+        curves["train_error"].append(_error(predict(model, x_np), y_np))
+        val_logits = predict(model, data.x_val)
+        curves["val_error"].append(_error(val_logits, data.y_val))
+        curves["val_loss"].append(cross_entropy(val_logits, data.y_val))
+    test_logits = predict(model, data.x_test)
+    curves["test_error"] = _error(test_logits, data.y_test)
+    curves["test_loss"] = cross_entropy(test_logits, data.y_test)
+    model.eval()
+    return curves
+
+
+def train_regressor(
+    model: nn.Module,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+) -> list[float]:
+    """Train a regression network with Adam on mean squared error.
+
+    Args:
+        model: maps (N, features) to (N, outputs); trained in place, left in eval mode.
+        x, y: training inputs (N, features) and targets (N, outputs).
+        epochs, seed, batch_size, lr, weight_decay: as in :func:`train_with_curves`.
+
+    Returns:
+        The mean training loss (dropout on) of every epoch.
+    """
+    epochs = check_int(epochs, "epochs", low=1, owner="train_regressor")
+    dtype = next(model.parameters()).dtype
+    inputs = torch.as_tensor(np.asarray(x, dtype=np.float32)).to(dtype)
+    targets = torch.as_tensor(np.asarray(y, dtype=np.float32)).to(dtype)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.as_tensor(rng.permutation(len(inputs)))
+        total = 0.0
+        for start in range(0, len(inputs), batch_size):
+            index = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = torch.mean((model(inputs[index]) - targets[index]) ** 2)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(index)
+        losses.append(total / len(inputs))
+    model.eval()
+    return losses
+
+
+@functools.lru_cache(maxsize=8)
+def load_cached(name: str, seed: int) -> Dataset:
+    """:func:`droplab.data.load` ``(name, seed=seed)``, loaded once per process.
+
+    Training tasks of one experiment share their data set; generating MNIST-1D
+    takes seconds, so each worker process keeps the last few sets it loaded.
+    The arrays are shared: treat them as read-only.
+    """
+    return datasets.load(name, seed=seed)
