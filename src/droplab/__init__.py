@@ -13,6 +13,8 @@ from droplab.nn import Dropout as Dropout
 from droplab.nn import mc_dropout as mc_dropout
 from droplab.rng import philox4x32 as philox4x32
 from droplab.rng import random_words as random_words
+from droplab.uncertainty import mc_predict as mc_predict
+from droplab.variants import weight_scaled as weight_scaled
 
 __version__ = "0.1.0"
 
@@ -25,6 +27,8 @@ __all__ = [
     "fixed_count_mask",
     "keep_threshold",
     "mc_dropout",
+    "mc_predict",
     "philox4x32",
     "random_words",
+    "weight_scaled",
 ]
