@@ -359,7 +359,7 @@ def answer(result: dict[str, Any]) -> str:
             + "; ".join(clauses)
             + f" {context}."
             + (
-                f" At widths {', '.join(map(str, quiet))} no difference is detectable."
+                f" At widths {', '.join(map(str, quiet))} no accuracy difference is detectable."
                 if quiet
                 else ""
             )

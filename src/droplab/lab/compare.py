@@ -40,14 +40,19 @@ def paired_difference(
 
     Returns:
         ``{"mean", "low", "high", "p_value", "n"}``; with fewer than two pairs, or
-        pairs that all differ by the same amount, the interval is that of the
-        t distribution with zero spread (``low == high == mean``) and the
-        p-value is 1 when the difference is zero, else 0.
+        pairs that all differ by the same amount, the interval degenerates to the
+        point ``mean`` and the p-value is that of an exact sign test
+        (``2 * 0.5**n``, 1 when the difference is zero), which
+        :func:`detectable` also requires.
 
     Examples:
         >>> d = paired_difference([0.9, 0.8, 0.85], [0.8, 0.7, 0.8])
         >>> round(d["mean"], 3), d["n"], d["low"] > 0
         (0.083, 3, True)
+        >>> paired_difference([3, 4], [2, 3])["p_value"]  # no spread: sign test
+        0.5
+        >>> paired_difference([1 - 0.7, 1 - 0.6], [1 - 0.8, 1 - 0.7])["p_value"]
+        0.5
     """
     x = np.asarray(a, dtype=np.float64).ravel()
     y = np.asarray(b, dtype=np.float64).ravel()
@@ -59,9 +64,14 @@ def paired_difference(
     diff = x - y
     mean, low, high = mean_ci(diff, level)
     spread = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    # Differences equal up to rounding (1 - a vs 1 - b) count as equal.
+    if spread <= 1e-12 * max(1.0, abs(mean)):
+        spread = 0.0
     if low is None or high is None or spread == 0.0:
-        # No spread: the data cannot say more than the observed difference.
-        p_value = 1.0 if mean == 0.0 else 0.0
+        # No spread (e.g. whole epochs that differ by the same amount in every
+        # pair): the t interval degenerates to a point, so the evidence is that
+        # of an exact sign test: all n pairs on one side has p = 2 * 0.5**n.
+        p_value = 1.0 if mean == 0.0 else min(1.0, 2.0 * 0.5 ** len(diff))
         return {
             "mean": mean,
             "low": mean,
@@ -93,8 +103,8 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def detectable(diff: dict[str, Any], adjusted_p: float | None = None) -> bool:
     """Whether ``diff`` (from :func:`paired_difference` or a mean/low/high triple)
-    is detectably non-zero: its interval excludes 0 and, when an adjusted p-value
-    is given, that is below 0.05 too.
+    is detectably non-zero: its interval excludes 0 and its p-value (the
+    ``adjusted_p`` given, else ``diff["p_value"]`` when present) is below 0.05.
 
     >>> detectable({"mean": 1.0, "low": 0.2, "high": 1.8})
     True
@@ -104,10 +114,11 @@ def detectable(diff: dict[str, Any], adjusted_p: float | None = None) -> bool:
     low, high = diff.get("low"), diff.get("high")
     if low is None or high is None:
         return False
-    excludes_zero = low > 0 or high < 0
-    if adjusted_p is not None:
-        return excludes_zero and adjusted_p < 0.05
-    return bool(excludes_zero)
+    excludes_zero = bool(low > 0 or high < 0)
+    p_value = adjusted_p if adjusted_p is not None else diff.get("p_value")
+    if p_value is not None:
+        return excludes_zero and p_value < 0.05
+    return excludes_zero
 
 
 def verdict(
@@ -131,7 +142,8 @@ def verdict(
         higher_is_better: True for accuracy, False for error or loss.
         unit, factor: values are multiplied by ``factor`` and followed by ``unit``
             (default: fractions shown as percentage points).
-        adjusted_p: a multiplicity-adjusted p-value that must also be < 0.05.
+        adjusted_p: a multiplicity-adjusted p-value that must also be < 0.05
+            (else ``diff["p_value"]``, when present).
         digits: decimals shown.
 
     Examples:

@@ -38,6 +38,7 @@ __all__ = [
     "serial_kernels",
     "train_regressor",
     "train_with_curves",
+    "warm_up_kernels",
 ]
 
 
@@ -93,6 +94,7 @@ def train_with_curves(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     train_rows: npt.NDArray[np.int64] | None = None,
+    track_test: bool = False,
 ) -> dict[str, Any]:
     """Train a classifier with Adam, recording its curves after every epoch.
 
@@ -104,6 +106,9 @@ def train_with_curves(
         batch_size, lr, weight_decay: the optimiser's settings.
         train_rows: train on these rows of ``data.x_train`` only (e.g. a subset
             for the data-size question); all rows when None.
+        track_test: also record the test error after every epoch
+            (``test_error_curve``), e.g. to report it at the epoch that validation
+            would pick (early stopping).
 
     Returns:
         Lists with one entry per epoch: ``train_loss`` (mean mini-batch loss with
@@ -131,6 +136,8 @@ def train_with_curves(
             "epoch_seconds",
         )
     }
+    if track_test:
+        curves["test_error_curve"] = []
     for _ in range(epochs):
         model.train()
         clock = time.perf_counter()
@@ -149,6 +156,10 @@ def train_with_curves(
         val_logits = predict(model, data.x_val)
         curves["val_error"].append(_error(val_logits, data.y_val))
         curves["val_loss"].append(cross_entropy(val_logits, data.y_val))
+        if track_test:
+            curves["test_error_curve"].append(
+                _error(predict(model, data.x_test), data.y_test)
+            )
     test_logits = predict(model, data.x_test)
     curves["test_error"] = _error(test_logits, data.y_test)
     curves["test_loss"] = cross_entropy(test_logits, data.y_test)
@@ -209,3 +220,23 @@ def load_cached(name: str, seed: int) -> Dataset:
     The arrays are shared: treat them as read-only.
     """
     return datasets.load(name, seed=seed)
+
+
+@functools.cache
+def warm_up_kernels() -> None:
+    """Run droplab dropout once per scaling rule and sampler, forward and backward.
+
+    The first call of a compiled kernel in a process loads (or compiles) it,
+    which takes longer than many training steps; experiments that time their
+    training call this first so the first network timed is not charged for it.
+    Runs once per process.
+    """
+    from droplab.nn import Dropout
+
+    # A small and a large input: the kernels take a serial path below 2**13
+    # elements and a parallel one above.
+    for shape in ((4, 16), (128, 128)):
+        x = torch.ones(*shape, requires_grad=True)
+        for scale in ("inverted", "realized"):
+            for sampler in ("bernoulli", "fixed"):
+                Dropout(0.5, seed=0, scale=scale, sampler=sampler)(x).sum().backward()

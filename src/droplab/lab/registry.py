@@ -37,7 +37,12 @@ EXPERIMENTS: tuple[str, ...] = (
     "droplab.experiments.averaging",
     "droplab.experiments.gradients",
     "droplab.experiments.exact_count",
+    "droplab.experiments.smaller_network",
+    "droplab.experiments.convergence",
     "droplab.experiments.rate",
+    "droplab.experiments.data_size",
+    "droplab.experiments.features",
+    "droplab.experiments.uncertainty_toy",
 )
 
 PRESETS = ("quick", "default", "full")
