@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from droplab.executors import EXECUTOR_HELP, make_executor, use_executor
 from droplab.lab.registry import PRESETS, config_for, experiment_names, get_experiment
 from droplab.lab.results import ResultError, config_hash, load_result, result_path
 from droplab.lab.runner import run_experiments
@@ -50,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
             default=1,
             metavar="N",
             help="processes for independent training runs",
+        )
+        parser.add_argument(  # droplab.executors (issue 8)
+            "--executor", default="local", metavar="SPEC", help=EXECUTOR_HELP
         )
     if name == "report":
         parser.add_argument(
@@ -116,10 +121,23 @@ def run_cli(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"droplab: unknown experiment {args.experiment!r}; known: {', '.join(experiment_names())}"
         )
-    outcomes = run_experiments(
-        names, results_dir=Path(args.out) / "results", preset=args.preset,
-        data=args.data, force=args.force, jobs=args.jobs,
-    )  # fmt: skip
+    # --- droplab.executors (issue 8): tasks run on --executor; each finished task
+    # is kept in results/.tasks until its experiment's result is saved.
+    try:
+        executor = make_executor(args.executor, jobs=args.jobs)
+    except ValueError as error:
+        raise SystemExit(f"droplab: {error}") from None
+    tasks = Path(args.out) / "results" / ".tasks"
+    if args.force:
+        shutil.rmtree(tasks, ignore_errors=True)
+    with use_executor(executor, checkpoint=tasks):
+        outcomes = run_experiments(
+            names, results_dir=Path(args.out) / "results", preset=args.preset,
+            data=args.data, force=args.force, jobs=args.jobs,
+        )  # fmt: skip
+    if all(o.status != "failed" for o in outcomes):
+        shutil.rmtree(tasks, ignore_errors=True)
+    # --- end of droplab.executors
     failed = [o for o in outcomes if o.status == "failed"]
     if args.command == "run":
         for outcome in outcomes:

@@ -71,6 +71,17 @@ def parallel_map(
     """
     jobs = check_int(jobs, "jobs", low=1, owner="parallel_map")
     tasks: Sequence[T] = list(items)
+    # --- droplab.executors (issue 8): `--executor` chose where tasks run, and a
+    # checkpoint folder that keeps each finished task for a rerun.
+    from droplab import executors
+
+    chosen = executors.active()
+    if chosen is not None:
+        executor, checkpoint = chosen
+        return executors.checkpointed_map(
+            executor, fn, tasks, checkpoint=checkpoint, progress=progress
+        )
+    # --- end of droplab.executors
     if jobs == 1 or len(tasks) <= 1:
         results = []
         with one_thread():
