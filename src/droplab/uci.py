@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from droplab._validation import check_int, check_seed, fail
+from droplab.executors import EXECUTOR_HELP, Executor, make_executor
 from droplab.metrics import gaussian_log_likelihood, rmse
 from droplab.nn import Dropout
 from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
@@ -302,6 +303,13 @@ def _split_job(
     return result
 
 
+def _split_task(task: tuple[UCIFolder, int, ProtocolSettings]) -> dict[str, Any]:
+    """One split as an executor task (droplab.executors, issue 8): data travel along."""
+    folder, split, settings = task
+    with _one_thread():
+        return run_split(folder, split, settings)
+
+
 def run_protocol(
     folder: UCIFolder,
     splits: Sequence[int],
@@ -310,11 +318,14 @@ def run_protocol(
     *,
     jobs: int = 1,
     log: Any = None,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the protocol on ``splits``; results land in ``out``/NAME/.
 
     Splits whose ``split_K.json`` exists with the same settings are read, not
-    rerun. Returns the results of all requested splits, in split order.
+    rerun. Returns the results of all requested splits, in split order. With an
+    ``executor`` (e.g. Ray tasks, see :mod:`droplab.executors`) the splits run
+    there instead of on ``jobs`` local processes; each is saved as it arrives.
     """
     jobs = check_int(jobs, "jobs", low=1, owner="run_protocol")
     target = Path(out) / folder.name
@@ -332,7 +343,13 @@ def run_protocol(
     )
     say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
     with _one_thread():  # these networks are tiny: one thread per process is fastest
-        if jobs == 1 or len(todo) <= 1:
+        if executor is not None:  # droplab.executors (issue 8)
+            tasks = [(folder, split, settings) for split in todo]
+            for _, result in executor.imap_unordered(_split_task, tasks):
+                _write_json_atomically(target / f"split_{result['split']}.json", result)
+                results[result["split"]] = result
+                say(_progress(result))
+        elif jobs == 1 or len(todo) <= 1:
             for split in todo:
                 result = run_split(folder, split, settings)
                 _write_json_atomically(target / f"split_{split}.json", result)
@@ -421,6 +438,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
     parser.add_argument("--jobs", type=int, default=1, help="splits run in parallel")
+    parser.add_argument(  # droplab.executors (issue 8)
+        "--executor", default="local", metavar="SPEC", help=EXECUTOR_HELP
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("uci-results"), help="results folder"
     )
@@ -463,17 +483,24 @@ def run_cli(args: argparse.Namespace) -> int:
             seed=check_seed(args.seed, owner="droplab uci"),
         )
         jobs = check_int(args.jobs, "jobs", low=1, owner="droplab uci")
+        executor = None  # droplab.executors (issue 8): local keeps the pool above
+        if args.executor != "local":
+            executor = make_executor(args.executor)
         published = read_published(Path(data), folder.name)
     except (UCIFormatError, ValueError, TypeError) as error:
         print(f"droplab uci: {error}", file=sys.stderr)
         return 2
     try:
         results = run_protocol(
-            folder, splits, settings, args.out, jobs=jobs, log=sys.stderr
-        )
+            folder, splits, settings, args.out, jobs=jobs, log=sys.stderr,
+            executor=executor,
+        )  # fmt: skip
     except (UCIFormatError, ResumeError) as error:
         print(f"droplab uci: {error}", file=sys.stderr)
         return 2
+    finally:
+        if executor is not None:
+            executor.close()
     summary = summarize(results, published)
     _write_json_atomically(Path(args.out) / folder.name / "summary.json", summary)
     print(format_summary(summary))
