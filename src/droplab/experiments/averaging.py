@@ -19,11 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab import data as datasets
 from droplab.ensemble import exact_average, mc_logits, tv_distance, weight_scaling
 from droplab.lab.parallel import one_thread, parallel_map
 from droplab.lab.stats import mean_ci
-from droplab.lab.training import build_mlp, derive_seed, predict, train_classifier
+from droplab.lab.training import (
+    build_mlp,
+    derive_seed,
+    load_classification,
+    predict,
+    train_classifier,
+)
 from droplab.nn import mc_dropout
 
 NAME = "averaging"
@@ -79,7 +84,7 @@ class Config:
 
 
 def _small(config: Config) -> dict[str, Any]:
-    data = datasets.load(config.data, seed=config.seed)
+    data = load_classification(config.data, seed=config.seed, experiment=NAME)
     model = build_mlp(
         data.n_features, [config.small_units], data.n_classes, p=config.p,
         seed=derive_seed(config.seed, 0),
@@ -129,7 +134,7 @@ def _small(config: Config) -> dict[str, Any]:
 def _large_task(task: tuple[Config, int]) -> dict[str, Any]:
     """Train one full-size network (one seed) and score weight scaling and MC-k."""
     config, index = task
-    data = datasets.load(config.data, seed=config.seed)
+    data = load_classification(config.data, seed=config.seed, experiment=NAME)
     model = build_mlp(
         data.n_features, list(config.large_hidden), data.n_classes, p=config.p,
         seed=derive_seed(config.seed, 10, index),

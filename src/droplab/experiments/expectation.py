@@ -21,11 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab import data as datasets
 from droplab.functional import dropout
 from droplab.lab.parallel import one_thread
 from droplab.lab.stats import mean_ci, proportion_ci
-from droplab.lab.training import build_mlp, derive_seed, train_classifier
+from droplab.lab.training import (
+    build_mlp,
+    derive_seed,
+    load_classification,
+    train_classifier,
+)
 from droplab.masks import bernoulli_mask
 
 NAME = "expectation"
@@ -101,11 +105,7 @@ def _forum(config: Config) -> dict[str, Any]:
 
 
 def _network(config: Config) -> dict[str, Any]:
-    data = datasets.load(config.data, seed=config.seed)
-    if not data.n_classes:
-        raise ValueError(
-            f"the expectation experiment needs a classification data set; got {config.data!r}"
-        )
+    data = load_classification(config.data, seed=config.seed, experiment=NAME)
     model = build_mlp(
         data.n_features,
         [config.hidden],
@@ -210,7 +210,7 @@ def figure(result: dict[str, Any]) -> Any:
     fig = Figure(figsize=(10, 7.5), layout="constrained")
     (ax_forum, ax_rules), (ax_var, ax_width) = fig.subplots(2, 2)
     colors = {"y": "#555555", "r*y": "#d08c60", "r*y/keep": "#1f5fa8"}
-    for name, entry in result["forum"].items():
+    for name, entry in reversed(list(result["forum"].items())):  # narrow mean(y) on top
         ax_forum.hist(
             entry["values"],
             bins=40,

@@ -127,9 +127,8 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
         grads.per_sample_biases[0][dropped].ravel(),
         grads.per_sample_weights[1].transpose(0, 2, 1)[dropped].ravel(),  # outgoing weights
     ])  # fmt: skip
-    f1_terms = grads.per_sample_weights[0][
-        :, :, 0
-    ]  # (batch, hidden): d loss_i / d w_{j, f1}
+    # d loss_i / d w_{j, f1}, shape (batch, hidden); + 0.0 turns -0.0 into 0.0
+    f1_terms = grads.per_sample_weights[0][:, :, 0] + 0.0
     mean_terms = grads.weights[0][:, 0]
     return {
         "p": config.p,
@@ -158,24 +157,19 @@ def figure(result: dict[str, Any]) -> Any:
 
     masks = np.asarray(result["masks"])
     terms = np.asarray(result["f1_terms"])
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
     ax_mask, ax_terms, ax_mean = fig.subplots(1, 3)
     ax_mask.imshow(masks, cmap="Blues", vmin=0, vmax=1.3)
     limit = max(float(np.abs(terms).max()), 1e-12)
     image = ax_terms.imshow(terms, cmap="RdBu_r", vmin=-limit, vmax=limit)
     for i in range(masks.shape[0]):
         for j in range(masks.shape[1]):
-            ax_mask.text(
-                j,
-                i,
-                "kept" if masks[i, j] else "dropped",
-                ha="center",
-                va="center",
-                fontsize=8,
-            )
-            ax_terms.text(
-                j, i, f"{terms[i, j]:.3g}", ha="center", va="center", fontsize=8
-            )
+            kept = bool(masks[i, j])
+            ax_mask.text(j, i, "kept" if kept else "dropped", ha="center", va="center",
+                         fontsize=8, color="white" if kept else "black")  # fmt: skip
+            strong = abs(terms[i, j]) > 0.6 * limit
+            ax_terms.text(j, i, f"{terms[i, j]:.3g}", ha="center", va="center",
+                          fontsize=8, color="white" if strong else "black")  # fmt: skip
     for ax, title in (
         (ax_mask, "masks (one subnetwork per sample)"),
         (ax_terms, "dL_i/dw_j (weights from f1)"),
@@ -192,7 +186,7 @@ def figure(result: dict[str, Any]) -> Any:
         [f"w{j + 1}" for j in range(masks.shape[1])], result["f1_mean"], color="#1f5fa8"
     )
     ax_mean.axhline(0, color="k", lw=0.8)
-    ax_mean.set_title("average over the batch (the update / -lr)", fontsize=10)
+    ax_mean.set_title("batch average (update = -lr x this)", fontsize=10)
     return fig
 
 

@@ -18,10 +18,17 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from droplab.data import Dataset
+from droplab.data import Dataset, load
 from droplab.nn import Dropout
 
-__all__ = ["accuracy", "build_mlp", "derive_seed", "predict", "train_classifier"]
+__all__ = [
+    "accuracy",
+    "build_mlp",
+    "derive_seed",
+    "load_classification",
+    "predict",
+    "train_classifier",
+]
 
 
 def derive_seed(root: int, *keys: int) -> int:
@@ -34,6 +41,23 @@ def derive_seed(root: int, *keys: int) -> int:
         2, np.uint32
     )
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def load_classification(name: str, *, seed: int, experiment: str) -> Dataset:
+    """:func:`droplab.data.load`, refusing regression sets with a clear message.
+
+    >>> load_classification("toy", seed=0, experiment="averaging")
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'data' argument of averaging must be a classification data set (digits, mnist1d or mnist:DIR); got 'toy'.
+    """
+    data = load(name, seed=seed)
+    if not data.n_classes:
+        raise ValueError(
+            f"The 'data' argument of {experiment} must be a classification data set "
+            f"(digits, mnist1d or mnist:DIR); got {name!r}."
+        )
+    return data
 
 
 def build_mlp(
