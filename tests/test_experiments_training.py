@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from droplab.experiments import (
     convergence,
@@ -24,6 +25,7 @@ from droplab.experiments import (
     rate,
     smaller_network,
     uncertainty_toy,
+    variants,
 )
 from droplab.lab import compare
 from droplab.lab.curves import cross_entropy, load_cached, train_with_curves
@@ -51,6 +53,7 @@ TINY: dict[str, Any] = {
         seeds=2,
     ),
 }
+TINY["variants"] = variants.Config(hidden=8, seeds=2, epochs=1)
 MODULES = {
     "exact-count": exact_count,
     "rate": rate,
@@ -59,9 +62,10 @@ MODULES = {
     "data-size": data_size,
     "features": features,
     "uncertainty": uncertainty_toy,
+    "variants": variants,
 }
 TIMING_KEYS = {"seconds", "epoch_seconds", "seconds_ratio", "epoch_seconds_ratio",
-               "epoch_seconds_difference", "train_seconds"}  # fmt: skip
+               "train_seconds"}  # fmt: skip
 
 _cache: dict[str, dict[str, Any]] = {}
 
@@ -263,21 +267,28 @@ def test_smaller_network_answer_follows_the_intervals() -> None:
     )
 
 
+def _ratio(value: float, low: float, high: float, p: float) -> dict[str, float]:
+    return {"value": value, "low": low, "high": high, "p_value": p}
+
+
 def test_convergence_answer_follows_the_intervals() -> None:
     result = result_of("convergence")
-    result["epochs_ratio"] = [2.0, 1.6, 2.5]
-    result["seconds_ratio"] = [2.2, 1.7, 2.9]
-    result["epoch_seconds_ratio"] = [1.1, 1.05, 1.2]
+    result["epochs_ratio"] = _ratio(2.0, 1.6, 2.5, 0.001)
+    result["seconds_ratio"] = _ratio(2.2, 1.7, 2.9, 0.001)
+    result["epoch_seconds_ratio"] = _ratio(1.1, 1.05, 1.2, 0.01)
     text = convergence.answer(result)
     assert "is 2.00x [1.60, 2.50], detectably above 1" in text
     assert "the claim that an epoch is cheaper with dropout does not hold" in text
-    result["epochs_ratio"] = [1.1, 0.8, 1.5]
-    result["epoch_seconds_ratio"] = [0.9, 0.8, 1.05]
+    result["epochs_ratio"] = _ratio(1.1, 0.8, 1.5, 0.4)
+    result["epoch_seconds_ratio"] = _ratio(0.9, 0.8, 1.05, 0.1)
     text = convergence.answer(result)
     assert "is 1.10x [0.80, 1.50], not detectably different from 1" in text
     assert "no difference in the cost of an epoch is detectable" in text
-    result["epoch_seconds_ratio"] = [0.8, 0.7, 0.9]
+    result["epoch_seconds_ratio"] = _ratio(0.8, 0.7, 0.9, 0.01)
     assert "an epoch is indeed cheaper" in convergence.answer(result)
+    # A point interval from two identical pairs is not evidence (sign test p = 0.5).
+    result["epochs_ratio"] = _ratio(1.5, 1.5, 1.5, 0.5)
+    assert "1.50x [1.50, 1.50], not detectably" in convergence.answer(result)
 
 
 def test_convergence_reach_counts_unreached_runs_at_the_horizon() -> None:
@@ -356,3 +367,34 @@ def test_kept_fraction_spread_matches_theory() -> None:
     # The sample sd of 4000 rows is within 6 standard errors (sd / sqrt(2(rows-1))).
     for theory, measured in zip(spread["theory"], spread["measured"], strict=True):
         assert abs(measured - theory) < 6 * theory / math.sqrt(2 * 3999)
+
+
+def test_variants_answer_follows_the_intervals() -> None:
+    result = result_of("variants")
+    for d in result["minus_dropout"].values():
+        _set(d, **NULL)
+    text = variants.answer(result)
+    assert (
+        "none, classic, gaussian, alpha, dropconnect, concrete show no detectable"
+        in text
+    )
+    _set(
+        result["minus_dropout"]["gaussian"], mean=0.02, low=0.01, high=0.03, p_holm=0.01
+    )
+    _set(
+        result["minus_dropout"]["none"], mean=-0.03, low=-0.05, high=-0.01, p_holm=0.01
+    )
+    text = variants.answer(result)
+    assert "gaussian is better than standard dropout by 2.00 points" in text
+    assert "standard dropout is better than none by 3.00 points" in text
+    assert "classic, alpha, dropconnect, concrete show no detectable" in text
+
+
+def test_every_variant_builds_and_rejects_unknown_names() -> None:
+    config = variants.Config(hidden=4)
+    x = torch.zeros(2, 3)
+    for name in variants.VARIANTS:
+        model = variants.build(name, 3, 2, config, seed=0, n_train=10)
+        assert model.eval()(x).shape == (2, 2)
+    with pytest.raises(ValueError, match="unknown variant 'spatial'"):
+        variants.build("spatial", 3, 2, config, seed=0, n_train=10)

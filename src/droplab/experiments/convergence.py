@@ -113,12 +113,16 @@ def reach(
     }
 
 
-def _log_ratio(a: list[float], b: list[float]) -> list[float | None]:
-    """Geometric-mean ratio a/b over pairs with a t interval on the log scale."""
-    logs = np.log(np.asarray(a, dtype=np.float64) / np.asarray(b, dtype=np.float64))
-    mean, low, high = mean_ci(logs)
-    out: list[float | None] = [math.exp(mean)]
-    return out + [None if v is None else math.exp(v) for v in (low, high)]
+def _log_ratio(a: list[float], b: list[float]) -> dict[str, Any]:
+    """Geometric-mean ratio a/b over pairs, its 95 % t interval on the log scale
+    and the p-value of the log differences (see :func:`paired_difference`)."""
+    logs = paired_difference(np.log(np.asarray(a, float)), np.log(np.asarray(b, float)))
+    return {
+        "value": math.exp(logs["mean"]),
+        "low": math.exp(logs["low"]),
+        "high": math.exp(logs["high"]),
+        "p_value": logs["p_value"],
+    }
 
 
 def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
@@ -162,10 +166,6 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
         "epochs_ratio": _log_ratio(d["epochs"], n["epochs"]),
         "seconds_ratio": _log_ratio(d["seconds"], n["seconds"]),
         "epoch_seconds_ratio": _log_ratio(d["epoch_seconds"], n["epoch_seconds"]),
-        "epochs_difference": paired_difference(d["epochs"], n["epochs"]),
-        "epoch_seconds_difference": paired_difference(
-            d["epoch_seconds"], n["epoch_seconds"]
-        ),
     }
 
 
@@ -222,30 +222,34 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"{rule}: seconds per epoch", s["epoch_seconds"], "s")
         add(f"{rule}: runs that reached the target",
             [result["rules"][rule]["reached"], None, None])  # fmt: skip
-    add("epochs ratio dropout / none (geometric mean)", result["epochs_ratio"])
-    add("seconds-to-target ratio dropout / none", result["seconds_ratio"])
-    add("seconds-per-epoch ratio dropout / none", result["epoch_seconds_ratio"])
+    for key, label in (
+        ("epochs_ratio", "epochs ratio dropout / none (geometric mean)"),
+        ("seconds_ratio", "seconds-to-target ratio dropout / none"),
+        ("epoch_seconds_ratio", "seconds-per-epoch ratio dropout / none"),
+    ):
+        r = result[key]
+        add(label, [r["value"], r["low"], r["high"]])
     return rows
 
 
-def _ratio_clause(what: str, ratio: list[Any]) -> str:
+def _ratio_clause(what: str, ratio: dict[str, Any]) -> str:
     """``what`` (dropout / none) with its interval and whether it differs from 1.
 
-    >>> _ratio_clause("the epoch ratio", [2.0, 1.5, 2.5])
+    >>> r = {"value": 2.0, "low": 1.5, "high": 2.5, "p_value": 0.01}
+    >>> _ratio_clause("the epoch ratio", r)
     'the epoch ratio is 2.00x [1.50, 2.50], detectably above 1'
-    >>> _ratio_clause("the epoch ratio", [1.1, 0.9, 1.3])
-    'the epoch ratio is 1.10x [0.90, 1.30], not detectably different from 1'
+    >>> _ratio_clause("the epoch ratio", {**r, "p_value": 0.5})
+    'the epoch ratio is 2.00x [1.50, 2.50], not detectably different from 1'
     """
-    value, low, high = ratio
-    if low is None or high is None:
-        return f"{what} is {value:.2f}x (one seed: no interval)"
-    if low > 1:
-        side = "detectably above 1"
-    elif high < 1:
-        side = "detectably below 1"
-    else:
-        side = "not detectably different from 1"
-    return f"{what} is {value:.2f}x [{low:.2f}, {high:.2f}], {side}"
+    return f"{what} is {ratio['value']:.2f}x [{ratio['low']:.2f}, {ratio['high']:.2f}], {_side(ratio)}"
+
+
+def _side(ratio: dict[str, Any]) -> str:
+    if ratio["p_value"] < 0.05 and ratio["low"] > 1:
+        return "detectably above 1"
+    if ratio["p_value"] < 0.05 and ratio["high"] < 1:
+        return "detectably below 1"
+    return "not detectably different from 1"
 
 
 def answer(result: dict[str, Any]) -> str:
@@ -260,14 +264,10 @@ def answer(result: dict[str, Any]) -> str:
             + "."
         )
     per_epoch = result["epoch_seconds_ratio"]
-    if per_epoch[1] is not None and per_epoch[1] > 1:
-        cheaper = (
-            "so the claim that an epoch is cheaper with dropout does not hold here"
-        )
-    elif per_epoch[2] is not None and per_epoch[2] < 1:
-        cheaper = "so an epoch is indeed cheaper with dropout here"
-    else:
-        cheaper = "so no difference in the cost of an epoch is detectable"
+    cheaper = {
+        "detectably above 1": "so the claim that an epoch is cheaper with dropout does not hold here",
+        "detectably below 1": "so an epoch is indeed cheaper with dropout here",
+    }.get(_side(per_epoch), "so no difference in the cost of an epoch is detectable")
     return (
         f"To reach {100 * result['target']:.2f} % validation error, the epoch ratio "
         f"(dropout / none, geometric mean over {result['seeds']} seeds) "

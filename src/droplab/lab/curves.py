@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,7 @@ def train_with_curves(
     weight_decay: float = 0.0,
     train_rows: npt.NDArray[np.int64] | None = None,
     track_test: bool = False,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train a classifier with Adam, recording its curves after every epoch.
 
@@ -109,6 +110,8 @@ def train_with_curves(
         track_test: also record the test error after every epoch
             (``test_error_curve``), e.g. to report it at the epoch that validation
             would pick (early stopping).
+        penalty: a term added to every mini-batch loss (e.g. the regulariser
+            of concrete dropout, which learns its rate through it).
 
     Returns:
         Lists with one entry per epoch: ``train_loss`` (mean mini-batch loss with
@@ -147,9 +150,11 @@ def train_with_curves(
             index = order[start : start + batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(x[index]), y[index])
+            total += float(loss.detach()) * len(index)
+            if penalty is not None:
+                loss = loss + penalty()
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(index)
         curves["epoch_seconds"].append(time.perf_counter() - clock)
         curves["train_loss"].append(total / len(x))
         curves["train_error"].append(_error(predict(model, x_np), y_np))

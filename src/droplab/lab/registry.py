@@ -43,6 +43,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "droplab.experiments.data_size",
     "droplab.experiments.features",
     "droplab.experiments.uncertainty_toy",
+    "droplab.experiments.variants",
 )
 
 PRESETS = ("quick", "default", "full")
