@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import pickle
+import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -228,10 +229,17 @@ class TaskCheckpoint:
     (which carries the task's config and seed). Results are pickled and written
     atomically, so a file is either whole or absent; only read checkpoints you
     wrote (pickle runs code when it loads).
+
+    Args:
+        directory: the folder (created on the first save).
+        log: told how many tasks a map found saved (None: say nothing).
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(
+        self, directory: str | Path, log: Callable[[str], None] | None = None
+    ) -> None:
         self.directory = Path(directory)
+        self.log = log
 
     @staticmethod
     def key(fn: Task, item: Any) -> str:
@@ -301,6 +309,11 @@ def checkpointed_map(
                 progress()
         else:
             todo.append(i)
+    restored = len(items) - len(todo)
+    if checkpoint is not None and checkpoint.log is not None and restored:
+        checkpoint.log(
+            f"{restored} of {len(items)} tasks restored from {checkpoint.directory}"
+        )
     for j, value in executor.imap_unordered(fn, [items[i] for i in todo]):
         i = todo[j]
         if checkpoint is not None:
@@ -319,6 +332,10 @@ _ACTIVE: ContextVar[tuple[Executor, TaskCheckpoint | None] | None] = ContextVar(
 )
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def active() -> tuple[Executor, TaskCheckpoint | None] | None:
     """The ``(executor, checkpoint)`` of the innermost :func:`use_executor` block."""
     return _ACTIVE.get()
@@ -333,11 +350,10 @@ def use_executor(
     Args:
         executor: where tasks run; closed when the block ends.
         checkpoint: a folder where each finished task is saved and from which a
-            rerun reads it back (None: no checkpoint).
+            rerun reads it back, saying so on stderr (None: no checkpoint).
     """
-    token = _ACTIVE.set(
-        (executor, None if checkpoint is None else TaskCheckpoint(checkpoint))
-    )
+    saved = None if checkpoint is None else TaskCheckpoint(checkpoint, log=_stderr)
+    token = _ACTIVE.set((executor, saved))
     try:
         with executor:
             yield executor
