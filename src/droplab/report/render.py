@@ -118,6 +118,7 @@ def render_report(
     first = records[0] if records else {}
     presets = sorted({str(r.get("preset", "")) for r in records})
     total = sum(float(r["wall_time_s"]) for r in records)
+    starts = [str(r["started"]) for r in records if r.get("started")]
     environment = resources.files("droplab.report")
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = template.from_string(
@@ -131,4 +132,5 @@ def render_report(
         machine=first.get("machine", {}),
         presets=", ".join(presets),
         total_time=f"{total:.1f} s",
+        computed=" to ".join(sorted({min(starts), max(starts)})) if starts else "",
     )
