@@ -87,6 +87,7 @@ def test_masks_answer_follows_the_numbers(results: dict[str, dict[str, Any]]) ->
         "No:"
     ) and "torch.nn.Dropout at n = 100" in masks.answer(bad)
     assert "consistent with p^n" in masks.answer(good)
+    assert "for n = 100 (observed 0 of 400 rows per source)" in masks.answer(good)
     off = copy.deepcopy(good)
     off["sources"]["droplab.masks"]["4"]["all_dropped"] = [200, 0.5, 0.45, 0.55]
     assert "outside its 95 % interval for droplab.masks at n = 4" in masks.answer(off)
@@ -174,6 +175,12 @@ def test_averaging_answer_follows_the_numbers(
     large["mc_minus_ws"] = [[0.02, 0.01, 0.03], [0.001, -0.01, 0.012]]
     assert "indistinguishable from weight scaling's" in averaging.answer(base)
     assert "from k = 2 on" in averaging.answer(base)
+    large["mc_minus_ws"] = [[0.0, -0.01, 0.01], [0.001, -0.01, 0.012]]
+    assert "from k = 1 on" in averaging.answer(base)
+    large["ks"] = [1, 2, 5]
+    large["mc_error"] = [[0.1, 0.09, 0.11]] * 3
+    large["mc_minus_ws"] = [[0.0, -0.01, 0.01], [0.02, 0.01, 0.03], [0.0, -0.1, 0.1]]
+    assert "from k = 5 on" in averaging.answer(base)  # k = 2 still differed
 
 
 # ----------------------------------------------------------------------------- gradients

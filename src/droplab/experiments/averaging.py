@@ -306,11 +306,12 @@ def answer(result: dict[str, Any]) -> str:
     ks = large["ks"]
     ws = large["ws_error"]
     last = diffs[-1]
-    undetectable = [
-        k
-        for k, d in zip(ks, diffs, strict=True)
-        if d[1] is not None and d[1] <= 0 <= d[2]
-    ]
+    # The smallest k from which on no difference is detectable (for every larger k too).
+    undetectable = []
+    for k, d in reversed(list(zip(ks, diffs, strict=True))):
+        if d[1] is None or not d[1] <= 0 <= d[2]:
+            break
+        undetectable.insert(0, k)
     if last[1] is None:
         s3 = f"In the full-size network weight scaling's test error is {100 * ws[0]:.2f} % (one seed: no interval)."
     elif last[2] < 0:

@@ -194,6 +194,12 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _span(counts: list[int]) -> str:
+    """``"3"`` when every source saw the same count, else ``"3-7"``."""
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def answer(result: dict[str, Any]) -> str:
     """Whether every source fits the binomial, and whether p^n lies in each interval."""
     deviations = []
@@ -228,7 +234,7 @@ def answer(result: dict[str, Any]) -> str:
             if not low <= exact <= high:
                 outside.append(f"{source} at n = {n}")
         parts.append(
-            f"{exact:.3g} for n = {n} (observed {min(counts)}-{max(counts)} of {result['draws']} rows)"
+            f"{exact:.3g} for n = {n} (observed {_span(counts)} of {result['draws']} rows per source)"
         )
     second = (
         "The whole layer is dropped with probability p^n: " + "; ".join(parts) + "."
