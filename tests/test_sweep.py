@@ -162,7 +162,8 @@ def test_cli_runs_continues_and_reports(tmp_path, capsys):
     assert main([*args, "--n-trials", "2"]) == 0
     assert main([*args, "--n-trials", "3"]) == 0  # one more trial
     text = capsys.readouterr().out
-    assert "best: trial" in text and f"wrote {out / 'sweep.json'}" in text
+    assert "best: trial" in text and f"wrote {out / 'sweep.json'} and" in text
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["n_finished"] == 3 and len(summary["trials"]) == 3
     assert (out / "study.db").is_file()

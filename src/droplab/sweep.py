@@ -45,6 +45,7 @@ from droplab._validation import check_int, check_probability, check_seed, fail
 __all__ = [
     "SweepConfig",
     "add_arguments",
+    "figure",
     "finished_trials",
     "open_study",
     "run_cli",
@@ -352,6 +353,32 @@ def write_summary(summary: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def figure(summary: dict[str, Any]) -> Any:
+    """The train (dashed) and validation (solid) loss curves of the best trials.
+
+    The same shape as a lab experiment's ``figure(result)``, so a report can
+    show a saved ``sweep.json``.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    axes = fig.add_subplot()
+    for i, entry in enumerate(summary["best_curves"]):
+        color, curves, params = f"C{i % 10}", entry["curves"], entry["params"]
+        epochs = range(1, len(curves["val_loss"]) + 1)
+        label = (
+            f"trial {entry['number']}: p_input {params['p_input']:.2f}, "
+            f"p {params['p']:.2f}, width {params['width']}"
+        )
+        axes.plot(epochs, curves["val_loss"], color=color, label=label)
+        axes.plot(epochs, curves["train_loss"], color=color, linestyle="--")
+    axes.set(xlabel="epoch", ylabel="loss (dashed: train, solid: validation)")
+    axes.set_title(f"best trials of study {summary['study']!r}")
+    if summary["best_curves"]:
+        axes.legend(fontsize="small")
+    return fig
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The table of trials and the best configuration, as text."""
 
@@ -435,6 +462,9 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     summary = summarize(study, top=top)
     path = write_summary(summary, args.out / "sweep.json")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure(summary)).print_png(args.out / "sweep.png")
     print(format_summary(summary))
-    print(f"wrote {path}")
+    print(f"wrote {path} and {args.out / 'sweep.png'}")
     return 0
