@@ -15,6 +15,7 @@ No function here touches NumPy's or Python's global random state.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import random
 from dataclasses import dataclass
@@ -160,10 +161,17 @@ def make_mnist1d(
     Returns:
         (x, y): float32 array (n, 40) and int64 labels (n,).
     """
-    from mnist1d.data import get_dataset_args, make_dataset
-
     n_samples = check_int(n_samples, "n_samples", low=10, owner="make_mnist1d")
     seed = check_int(seed, "seed", low=0, high=2**32, owner="make_mnist1d")
+    x, y = _mnist1d(n_samples, seed)
+    return x.copy(), y.copy()  # the cached arrays stay untouched
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d(n_samples: int, seed: int) -> tuple[FloatArray, IntArray]:
+    """Generate once per process (about 2 s for 4000 signals); callers get copies."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
     args = get_dataset_args()
     args.num_samples = n_samples
     args.seed = seed
@@ -175,9 +183,9 @@ def make_mnist1d(
     finally:
         np.random.set_state(numpy_state)  # noqa: NPY002
         random.setstate(python_state)
-    return np.asarray(made["x"], dtype=np.float32), np.asarray(
-        made["y"], dtype=np.int64
-    )
+    x = np.asarray(made["x"], dtype=np.float32)
+    y = np.asarray(made["y"], dtype=np.int64)
+    return x, y
 
 
 def make_gap_regression(
