@@ -115,14 +115,24 @@ def test_registry_modules_follow_the_protocol() -> None:
         assert isinstance(module.Config.quick(), module.Config)
         assert isinstance(module.Config.full(), module.Config)
         assert module.QUESTION.endswith("?") and len(module.METHOD) > 40
-        source = inspect.getsource(module.Config)
+        lines = inspect.getsource(module.Config).splitlines()
         for field in dataclasses.fields(config):
-            line = next(
-                line
-                for line in source.splitlines()
+            # The declaration runs from "name:" to the next line at its indentation
+            # (a formatter may wrap a long default, moving the comment down).
+            start = next(
+                i
+                for i, line in enumerate(lines)
                 if line.strip().startswith(f"{field.name}:")
             )
-            assert "#" in line, f"{name}.Config.{field.name} has no comment"
+            indent = len(lines[start]) - len(lines[start].lstrip())
+            end = start + 1
+            while end < len(lines) and (
+                not lines[end].strip()
+                or len(lines[end]) - len(lines[end].lstrip()) > indent
+            ):
+                end += 1
+            declaration = "\n".join(lines[start:end])
+            assert "#" in declaration, f"{name}.Config.{field.name} has no comment"
 
 
 def test_config_for_presets_and_data_override() -> None:
