@@ -258,7 +258,7 @@ def figure(result: dict[str, Any]) -> Any:
                         color=shade, label=f"p = {p:g}")  # fmt: skip
             bottom.plot(epochs, [100 * v for v in s["curves"]["train_error"][j]],
                         color=shade, ls="--", lw=0.8)  # fmt: skip
-        bottom.set_yscale("log")
+        bottom.set_yscale("symlog", linthresh=1.0)
         bottom.set_xlabel("epoch")
         bottom.set_ylabel("error (%), validation solid, training dashed")
         bottom.legend(fontsize=7, ncol=2)
