@@ -307,7 +307,7 @@ def answer(result: dict[str, Any]) -> str:
     ws = large["ws_error"]
     last = diffs[-1]
     # The smallest k from which on no difference is detectable (for every larger k too).
-    undetectable = []
+    undetectable: list[int] = []
     for k, d in reversed(list(zip(ks, diffs, strict=True))):
         if d[1] is None or not d[1] <= 0 <= d[2]:
             break
