@@ -209,8 +209,13 @@ def test_exact_count_answer_follows_the_intervals() -> None:
     assert text.startswith("A detectable difference in test accuracy appears")
     assert "realized is better than inverted by 2.00 points" in text
     assert "At widths 16 no accuracy difference is detectable." in text
+    assert "In theory (no accuracy effect detectable here)" in text
+    _set(target, mean=-0.02, low=-0.03, high=-0.01)
+    text = exact_count.answer(result)
+    assert "inverted is better than realized by 2.00 points" in text
+    assert "A likely reason: at n = 8 a unit's multiplier has variance 1.361" in text
     # Interval excludes zero but the Holm-adjusted p does not: no claim.
-    _set(target, p_holm=0.2)
+    _set(target, mean=0.02, low=0.01, high=0.03, p_holm=0.2)
     assert exact_count.answer(result).startswith("No detectable difference")
 
 
@@ -357,6 +362,22 @@ def test_uncertainty_answer_follows_the_intervals() -> None:
     text = uncertainty_toy.answer(result)
     assert "the gap has a larger spread than the training range by 0.300" in text
     assert "noise inputs has a higher entropy than test inputs by 1.000 nats" in text
+
+
+def test_unit_scale_variance_matches_simulation() -> None:
+    from droplab.masks import bernoulli_mask
+
+    n, p = 8, 0.5
+    kept = bernoulli_mask((200_000, n), p, seed=11)
+    scale = kept * (n / np.maximum(kept.sum(axis=1, keepdims=True), 1))
+    exact = exact_count.unit_scale_variance(n, p, "realized")
+    # 6 standard errors of a sample variance: E[X^4] <= 8^2 E[X^2] (X <= 8), and
+    # counting rows, not units (units of a row are dependent).
+    bound = 6 * math.sqrt(64 * (exact + 1) / 200_000)
+    assert abs(scale.var() - exact) < bound < exact - 1.0  # also tells it from 'inverted'
+
+    assert exact_count.unit_scale_variance(n, p, "inverted") == 1.0
+    assert exact_count.unit_scale_variance(n, p, "fixed") == pytest.approx(1.0)
 
 
 def test_kept_fraction_spread_matches_theory() -> None:
