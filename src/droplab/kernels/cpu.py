@@ -28,6 +28,7 @@ later processes start in well under a second.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,6 +62,16 @@ _COMPUTE = {
     torch.float32: torch.float32,
     torch.float64: torch.float64,
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _threshold_and_scale(p: float, scale: str) -> tuple[np.uint64, float]:
+    """``keep_threshold(p)`` as uint64 and ``train_scale(p, scale)``, memoised.
+
+    Training calls the same (p, scale) over and over; skipping the argument
+    checks keeps the per-call cost of small tensors down.
+    """
+    return np.uint64(masks.keep_threshold(p)), scaling.train_scale(p, scale)
 
 
 def _stream_args(seed: int, offset: int) -> tuple[np.uint64, int, np.uint64, np.uint64]:
@@ -130,14 +141,14 @@ def masked_scale(
     )
     x_flat = x.view(-1).numpy()
     dst_flat = dst.view(-1).numpy()
-    own = masks.mask_shape(shape, shared_dims)
+    own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
 
     if x_flat.size == 0:
         pass
     elif sampler == "bernoulli" and scale != "realized" and own == shape:
         base, head, k0, k1 = _stream_args(seed, offset)
-        threshold = np.uint64(masks.keep_threshold(p))
-        factor = np_compute(scaling.train_scale(p, scale))
+        threshold, train_scale = _threshold_and_scale(p, scale)
+        factor = np_compute(train_scale)
         kernel = (
             nk.bernoulli_scale_serial
             if x_flat.size < SERIAL_BELOW
