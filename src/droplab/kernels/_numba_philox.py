@@ -16,8 +16,14 @@ docs/performance.md):
   blocks vectorisation (interleaved stores) and ran ~4x slower.
 - The 32x32 -> 64-bit products are written as ``(c & 0xFFFFFFFF) * M`` on
   uint64 values, so the compiler knows both factors fit 32 bits.
-- Chunks depend only on their position in the stream, never on which thread
-  runs them, so the result is the same on any thread count.
+- Every kernel works on a range ``[lo, hi)`` of elements (or rows) and
+  releases the GIL; :mod:`droplab.kernels.cpu` splits large tensors over a few
+  Python threads. Numba's own ``parallel=True`` was tried first and dropped:
+  its OpenMP pool and PyTorch's spin against each other on a small machine
+  (measured: a 2**14-element call took 500x longer, and ``torch.clone`` after
+  it 100x longer, with both pools on 2 cores). A range depends only on its
+  position in the stream, never on the thread, so results are the same on
+  any thread count.
 - No fastmath: the multiply must round exactly as torch's does.
 
 All integers that reach a kernel are uint64 (key words, first Philox block,
@@ -27,7 +33,7 @@ threshold) or int64 (sizes), so each kernel compiles once per array dtype.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # Multipliers and Weyl key increments of Philox4x32 (Salmon et al., Table 2).
 M0 = np.uint64(0xD2511F53)
@@ -103,46 +109,27 @@ def _bernoulli_chunk(
         dst[i] = src[i] * factor if words[i] < thr else zero
 
 
-@njit(cache=True)
-def bernoulli_scale_serial(x, out, base_block, head, k0, k1, thr, factor):
-    """``out = where(word < thr, x * factor, +0)`` on one thread (x, out: 1-d, same dtype)."""
+@njit(cache=True, nogil=True)
+def bernoulli_scale(x, out, lo, hi, base_block, head, k0, k1, thr, factor):
+    """``out = where(word < thr, x * factor, +0)`` on elements ``[lo, hi)`` (1-d)."""
     buffer = np.empty(CHUNK + 8, np.uint32)
-    for start in range(0, x.size, CHUNK):
-        stop = min(start + CHUNK, x.size)
+    for start in range(lo, hi, CHUNK):
+        stop = min(start + CHUNK, hi)
         _bernoulli_chunk(
             x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer
         )
 
 
-@njit(parallel=True, cache=True)
-def bernoulli_scale_parallel(x, out, base_block, head, k0, k1, thr, factor):
-    """:func:`bernoulli_scale_serial` with chunks spread over Numba's threads."""
-    chunks = (x.size + CHUNK - 1) // CHUNK
-    for c in prange(chunks):
-        buffer = np.empty(CHUNK + 8, np.uint32)
-        start = c * CHUNK
-        stop = min(start + CHUNK, x.size)
-        _bernoulli_chunk(
-            x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer
-        )
-
-
-@njit(cache=True)
-def _keep_chunk(keep, start, stop, base_block, head, k0, k1, thr, buffer):
-    words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
-    dst = keep[start:stop]
-    for i in range(words.size):
-        dst[i] = 1 if words[i] < thr else 0
-
-
-@njit(parallel=True, cache=True)
-def bernoulli_keep(keep, base_block, head, k0, k1, thr):
-    """``keep[i] = word(offset + i) < thr`` for a flat uint8 mask."""
-    chunks = (keep.size + CHUNK - 1) // CHUNK
-    for c in prange(chunks):
-        buffer = np.empty(CHUNK + 8, np.uint32)
-        stop = min(c * CHUNK + CHUNK, keep.size)
-        _keep_chunk(keep, c * CHUNK, stop, base_block, head, k0, k1, thr, buffer)
+@njit(cache=True, nogil=True)
+def bernoulli_keep(keep, lo, hi, base_block, head, k0, k1, thr):
+    """``keep[i] = word(offset + i) < thr`` for ``i`` in ``[lo, hi)`` (uint8, flat)."""
+    buffer = np.empty(CHUNK + 8, np.uint32)
+    for start in range(lo, hi, CHUNK):
+        stop = min(start + CHUNK, hi)
+        words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
+        dst = keep[start:stop]
+        for i in range(words.size):
+            dst[i] = 1 if words[i] < thr else 0
 
 
 @njit(cache=True)
@@ -165,7 +152,7 @@ def kth_smallest_word(words, k):
     return prefix
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fixed_row(row, start, k, base_block, head, k0, k1):
     if k == 0 or k == row.size:
         row[:] = 1 if k == row.size else 0
@@ -187,17 +174,15 @@ def _fixed_row(row, start, k, base_block, head, k0, k1):
             row[i] = 0
 
 
-@njit(parallel=True, cache=True)
-def fixed_keep(keep, rows, row_len, k, base_block, head, k0, k1):
-    """Keep the ``k`` smallest words of each row of ``row_len`` (ties: lower index).
+@njit(cache=True, nogil=True)
+def fixed_keep(keep, lo, hi, row_len, k, base_block, head, k0, k1):
+    """Keep the ``k`` smallest words of each row ``lo .. hi - 1`` (ties: lower index).
 
     The row's ``k``-th smallest word ``w`` is found by radix selection; every
     element with a smaller word is kept, then elements whose word equals ``w``
     in index order until ``k`` are kept: the ``masks.fixed_count_mask`` rule.
     """
-    # The loop body lives in its own function: Numba's parfor pass must not
-    # mistake the per-row counters for reductions across rows.
-    for r in prange(rows):
+    for r in range(lo, hi):
         _fixed_row(
             keep[r * row_len : (r + 1) * row_len],
             r * row_len,
@@ -225,10 +210,7 @@ def _apply_chunk(x, out, keep, factors, row_len, start, stop):
         i = end
 
 
-@njit(parallel=True, cache=True)
-def apply_rows(x, out, keep, factors, row_len):
-    """``out[i] = where(keep[i], x[i] * factors[i // row_len], +0)``, all flat."""
-    chunks = (x.size + CHUNK - 1) // CHUNK
-    for c in prange(chunks):
-        stop = min(c * CHUNK + CHUNK, x.size)
-        _apply_chunk(x, out, keep, factors, row_len, c * CHUNK, stop)
+@njit(cache=True, nogil=True)
+def apply_rows(x, out, keep, factors, row_len, lo, hi):
+    """``out[i] = where(keep[i], x[i] * factors[i // row_len], +0)``, ``i`` in ``[lo, hi)``."""
+    _apply_chunk(x, out, keep, factors, row_len, lo, hi)

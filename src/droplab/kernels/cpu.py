@@ -10,12 +10,17 @@ Paths, from fastest to most general:
 1. Bernoulli mask covering the whole input (no effective shared dimension),
    one factor (``inverted``, ``classic``, ``none``): one fused pass that draws
    the words and writes the output; nothing of the input's size is allocated
-   besides the output. Tensors below :data:`SERIAL_BELOW` elements run on one
-   thread, where the thread pool's start-up costs more than it saves.
+   besides the output.
 2. Otherwise (``fixed`` sampler, ``realized`` scale, shared dimensions): a uint8
-   mask of the mask's own shape is drawn by a parallel kernel, then applied by
-   a parallel kernel (or, when the mask broadcasts over shared dimensions, by
-   ``torch.where``, which gives the same bits).
+   mask of the mask's own shape is drawn, then applied (or, when the mask
+   broadcasts over shared dimensions, applied by ``torch.where``, which gives
+   the same bits).
+
+Threads: the kernels release the GIL and work on ranges; a tensor of at least
+``2 * PER_THREAD`` elements is split into contiguous ranges run on up to
+``torch.get_num_threads()`` Python threads (so ``torch.set_num_threads`` limits
+droplab too). Smaller tensors run on the calling thread. The split never
+changes the result: each element's random word depends on its position only.
 
 float16 and bfloat16 go through a float32 copy. Non-contiguous inputs are
 copied to contiguous memory first; ``out`` is written in place when it is
@@ -29,7 +34,11 @@ later processes start in well under a second.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -38,11 +47,35 @@ import torch
 from droplab import masks, scaling
 from droplab.kernels import _numba_philox as nk
 
-__all__ = ["SERIAL_BELOW", "masked_scale", "supports"]
+__all__ = ["PER_THREAD", "masked_scale", "supports"]
 
-# Below this many elements the fused kernel runs on the calling thread: Numba's
-# parallel launch costs a few microseconds (measured crossover near 2**13).
-SERIAL_BELOW = 1 << 13
+# Least work (elements, or mask elements) worth handing to another thread: one
+# thread does 2**18 elements in ~0.15-0.3 ms, against ~0.05 ms for the hand-off.
+PER_THREAD = 1 << 18
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """The worker threads, created on first need (daemon-like: never joined)."""
+    return ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
+
+
+def _split(total: int, run: Callable[[int, int], object], *, unit: int = 1) -> None:
+    """Call ``run(lo, hi)`` over ``[0, total)``, in parallel ranges when big enough.
+
+    ``unit`` is the work per index (row length for row kernels).
+    """
+    parts = min(torch.get_num_threads(), (total * unit) // PER_THREAD, total)
+    if parts <= 1:
+        run(0, total)
+        return
+    bounds = [total * i // parts for i in range(parts + 1)]
+    ranges = list(itertools.pairwise(bounds))
+    jobs = [_pool().submit(run, lo, hi) for lo, hi in ranges[1:]]
+    run(*ranges[0])  # the calling thread takes the first range itself
+    for job in jobs:
+        job.result()
+
 
 _LOW32 = 0xFFFFFFFF
 
@@ -94,11 +127,20 @@ def _draw_keep(
     base, head, k0, k1 = _stream_args(seed, offset)
     if sampler == "bernoulli":
         threshold = np.uint64(masks.keep_threshold(p))
-        nk.bernoulli_keep(keep, base, head, k0, k1, threshold)
+        _split(
+            keep.size,
+            lambda lo, hi: nk.bernoulli_keep(
+                keep, lo, hi, base, head, k0, k1, threshold
+            ),
+        )
     else:
         rows, row_len = masks.row_count(own)
         k = masks.fixed_keep_count(row_len, p)
-        nk.fixed_keep(keep, rows, row_len, k, base, head, k0, k1)
+        _split(
+            rows,
+            lambda lo, hi: nk.fixed_keep(keep, lo, hi, row_len, k, base, head, k0, k1),
+            unit=row_len,
+        )
     return keep
 
 
@@ -149,12 +191,12 @@ def masked_scale(
         base, head, k0, k1 = _stream_args(seed, offset)
         threshold, train_scale = _threshold_and_scale(p, scale)
         factor = np_compute(train_scale)
-        kernel = (
-            nk.bernoulli_scale_serial
-            if x_flat.size < SERIAL_BELOW
-            else nk.bernoulli_scale_parallel
+        _split(
+            x_flat.size,
+            lambda lo, hi: nk.bernoulli_scale(
+                x_flat, dst_flat, lo, hi, base, head, k0, k1, threshold, factor
+            ),
         )
-        kernel(x_flat, dst_flat, base, head, k0, k1, threshold, factor)
     else:
         keep = _draw_keep(own, p, seed, offset, sampler)
         rows, row_len = masks.row_count(own)
@@ -164,7 +206,12 @@ def masked_scale(
         else:
             factors = np.full(rows, scaling.train_scale(p, scale), np_compute)
         if own == shape:
-            nk.apply_rows(x_flat, dst_flat, keep, factors, row_len)
+            _split(
+                x_flat.size,
+                lambda lo, hi: nk.apply_rows(
+                    x_flat, dst_flat, keep, factors, row_len, lo, hi
+                ),
+            )
         else:  # the mask broadcasts over shared dimensions
             keep_t = torch.from_numpy(keep.view(np.bool_)).reshape(own)
             if len(own) > 1:  # one factor per row, broadcast like the mask
