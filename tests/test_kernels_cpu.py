@@ -262,3 +262,35 @@ def test_supports() -> None:
     assert cpu.supports(torch.zeros(2, dtype=torch.float16))
     assert not cpu.supports(torch.zeros(2, dtype=torch.int32))
     assert not cpu.supports(torch.zeros(2, dtype=torch.complex64))
+
+
+def test_nothing_of_the_input_size_is_saved_for_backward() -> None:
+    from droplab.kernels import bench
+
+    saved = bench.saved_bytes(n=4096)
+    assert saved["droplab"] == 0
+    assert saved["torch"] >= 4096  # torch keeps a mask of at least a byte each
+
+
+def test_bench_cli_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from droplab import cli
+
+    code = cli.main(
+        [
+            "bench",
+            "--min-log2",
+            "8",
+            "--max-log2",
+            "9",
+            "--repeats",
+            "1",
+            "--skip",
+            "mlp",
+            "jit",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| 2^8 |" in printed and "| 2^9 |" in printed
+    assert "'droplab': 0" in printed
+    assert cli.main(["bench", "--min-log2", "9", "--max-log2", "8"]) == 2
