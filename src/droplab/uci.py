@@ -279,10 +279,11 @@ def _one_thread() -> Iterator[None]:
     """One torch thread and one thread for the CPU kernels' parallel launches."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    numba: Any = None
     try:
         import numba
     except ImportError:  # pragma: no cover - numba is a dependency
-        numba = None
+        pass
     kernel_threads = numba.get_num_threads() if numba else 1
     if numba:
         numba.set_num_threads(1)
