@@ -343,3 +343,39 @@ def test_summary_without_published_numbers() -> None:
     summary = summarize(fake_results([(1.0, -1.0, 2.0)]), None)
     assert "published" not in summary and math.isnan(summary["ours"]["rmse_mc"]["se"])
     assert "| RMSE, MC dropout | 1.000 ± n/a |" in format_summary(summary)
+
+
+# --- report experiment ------------------------------------------------------------
+
+
+def test_experiment_runs_on_a_folder_and_renders(tmp_path: Path) -> None:
+    from droplab.experiments import uci as experiment
+    from droplab.lab.registry import experiment_names
+
+    assert "uci" in experiment_names()
+    write_folder(tmp_path, splits=2)
+    (tmp_path / "published_per_split.csv").write_text(
+        "dataset,split,rmse_weight_scaling,rmse_mc,test_ll,tau\n"
+        "toy,0,1.0,0.9,-1.5,1\ntoy,1,1.2,1.0,-1.7,1\n"
+    )
+    config = experiment.Config(
+        dataset="toy", splits=(0, 1), epochs_multiplier=1.0, samples=10,
+        data_dir=str(tmp_path),
+    )  # fmt: skip
+    result = experiment.run(config)
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
+    assert [row["split"] for row in result["per_split"]] == [0, 1]
+    assert len(experiment.numbers(result)) == 9
+    assert experiment.tables(result)[0]["rows"][1][0] == 1
+    assert "published numbers on the same splits" in experiment.answer(result)
+    assert experiment.figure(result).axes
+
+
+def test_experiment_says_why_it_did_not_run(tmp_path: Path) -> None:
+    from droplab.experiments import uci as experiment
+
+    result = experiment.run(experiment.Config(data_dir=str(tmp_path)))
+    assert "yacht is missing" in result["skipped"]
+    assert experiment.answer(result).startswith("Not run: ")
+    assert experiment.numbers(result) == [] and experiment.tables(result) == []
+    assert experiment.figure(result).axes

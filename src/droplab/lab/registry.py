@@ -44,6 +44,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "droplab.experiments.features",
     "droplab.experiments.uncertainty_toy",
     "droplab.experiments.variants",
+    "droplab.experiments.uci",
 )
 
 PRESETS = ("quick", "default", "full")
