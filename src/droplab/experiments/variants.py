@@ -70,7 +70,7 @@ class Config:
     """Settings of the variants experiment (``Config()`` is the default preset)."""
 
     data: str = "digits"  # built-in data set
-    hidden: int = 256  # units per hidden layer (two layers)
+    hidden: int = 128  # units per hidden layer (two layers)
     p: float = 0.5  # drop probability of the variants that take one
     alpha_p: float = 0.1  # alpha dropout's rate (its paper uses 0.05-0.1)
     seeds: int = 3  # paired seeds
