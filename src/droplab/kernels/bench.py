@@ -264,6 +264,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         choices=["sizes", "saved", "mlp", "jit"],
         help="parts to leave out",
     )
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads first (droplab follows it)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 
@@ -274,6 +277,11 @@ def run_cli(args: argparse.Namespace) -> int:
             "droplab bench: need 1 <= --min-log2 <= --max-log2 <= 30", file=sys.stderr
         )
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("droplab bench: --threads must be at least 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     results: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
