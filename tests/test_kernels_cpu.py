@@ -294,3 +294,25 @@ def test_bench_cli_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "| 2^8 |" in printed and "| 2^9 |" in printed
     assert "'droplab': 0" in printed
     assert cli.main(["bench", "--min-log2", "9", "--max-log2", "8"]) == 2
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_split_work_after_fork() -> None:
+    # A forked child (e.g. a DataLoader worker) must not wait on the parent's
+    # worker threads, which it does not have.
+    import multiprocessing
+
+    x = torch.randn(4 * cpu.PER_THREAD)
+    kw = dict(
+        p=0.5, seed=8, offset=0, scale="inverted", sampler="bernoulli", shared_dims=()
+    )
+    want = cpu.masked_scale(x, **kw)  # the parent's pool now exists
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        got = pool.apply_async(_child_masked_scale, (x, kw)).get(timeout=60)
+    assert same_bits(got, want)
+
+
+def _child_masked_scale(x: torch.Tensor, kw: dict[str, object]) -> torch.Tensor:
+    torch.set_num_threads(2)
+    return cpu.masked_scale(x, **kw)

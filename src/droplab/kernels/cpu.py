@@ -55,8 +55,13 @@ PER_THREAD = 1 << 18
 
 
 @functools.cache
-def _pool() -> ThreadPoolExecutor:
-    """The worker threads, created on first need (daemon-like: never joined)."""
+def _pool(pid: int) -> ThreadPoolExecutor:
+    """The worker threads of process ``pid``, created on first need.
+
+    Keyed by process id: a forked child (a DataLoader worker) inherits the
+    parent's executor object but not its threads, and must build its own.
+    """
+    del pid  # the cache key only
     return ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1))
 
 
@@ -71,7 +76,7 @@ def _split(total: int, run: Callable[[int, int], object], *, unit: int = 1) -> N
         return
     bounds = [total * i // parts for i in range(parts + 1)]
     ranges = list(itertools.pairwise(bounds))
-    jobs = [_pool().submit(run, lo, hi) for lo, hi in ranges[1:]]
+    jobs = [_pool(os.getpid()).submit(run, lo, hi) for lo, hi in ranges[1:]]
     run(*ranges[0])  # the calling thread takes the first range itself
     for job in jobs:
         job.result()
