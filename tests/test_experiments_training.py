@@ -374,7 +374,9 @@ def test_unit_scale_variance_matches_simulation() -> None:
     # 6 standard errors of a sample variance: E[X^4] <= 8^2 E[X^2] (X <= 8), and
     # counting rows, not units (units of a row are dependent).
     bound = 6 * math.sqrt(64 * (exact + 1) / 200_000)
-    assert abs(scale.var() - exact) < bound < exact - 1.0  # also tells it from 'inverted'
+    assert (
+        abs(scale.var() - exact) < bound < exact - 1.0
+    )  # also tells it from 'inverted'
 
     assert exact_count.unit_scale_variance(n, p, "inverted") == 1.0
     assert exact_count.unit_scale_variance(n, p, "fixed") == pytest.approx(1.0)
@@ -419,3 +421,13 @@ def test_every_variant_builds_and_rejects_unknown_names() -> None:
         assert model.eval()(x).shape == (2, 2)
     with pytest.raises(ValueError, match="unknown variant 'spatial'"):
         variants.build("spatial", 3, 2, config, seed=0, n_train=10)
+
+
+def test_regression_data_is_refused_with_the_experiment_named() -> None:
+    import dataclasses
+
+    config = dataclasses.replace(TINY["convergence"], data="toy")
+    with pytest.raises(
+        ValueError, match="'data' argument of convergence must be a classification"
+    ):
+        convergence.run(config)

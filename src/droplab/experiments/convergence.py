@@ -82,7 +82,7 @@ def _task(task: tuple[Config, int, str]) -> dict[str, Any]:
     config, index, rule = task
     with serial_kernels():
         warm_up_kernels()
-        data = load_cached(config.data, config.seed)
+        data = load_cached(config.data, config.seed, NAME)
         model = build_mlp(
             data.n_features, list(config.hidden), data.n_classes,
             p=config.p if rule == "dropout" else 0.0, seed=derive_seed(config.seed, index),

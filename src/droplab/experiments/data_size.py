@@ -72,7 +72,7 @@ RULES = ("dropout", "none")
 def _task(task: tuple[Config, int, int, str]) -> dict[str, Any]:
     config, size, index, rule = task
     with serial_kernels():
-        data = load_cached(config.data, config.seed)
+        data = load_cached(config.data, config.seed, NAME)
         order = np.random.default_rng(derive_seed(config.seed, 5, index)).permutation(
             len(data.x_train)
         )
@@ -93,7 +93,7 @@ def _task(task: tuple[Config, int, int, str]) -> dict[str, Any]:
 
 def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
     """Train both rules at every size and seed (in parallel), then compare."""
-    available = len(load_cached(config.data, config.seed).x_train)
+    available = len(load_cached(config.data, config.seed, NAME).x_train)
     sizes = sorted({min(s, available) for s in config.sizes})
     tasks = [
         (config, size, i, rule)

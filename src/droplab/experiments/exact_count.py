@@ -89,7 +89,7 @@ def _task(task: tuple[Config, str, int, int]) -> dict[str, Any]:
 
 
 def _train_rules(config: Config, name: str, width: int, index: int) -> dict[str, Any]:
-    data = load_cached(name, config.seed)
+    data = load_cached(name, config.seed, NAME)
     out: dict[str, Any] = {}
     for rule, (scale, sampler) in RULES.items():
         # Same keys for every rule: same init, same batches, same dropout words.

@@ -93,7 +93,7 @@ def autoencoder(n_in: int, units: int, p: float, seed: int) -> nn.Sequential:
 def _task(task: tuple[Config, int, str]) -> dict[str, Any]:
     config, index, rule = task
     with serial_kernels():
-        data = load_cached(config.data, config.seed)
+        data = load_cached(config.data, config.seed, NAME)
         model = autoencoder(
             data.n_features, config.units, config.p if rule == "dropout" else 0.0,
             derive_seed(config.seed, index),

@@ -95,7 +95,7 @@ def _task(task: tuple[Config, int, float, int]) -> dict[str, Any]:
     """Train one (width, p, seed); the same (width, p) is shared by both settings."""
     config, width, p, index = task
     with serial_kernels():
-        data = load_cached(config.data, config.seed)
+        data = load_cached(config.data, config.seed, NAME)
         model = build_mlp(
             data.n_features, [width] * config.layers, data.n_classes, p=p,
             seed=derive_seed(config.seed, width, index),

@@ -88,7 +88,7 @@ def _task(task: tuple[Config, int, float, int]) -> dict[str, Any]:
     config, width, p, index = task
     with serial_kernels():
         warm_up_kernels()
-        data = load_cached(config.data, config.seed)
+        data = load_cached(config.data, config.seed, NAME)
         model = build_mlp(
             data.n_features, [width] * config.layers, data.n_classes, p=p,
             seed=derive_seed(config.seed, width, index, int(p > 0)),

@@ -143,7 +143,7 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
 
 
 def _classifier(config: Config, index: int) -> dict[str, Any]:
-    data = load_cached(config.data, config.seed)
+    data = load_cached(config.data, config.seed, NAME)
     model = build_mlp(data.n_features, list(config.hidden), data.n_classes, p=config.p,
                       seed=derive_seed(config.seed, index, 3))  # fmt: skip
     train_classifier(model, data, epochs=config.epochs, batch_size=128, lr=3e-3,

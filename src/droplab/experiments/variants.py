@@ -139,7 +139,7 @@ def _task(task: tuple[Config, int, str]) -> dict[str, Any]:
     config, index, variant = task
     with serial_kernels():
         warm_up_kernels()
-        data = load_cached(config.data, config.seed)
+        data = load_cached(config.data, config.seed, NAME)
         model = build(variant, data.n_features, data.n_classes, config,
                       derive_seed(config.seed, index), n_train=len(data.x_train))  # fmt: skip
         concrete = [m for m in model.modules() if isinstance(m, ConcreteDropout)]

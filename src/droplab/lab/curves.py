@@ -26,11 +26,10 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from droplab import data as datasets
 from droplab._validation import check_int
 from droplab.data import Dataset
 from droplab.lab.parallel import one_thread
-from droplab.lab.training import predict
+from droplab.lab.training import load_classification, predict
 
 __all__ = [
     "cross_entropy",
@@ -217,14 +216,23 @@ def train_regressor(
 
 
 @functools.lru_cache(maxsize=8)
-def load_cached(name: str, seed: int) -> Dataset:
-    """:func:`droplab.data.load` ``(name, seed=seed)``, loaded once per process.
+def load_cached(
+    name: str, seed: int, experiment: str = "a training experiment"
+) -> Dataset:
+    """A classification data set, :func:`droplab.data.load` ``(name, seed=seed)``,
+    loaded once per process.
 
     Training tasks of one experiment share their data set; generating MNIST-1D
     takes seconds, so each worker process keeps the last few sets it loaded.
-    The arrays are shared: treat them as read-only.
+    The arrays are shared: treat them as read-only. A regression set (``toy``)
+    is refused with a message naming ``experiment``.
+
+    >>> load_cached("toy", 0, "rate")
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'data' argument of rate must be a classification data set (digits, mnist1d or mnist:DIR); got 'toy'.
     """
-    return datasets.load(name, seed=seed)
+    return load_classification(name, seed=seed, experiment=experiment)
 
 
 @functools.cache
