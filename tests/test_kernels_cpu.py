@@ -309,10 +309,13 @@ def test_split_work_after_fork() -> None:
     want = cpu.masked_scale(x, **kw)  # the parent's pool now exists
     context = multiprocessing.get_context("fork")
     with context.Pool(1) as pool:
-        got = pool.apply_async(_child_masked_scale, (x, kw)).get(timeout=60)
+        # NumPy arrays, not tensors, cross the pipe: torch's pickling of tensors
+        # (shared memory) is not what this test is about.
+        job = pool.apply_async(_child_masked_scale, (x.numpy(), kw))
+        got = torch.from_numpy(job.get(timeout=60))
     assert same_bits(got, want)
 
 
-def _child_masked_scale(x: torch.Tensor, kw: dict[str, object]) -> torch.Tensor:
-    torch.set_num_threads(2)
-    return cpu.masked_scale(x, **kw)
+def _child_masked_scale(x: np.ndarray, kw: dict[str, object]) -> np.ndarray:
+    torch.set_num_threads(2)  # big enough to be split: the child's own pool
+    return cpu.masked_scale(torch.from_numpy(x), **kw).numpy()
