@@ -23,6 +23,7 @@ are chosen (look for ``# kernel dispatch``). Setting the environment variable
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from droplab import masks, scaling
+from droplab import kernels, masks, scaling
 
 __all__ = [
     "BACKENDS",
@@ -164,13 +165,27 @@ def reference_masked_scale(
     return out
 
 
+@functools.cache
+def _cpu_kernel() -> MaskedScale:
+    """``droplab.kernels.cpu.masked_scale`` (imports Numba on first use)."""
+    from droplab.kernels import cpu
+
+    return cpu.masked_scale
+
+
 def select_backend(t: torch.Tensor) -> MaskedScale:
     """The implementation of :func:`masked_scale` used for tensor ``t``.
 
     ``DROPLAB_BACKEND`` (``reference``, ``numba`` or ``triton``) forces a path;
     a forced kernel that cannot run here is an error rather than a silent fallback.
     """
-    forced = os.environ.get("DROPLAB_BACKEND", "").strip()
+    forced = os.environ.get("DROPLAB_BACKEND", "")
+    # The common case first, with nothing more than these lookups: no forced
+    # path, a CPU tensor, Numba installed (kernels.numba_available is memoised;
+    # it is looked up on the module each time, so tests can replace it).
+    if not forced and t.device.type == "cpu" and kernels.numba_available():
+        return _cpu_kernel()
+    forced = forced.strip()
     if forced not in ("", *BACKENDS):
         allowed = ", ".join(repr(name) for name in BACKENDS)
         raise ValueError(
@@ -182,12 +197,8 @@ def select_backend(t: torch.Tensor) -> MaskedScale:
     # kernel dispatch: faster implementations of the same contract are chosen
     # here by device (cpu -> droplab.kernels.cpu when Numba imports; cuda ->
     # droplab.kernels.gpu when Triton imports), falling back to the reference.
-    from droplab import kernels
-
     if forced in ("", "numba") and t.device.type == "cpu" and kernels.numba_available():
-        from droplab.kernels import cpu
-
-        return cpu.masked_scale
+        return _cpu_kernel()
     if (forced == "triton" or t.device.type == "cuda") and kernels.triton_available():
         from droplab.kernels import gpu
 

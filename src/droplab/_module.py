@@ -32,14 +32,33 @@ Other code (Monte-Carlo prediction, checkpointing) may read and set the public
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
 from typing import Any
 
 from torch import nn
 
 from droplab._backend import draw_seed
-from droplab._validation import check_int, check_offset, check_seed, fail
+from droplab._validation import (
+    SEED_LIMIT,
+    check_int,
+    check_offset,
+    check_seed,
+    fail,
+)
 
 __all__ = ["StochasticModule"]
+
+# check_offset's upper bound (exclusive): a stream has 4 * 2**64 elements.
+_OFFSET_LIMIT = 4 * SEED_LIMIT
+
+
+@functools.cache
+def _distributed() -> ModuleType:
+    """The :mod:`droplab.distributed` module, imported on first use."""
+    from droplab import distributed
+
+    return distributed
 
 
 class StochasticModule(nn.Module):
@@ -95,9 +114,11 @@ class StochasticModule(nn.Module):
         """
         # Looked up at call time: droplab.distributed stays out of the package's
         # import chain, so a doctest run of that file alone imports it only once.
-        from droplab import distributed
-
-        return distributed.fold_rank(seed, distributed.current_rank())
+        distributed = _distributed()
+        rank = distributed.current_rank()
+        # fold_rank(seed, 0) is the seed itself: skip the call (and its checks
+        # of a seed that was validated when it was set) in a single process.
+        return seed if rank == 0 else distributed.fold_rank(seed, rank)
 
     def next_stream(self, n: int) -> tuple[int, int]:
         """The ``(seed, offset)`` for a draw of ``n`` stream elements.
@@ -110,11 +131,16 @@ class StochasticModule(nn.Module):
             n: stream elements the call uses (for masks:
                 ``droplab._backend.stream_elements(shape, shared_dims)``).
         """
-        n = check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
+        if type(n) is not int or n < 0:  # else check_int would return n as is
+            n = check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
         if self._seed is None:
             return self._effective_seed(draw_seed()), 0
         offset = self._offset
-        self.offset = offset + n  # validated: the stream is finite
+        end = offset + n
+        if end < _OFFSET_LIMIT:  # what the offset setter accepts, without the call
+            self._offset = end
+        else:
+            self.offset = end  # raises: the stream is finite
         return self._effective_seed(self._seed), offset
 
     def stream_repr(self) -> str:

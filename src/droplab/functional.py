@@ -19,6 +19,7 @@ import torch
 
 from droplab import _backend
 from droplab._validation import (
+    SEED_LIMIT,
     check_choice,
     check_offset,
     check_probability,
@@ -32,6 +33,9 @@ from droplab.scaling import SCALES, eval_scale
 __all__ = ["check_bool", "check_floating_tensor", "dropout"]
 
 _DTYPE_NAMES = "float16, bfloat16, float32 or float64"
+
+# The upper bound (exclusive) of check_offset: a stream has 4 * 2**64 elements.
+_OFFSET_LIMIT = 4 * SEED_LIMIT
 
 
 def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tensor:
@@ -102,7 +106,20 @@ class _MaskedScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         # dy/dx = mask * scale: the same op, the same mask, applied to the gradient.
-        grad_input = _MaskedScale.apply(grad_output, *ctx.mask_args, False)
+        if torch.is_grad_enabled():
+            # create_graph=True: through the Function again, for double backward.
+            grad_input = _MaskedScale.apply(grad_output, *ctx.mask_args, False)
+        else:  # the usual backward: the op itself, without a second graph node
+            p, seed, offset, scale, sampler, shared_dims = ctx.mask_args
+            grad_input = _backend.masked_scale(
+                grad_output,
+                p=p,
+                seed=seed,
+                offset=offset,
+                scale=scale,
+                sampler=sampler,
+                shared_dims=shared_dims,
+            )
         return (grad_input, None, None, None, None, None, None, None)
 
 
@@ -168,16 +185,29 @@ def dropout(
         True
     """
     owner = "dropout"
+    # Every argument is checked on every call. Each test below first accepts,
+    # cheaply, exactly the values its check would return unchanged (a float in
+    # [0, 1], an int in range, a known word, no shared dims); anything else goes
+    # through the check, which converts it or raises its usual error.
     x = check_floating_tensor(x, owner=owner)
-    p = check_probability(p, owner=owner)
-    training = check_bool(training, "training", owner=owner)
-    if seed is not None:
+    if type(p) is not float or not 0.0 <= p <= 1.0:
+        p = check_probability(p, owner=owner)
+    if training is not True and training is not False:
+        training = check_bool(training, "training", owner=owner)
+    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
         seed = check_seed(seed, owner=owner)
-    offset = check_offset(offset, owner=owner)
-    scale = check_choice(scale, "scale", SCALES, owner=owner)
-    sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
-    dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
-    inplace = check_bool(inplace, "inplace", owner=owner)
+    if type(offset) is not int or not 0 <= offset < _OFFSET_LIMIT:
+        offset = check_offset(offset, owner=owner)
+    if type(scale) is not str or scale not in SCALES:
+        scale = check_choice(scale, "scale", SCALES, owner=owner)
+    if type(sampler) is not str or sampler not in SAMPLERS:
+        sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
+    if type(shared_dims) is tuple and not shared_dims:
+        dims: tuple[int, ...] = ()
+    else:
+        dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
+    if inplace is not True and inplace is not False:
+        inplace = check_bool(inplace, "inplace", owner=owner)
 
     if not training:
         factor = eval_scale(p, scale)

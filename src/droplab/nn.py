@@ -119,8 +119,14 @@ class Dropout(StochasticModule):
             )
         owner = type(self).__name__
         x = check_floating_tensor(x, owner=owner)
-        dims = check_shared_dims(self.shared_dims, x.ndim, owner=owner)
-        seed, offset = self.next_stream(_backend.stream_elements(x.shape, dims))
+        shared_dims = self.shared_dims
+        if type(shared_dims) is tuple and not shared_dims:  # the common case
+            dims: tuple[int, ...] = ()
+            n = x.numel()  # = stream_elements(x.shape, ()), the mask covers x
+        else:
+            dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
+            n = _backend.stream_elements(x.shape, dims)
+        seed, offset = self.next_stream(n)
         return dropout(
             x,
             self.p,

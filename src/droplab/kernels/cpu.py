@@ -103,13 +103,16 @@ _COMPUTE = {
 
 
 @functools.lru_cache(maxsize=256)
-def _threshold_and_scale(p: float, scale: str) -> tuple[np.uint64, float]:
-    """``keep_threshold(p)`` as uint64 and ``train_scale(p, scale)``, memoised.
+def _threshold_and_factor(
+    p: float, scale: str, np_compute: type[np.floating]
+) -> tuple[np.uint64, np.floating]:
+    """``keep_threshold(p)`` as uint64 and ``train_scale(p, scale)`` as ``np_compute``.
 
-    Training calls the same (p, scale) over and over; skipping the argument
-    checks keeps the per-call cost of small tensors down.
+    Memoised: training calls the same (p, scale) over and over; skipping the
+    argument checks keeps the per-call cost of small tensors down.
     """
-    return np.uint64(masks.keep_threshold(p)), scaling.train_scale(p, scale)
+    factor = np_compute(scaling.train_scale(p, scale))
+    return np.uint64(masks.keep_threshold(p)), factor
 
 
 def _stream_args(seed: int, offset: int) -> tuple[np.uint64, int, np.uint64, np.uint64]:
@@ -174,7 +177,10 @@ def masked_scale(
     shape = tuple(t.shape)
     compute = _COMPUTE[t.dtype]
     np_compute = np.float64 if compute == torch.float64 else np.float32
-    x = t.detach().to(compute).contiguous()  # no copy for contiguous f32/f64
+    if t.dtype == compute and t.is_contiguous():
+        x = t.detach()  # the usual case: no copy, no conversion
+    else:
+        x = t.detach().to(compute).contiguous()
     writes_out = (
         out is not None
         and out.dtype == compute
@@ -184,18 +190,19 @@ def masked_scale(
     dst = (
         out.detach()
         if writes_out and out is not None
-        else torch.empty(shape, dtype=compute)
+        else torch.empty_like(x, memory_format=torch.contiguous_format)
     )
-    x_flat = x.view(-1).numpy()
-    dst_flat = dst.view(-1).numpy()
+    # NumPy views of the same memory (x and dst are contiguous): the kernels'
+    # arguments. reshape(-1) of a contiguous array is a view, never a copy.
+    x_flat = x.numpy().reshape(-1)
+    dst_flat = dst.numpy().reshape(-1)
     own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
 
     if x_flat.size == 0:
         pass
     elif sampler == "bernoulli" and scale != "realized" and own == shape:
         base, head, k0, k1 = _stream_args(seed, offset)
-        threshold, train_scale = _threshold_and_scale(p, scale)
-        factor = np_compute(train_scale)
+        threshold, factor = _threshold_and_factor(p, scale, np_compute)
         _split(
             x_flat.size,
             lambda lo, hi: nk.bernoulli_scale(
