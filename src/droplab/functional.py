@@ -73,54 +73,52 @@ class _MaskedScale(torch.autograd.Function):
     """``y = x * mask * scale``; its backward is the same op on the gradient.
 
     Only Python numbers are kept on ``ctx``: the mask is redrawn from
-    ``(seed, offset)`` in backward. Backward calls this Function again, so the
-    double backward (and gradgradcheck) works as well.
+    ``(seed, offset)`` in backward. When the backward itself is recorded
+    (``create_graph=True``) it calls this Function again, so the double
+    backward (and gradgradcheck) works; otherwise it runs the op directly.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        p: float,
-        seed: int,
-        offset: int,
-        scale: str,
-        sampler: str,
-        shared_dims: tuple[int, ...],
+        mask_args: tuple[float, int, int, str, str, tuple[int, ...]],
         inplace: bool,
     ) -> torch.Tensor:
-        ctx.mask_args = (p, seed, offset, scale, sampler, shared_dims)
+        # mask_args = (p, seed, offset, scale, sampler, shared_dims), as one
+        # argument: every argument of apply costs a little on every call.
+        ctx.mask_args = mask_args
         if inplace:
             ctx.mark_dirty(x)
-        return _backend.masked_scale(
-            x,
-            p=p,
-            seed=seed,
-            offset=offset,
-            scale=scale,
-            sampler=sampler,
-            shared_dims=shared_dims,
-            out=x if inplace else None,
-        )
+        return _apply_mask(x, mask_args, out=x if inplace else None)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         # dy/dx = mask * scale: the same op, the same mask, applied to the gradient.
         if torch.is_grad_enabled():
             # create_graph=True: through the Function again, for double backward.
-            grad_input = _MaskedScale.apply(grad_output, *ctx.mask_args, False)
+            grad_input = _MaskedScale.apply(grad_output, ctx.mask_args, False)
         else:  # the usual backward: the op itself, without a second graph node
-            p, seed, offset, scale, sampler, shared_dims = ctx.mask_args
-            grad_input = _backend.masked_scale(
-                grad_output,
-                p=p,
-                seed=seed,
-                offset=offset,
-                scale=scale,
-                sampler=sampler,
-                shared_dims=shared_dims,
-            )
-        return (grad_input, None, None, None, None, None, None, None)
+            grad_input = _apply_mask(grad_output, ctx.mask_args)
+        return (grad_input, None, None)
+
+
+def _apply_mask(
+    t: torch.Tensor,
+    mask_args: tuple[float, int, int, str, str, tuple[int, ...]],
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    p, seed, offset, scale, sampler, shared_dims = mask_args
+    return _backend.select_backend(t)(
+        t,
+        p=p,
+        seed=seed,
+        offset=offset,
+        scale=scale,
+        sampler=sampler,
+        shared_dims=shared_dims,
+        out=out,
+    )
 
 
 def _scale_for_eval(x: torch.Tensor, factor: float, inplace: bool) -> torch.Tensor:
@@ -215,7 +213,7 @@ def dropout(
     if seed is None:
         seed = _backend.draw_seed()
     result: torch.Tensor = _MaskedScale.apply(
-        x, p, seed, offset, scale, sampler, dims, inplace
+        x, (p, seed, offset, scale, sampler, dims), inplace
     )
     return result
 
