@@ -19,7 +19,11 @@ from droplab import __version__
 # (command, module, one-line help). A command whose module is not part of this
 # installation is left out of the parser rather than failing at start-up.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("report", "droplab.lab.cli", "run the lab's experiments and write the HTML report"),
+    (
+        "report",
+        "droplab.lab.cli",
+        "run the lab's experiments and write the HTML report",
+    ),
     ("run", "droplab.lab.cli", "run one experiment and save its result"),
     ("list", "droplab.lab.cli", "list the experiments and whether results are saved"),
     ("uci", "droplab.uci", "MC-dropout on a UCI regression folder (Gal & Ghahramani)"),
@@ -54,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._module.run_cli(args))
     except KeyboardInterrupt:
-        print("interrupted; finished results are saved, rerun to resume", file=sys.stderr)
+        print(
+            "interrupted; finished results are saved, rerun to resume", file=sys.stderr
+        )
         return 130
 
 

@@ -21,6 +21,7 @@ import torch
 
 from droplab.ensemble import exact_average, mc_logits, tv_distance, weight_scaling
 from droplab.lab.parallel import one_thread, parallel_map
+from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import (
     build_mlp,
@@ -244,18 +245,7 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     small, large = result["small"], result["large"]
     rows: list[dict[str, Any]] = []
 
-    def add(
-        quantity: str, value: Any, low: Any = None, high: Any = None, unit: str = ""
-    ) -> None:
-        rows.append(
-            {
-                "quantity": quantity,
-                "value": value,
-                "low": low,
-                "high": high,
-                "unit": unit,
-            }
-        )
+    add = row_adder(rows)
 
     add(
         f"small net (n = {small['units']}): weight scaling, TV to exact average",

@@ -26,6 +26,7 @@ import numpy as np
 from droplab.lab.compare import detectable, holm, paired_difference, verdict
 from droplab.lab.curves import load_cached, serial_kernels, train_with_curves
 from droplab.lab.parallel import parallel_map
+from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp, derive_seed
 
@@ -269,18 +270,7 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Final errors per p and setting, and the best p with its intervals."""
     rows: list[dict[str, Any]] = []
 
-    def add(
-        quantity: str, value: Any, low: Any = None, high: Any = None, unit: str = ""
-    ) -> None:
-        rows.append(
-            {
-                "quantity": quantity,
-                "value": value,
-                "low": low,
-                "high": high,
-                "unit": unit,
-            }
-        )
+    add = row_adder(rows)
 
     for scheme in SCHEMES:
         s = result["schemes"][scheme]

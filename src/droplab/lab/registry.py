@@ -23,12 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 from droplab._validation import check_choice, fail
 
-__all__ = ["EXPERIMENTS", "PRESETS", "config_for", "experiment_names", "get_experiment"]
+__all__ = [
+    "EXPERIMENTS",
+    "PRESETS",
+    "config_for",
+    "experiment_names",
+    "get_experiment",
+    "row_adder",
+]
 
 # Report order. Later issues append here.
 EXPERIMENTS: tuple[str, ...] = (
@@ -107,3 +115,29 @@ def config_for(
     if data is not None and any(f.name == "data" for f in dataclasses.fields(config)):
         config = dataclasses.replace(config, data=data)
     return config
+
+
+def row_adder(rows: list[dict[str, Any]]) -> Callable[..., None]:
+    """A function that appends one ``numbers(result)`` row to ``rows``.
+
+    >>> rows: list[dict[str, Any]] = []
+    >>> add = row_adder(rows)
+    >>> add("test error", 0.02, 0.01, 0.03, unit="")
+    >>> rows[0]["quantity"], rows[0]["high"]
+    ('test error', 0.03)
+    """
+
+    def add(
+        quantity: str, value: Any, low: Any = None, high: Any = None, unit: str = ""
+    ) -> None:
+        rows.append(
+            {
+                "quantity": quantity,
+                "value": value,
+                "low": low,
+                "high": high,
+                "unit": unit,
+            }
+        )
+
+    return add
