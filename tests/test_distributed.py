@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -179,12 +178,14 @@ def train(rank: int) -> dict[str, list[Any]]:
     return {"masks": masks, "grads": grads, "offsets": offsets}
 
 
-def worker(rank: int, port: int, out: Path) -> None:
+def worker(rank: int, store: Path, out: Path) -> None:
     """One DDP process: a run and a rerun from scratch (fresh model, offset 0)."""
     import torch.distributed as dist
 
+    # A file store for the rendezvous: no port to pick and race for; gloo then
+    # talks over loopback (GLOO_SOCKET_IFNAME=lo).
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD
     )
     try:
         runs = [train(rank), train(rank)]
@@ -193,14 +194,9 @@ def worker(rank: int, port: int, out: Path) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def launch(tmp: Path) -> list[dict[str, Any]]:
-    port = free_port()
+def launch(tmp: Path, attempts: int = 2) -> list[dict[str, Any]]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    store = tmp / "rendezvous"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     outs = [tmp / f"rank{r}.pt" for r in range(WORLD)]
     procs = [
@@ -210,8 +206,8 @@ def launch(tmp: Path) -> list[dict[str, Any]]:
                 __file__,
                 "--rank",
                 str(r),
-                "--port",
-                str(port),
+                "--store",
+                str(store),
                 "--out",
                 str(outs[r]),
             ],
@@ -222,8 +218,14 @@ def launch(tmp: Path) -> list[dict[str, Any]]:
         for r in range(WORLD)
     ]
     logs = [p.communicate(timeout=120)[0].decode(errors="replace") for p in procs]
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log
+    codes = [p.returncode for p in procs]
+    if any(code < 0 for code in codes) and attempts > 1:
+        # A worker killed by a signal (seen: SIGABRT from a C++ runtime thread,
+        # about 1 run in 10 on a loaded 2-core machine, not reproduced alone) is
+        # the environment, not the masks under test: launch once more, fresh.
+        return launch(tmp / "again", attempts=attempts - 1)
+    for code, log in zip(codes, logs, strict=True):
+        assert code == 0, log
     return [torch.load(o, weights_only=True) for o in outs]
 
 
@@ -274,8 +276,8 @@ def test_ddp_on_gloo_ranks_draw_apart_replay_and_match_one_process(tmp_path):
 if __name__ == "__main__":
     cli = argparse.ArgumentParser(description="one DDP worker of the test above")
     cli.add_argument("--rank", type=int, required=True)
-    cli.add_argument("--port", type=int, required=True)
+    cli.add_argument("--store", type=Path, required=True)
     cli.add_argument("--out", type=Path, required=True)
     options = cli.parse_args()
     torch.set_num_threads(1)
-    worker(options.rank, options.port, options.out)
+    worker(options.rank, options.store, options.out)
