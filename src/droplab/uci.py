@@ -400,11 +400,19 @@ def parse_splits(text: str, n_splits: int) -> list[int]:
 
 
 def default_data_dir() -> Path | None:
-    """``$DROPLAB_UCI_DATA``, else ``../shared/data/uci-gal2016`` beside the checkout."""
+    """``$DROPLAB_UCI_DATA``, else ``../shared/data/uci-gal2016`` beside the checkout.
+
+    "Beside the checkout" is looked up from the working directory (a command run
+    in the repository, whatever the install) and from this file (an editable
+    install run from elsewhere).
+    """
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci-gal2016"
-    return beside if beside.is_dir() else None
+    relative = Path("shared") / "data" / "uci-gal2016"
+    for root in (Path.cwd().resolve().parent, Path(__file__).resolve().parents[3]):
+        if (root / relative).is_dir():
+            return root / relative
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
