@@ -235,6 +235,23 @@ def test_run_skips_same_config_and_reruns_on_force_or_change(fakes: Path) -> Non
     assert changed.status == "ran" and "another config" in messages[0]
 
 
+def test_a_result_that_says_not_run_is_tried_again(fakes: Path) -> None:
+    module = registry.get_experiment("fake_first")
+    out = fakes / "results"
+    first = runner.run_experiment(module, module.Config(), results_dir=out, log=_quiet)
+    assert first.status == "ran"
+    path = results.result_path(out, "fake_first")
+    record = json.loads(path.read_text())
+    record["result"] = {"skipped": "no data folder found"}
+    path.write_text(json.dumps(record))
+    messages: list[str] = []
+    again = runner.run_experiment(
+        module, module.Config(), results_dir=out, log=messages.append
+    )
+    assert again.status == "ran" and _runs(fakes, "fake_first") == 2
+    assert "did not run; trying again" in messages[0]
+
+
 def test_corrupt_or_foreign_result_is_reported_and_recomputed(fakes: Path) -> None:
     module = registry.get_experiment("fake_first")
     out = fakes / "results"

@@ -92,9 +92,16 @@ def run_experiment(
             message = f"{error} Recomputing {name}."
             log(message)
         else:
-            if saved["config_hash"] == digest:
+            not_run = isinstance(saved["result"], dict) and "skipped" in saved["result"]
+            if saved["config_hash"] == digest and not not_run:
                 return Outcome(name, "skipped", saved)
-            message = f"{path} was computed with another config; recomputing {name}."
+            # A result that says the experiment could not run (e.g. its data
+            # folder was missing) is tried again rather than reused.
+            message = (
+                f"{path} records that {name} did not run; trying again."
+                if not_run
+                else f"{path} was computed with another config; recomputing {name}."
+            )
             log(message)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = time.perf_counter()
