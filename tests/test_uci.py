@@ -199,42 +199,79 @@ def test_one_split_end_to_end_is_reproducible(tmp_path: Path) -> None:
         assert math.isfinite(a[key]) and a[key] == b[key]
 
 
-def test_resume_after_an_interrupted_split(
+def without_seconds(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "seconds"}
+
+
+def test_splits_trained_together_match_splits_trained_alone(tmp_path: Path) -> None:
+    folder = load_uci_folder(write_folder(tmp_path))
+    together = uci.run_splits(folder, [0, 2], FAST)
+    for result in together:
+        alone = uci.run_split(folder, result["split"], FAST)
+        assert (alone["dropout_rate"], alone["tau"]) == (
+            result["dropout_rate"],
+            result["tau"],
+        )
+        for key in ("rmse_mc", "rmse_weight_scaling", "test_ll"):
+            assert alone[key] == pytest.approx(result[key], rel=1e-4)
+
+
+def test_resume_after_an_interrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = load_uci_folder(write_folder(tmp_path / "data"))
-    real = uci.run_split
-    trained: list[int] = []
+    real = uci.train_stacked
+    calls: list[int] = []
 
-    def interrupted(folder: Any, split: int, settings: Any) -> dict[str, Any]:
-        if split == 1:
+    def interrupted(jobs: Any, **options: Any) -> Any:
+        calls.append(len(jobs))
+        if len(calls) == 2:  # the retrain stage, after the grid stage
             raise KeyboardInterrupt
-        trained.append(split)
-        return real(folder, split, settings)
+        return real(jobs, **options)
 
-    monkeypatch.setattr(uci, "run_split", interrupted)
+    monkeypatch.setattr(uci, "train_stacked", interrupted)
     with pytest.raises(KeyboardInterrupt):
         uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "out")
+    assert calls == [6, 3]  # 3 splits x 2 grid cells, then 3 retrains
     saved = sorted(p.name for p in (tmp_path / "out" / "toy").iterdir())
-    assert saved == ["split_0.json"]  # atomic: no partial or temporary file left
-    first = json.loads((tmp_path / "out" / "toy" / "split_0.json").read_text())
+    assert saved == [
+        "grid_0.json",
+        "grid_1.json",
+        "grid_2.json",
+    ]  # atomic: no temporary
 
-    def counting(folder: Any, split: int, settings: Any) -> dict[str, Any]:
-        trained.append(split)
-        return real(folder, split, settings)
+    def counting(jobs: Any, **options: Any) -> Any:
+        calls.append(len(jobs))
+        return real(jobs, **options)
 
-    monkeypatch.setattr(uci, "run_split", counting)
+    calls.clear()
+    monkeypatch.setattr(uci, "train_stacked", counting)
     results = uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "out")
-    assert trained == [0, 1, 2]  # split 0 once, then only the rest
-    assert [r["split"] for r in results] == [0, 1, 2] and results[0] == first
-    uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "out")
-    assert trained == [0, 1, 2]
+    assert calls == [3]  # the grids were reused; only the retrain ran
+    assert [r["split"] for r in results] == [0, 1, 2]
+    fresh = uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "fresh")
+    assert [without_seconds(r) for r in results] == [without_seconds(r) for r in fresh]
+    calls.clear()
+    again = uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "out")
+    assert calls == [] and again == results  # everything saved: nothing trains
 
     other = uci.ProtocolSettings(
         epochs_multiplier=2.0, samples=20, validation_samples=10
     )
     with pytest.raises(uci.ResumeError, match="saved with other settings"):
         uci.run_protocol(folder, [0], other, tmp_path / "out")
+
+
+def test_parallel_chunks_give_the_results_of_one_process(tmp_path: Path) -> None:
+    folder = load_uci_folder(write_folder(tmp_path / "data"))
+    assert uci._chunks([0, 1, 2], 2) == [[0, 1], [2]]
+    assert uci._chunks([4], 3) == [[4]]
+    one = uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "one")
+    two = uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "two", jobs=2)
+    for a, b in zip(one, two, strict=True):
+        assert a["split"] == b["split"]
+        for key in ("rmse_mc", "rmse_weight_scaling", "test_ll"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4)
 
 
 def test_cli_end_to_end_with_published_numbers(

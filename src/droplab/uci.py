@@ -50,9 +50,9 @@ import torch
 from droplab._validation import check_int, check_seed, fail
 from droplab.executors import EXECUTOR_HELP, Executor, make_executor
 from droplab.metrics import gaussian_log_likelihood, rmse
-from droplab.nn import Dropout
 from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
 from droplab.uci_summary import format_summary, read_published, summarize
+from droplab.uci_train import Job, build_network, slot, train_stacked
 from droplab.uncertainty import mc_predict, stream_seed
 
 __all__ = [
@@ -64,10 +64,11 @@ __all__ = [
     "run_cli",
     "run_protocol",
     "run_split",
-    "train_network",
+    "run_splits",
 ]
 
 DATA_ENV = "DROPLAB_UCI_DATA"
+STAGE_TAG = 0x55434953  # "UCIS": third word of the stages' dropout seeds
 
 
 class ResumeError(ValueError):
@@ -88,68 +89,23 @@ class ProtocolSettings:
     seed: int = 0  # everything random derives from it, the split and the stage
 
 
-def build_network(
-    n_features: int, n_hidden: int, p: float, seed: int
-) -> torch.nn.Module:
-    """Dropout -> Linear(n_features, n_hidden) -> ReLU -> Dropout -> Linear(n_hidden, 1).
-
-    Weights are Glorot-uniform and biases zero, drawn from a generator seeded
-    by ``seed``; each dropout module owns a stream derived from ``seed``.
-    """
-    generator = torch.Generator().manual_seed(seed % 2**63)
-    hidden = torch.nn.Linear(n_features, n_hidden)
-    output = torch.nn.Linear(n_hidden, 1)
-    for layer in (hidden, output):
-        torch.nn.init.xavier_uniform_(layer.weight, generator=generator)
-        torch.nn.init.zeros_(layer.bias)
-    return torch.nn.Sequential(
-        Dropout(p, seed=stream_seed(seed, 0, 1)),
-        hidden,
-        torch.nn.ReLU(),
-        Dropout(p, seed=stream_seed(seed, 1, 1)),
-        output,
-    )
-
-
-def train_network(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    p: float,
-    tau: float,
-    epochs: int,
-    n_hidden: int,
-    settings: ProtocolSettings,
-    seed: int,
-) -> torch.nn.Module:
-    """Train on standardised ``x`` (N, D) and ``y`` (N,) with the paper's loss."""
-    inputs = torch.as_tensor(x, dtype=torch.float32)
-    targets = torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1)
-    rows = inputs.shape[0]
-    model = build_network(inputs.shape[1], n_hidden, p, seed)
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    reg = settings.lengthscale**2 * (1.0 - p) / (2.0 * rows * tau)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    order = torch.Generator().manual_seed(stream_seed(seed, 2, 1) % 2**63)
-    model.train()
-    for _ in range(epochs):
-        permutation = torch.randperm(rows, generator=order)
-        for start in range(0, rows, settings.batch_size):
-            batch = permutation[start : start + settings.batch_size]
-            error = torch.mean((model(inputs[batch]) - targets[batch]) ** 2)
-            loss = error + reg * sum((w * w).sum() for w in weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return model.eval()
-
-
 def _standardise(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, std = train.mean(axis=0), train.std(axis=0)
     return mean, np.where(std == 0, 1.0, std)
 
 
-def _fit_and_score(
+@dataclass(frozen=True)
+class _Fit:
+    """One network of the protocol: its job, and what its scores need."""
+
+    job: Job
+    x_eval: np.ndarray  # standardised with the fitting rows
+    y_eval: np.ndarray  # original units
+    y_mean: float
+    y_std: float
+
+
+def _fit(
     x_fit: np.ndarray,
     y_fit: np.ndarray,
     x_eval: np.ndarray,
@@ -157,93 +113,181 @@ def _fit_and_score(
     *,
     p: float,
     tau: float,
-    epochs: int,
-    n_hidden: int,
-    samples: int,
-    settings: ProtocolSettings,
     seed: int,
-) -> dict[str, float]:
-    """Standardise with the fitting rows, train, score on the evaluation rows."""
+    slot: int,
+) -> _Fit:
+    """Standardise with the fitting rows; the job and the evaluation data."""
     x_mean, x_std = _standardise(x_fit)
     y_mean, y_std = float(y_fit.mean()), float(y_fit.std() or 1.0)
-    model = train_network(
-        (x_fit - x_mean) / x_std,
-        (y_fit - y_mean) / y_std,
-        p=p,
-        tau=tau,
-        epochs=epochs,
-        n_hidden=n_hidden,
-        settings=settings,
-        seed=seed,
-    )
-    x = torch.as_tensor((x_eval - x_mean) / x_std, dtype=torch.float32)
+    job = Job(
+        x=(x_fit - x_mean) / x_std, y=(y_fit - y_mean) / y_std, p=p, tau=tau,
+        seed=seed, slot=slot,
+    )  # fmt: skip
+    return _Fit(job, (x_eval - x_mean) / x_std, y_eval, y_mean, y_std)
+
+
+def _score(model: torch.nn.Module, fit: _Fit, samples: int) -> dict[str, float]:
+    """MC RMSE, weight-scaling RMSE and test log-likelihood on the evaluation rows."""
+    x = torch.as_tensor(fit.x_eval, dtype=torch.float32)
     with torch.no_grad():
-        deterministic = model(x).double().numpy()[:, 0] * y_std + y_mean
+        deterministic = model(x).double().numpy()[:, 0] * fit.y_std + fit.y_mean
     mc = mc_predict(
-        model, x, samples=samples, seed=stream_seed(seed, 3, 1), keep_samples=True
-    )
+        model, x, samples=samples, seed=stream_seed(fit.job.seed, 3, 1),
+        keep_samples=True,
+    )  # fmt: skip
     if mc.samples is None:  # pragma: no cover - keep_samples=True
         raise RuntimeError("mc_predict returned no samples")
-    draws = mc.samples.numpy()[..., 0] * y_std + y_mean  # (T, N), original units
+    draws = (
+        mc.samples.numpy()[..., 0] * fit.y_std + fit.y_mean
+    )  # (T, N), original units
     return {
-        "rmse_mc": rmse(draws.mean(axis=0), y_eval),
-        "rmse_weight_scaling": rmse(deterministic, y_eval),
-        "test_ll": gaussian_log_likelihood(draws, y_eval, tau),
+        "rmse_mc": rmse(draws.mean(axis=0), fit.y_eval),
+        "rmse_weight_scaling": rmse(deterministic, fit.y_eval),
+        "test_ll": gaussian_log_likelihood(draws, fit.y_eval, fit.job.tau),
     }
+
+
+def _train(
+    fits: Sequence[_Fit],
+    *,
+    folder: UCIFolder,
+    settings: ProtocolSettings,
+    stage: int,
+    slots: int,
+    checkpoint: Path | None,
+) -> list[torch.nn.Module]:
+    epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
+    return train_stacked(
+        [fit.job for fit in fits], epochs=epochs, n_hidden=folder.n_hidden,
+        slots=slots, seed=stream_seed(settings.seed, stage, STAGE_TAG),
+        batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        lengthscale=settings.lengthscale, checkpoint=checkpoint,
+    )  # fmt: skip
+
+
+def _grid_stage(
+    folder: UCIFolder,
+    splits: Sequence[int],
+    settings: ProtocolSettings,
+    checkpoint: Path | None,
+) -> dict[int, list[dict[str, float]]]:
+    """Every grid cell of every split, trained together; validation scores."""
+    rates, taus = folder.dropout_rates, folder.tau_values
+    fits = []
+    for split in splits:
+        x_train, y_train, _, _ = folder.arrays(split)
+        rows = int(len(y_train) * (1.0 - settings.validation_fraction))
+        for r, p in enumerate(rates):
+            for t, tau in enumerate(taus):
+                fits.append(_fit(
+                    x_train[:rows], y_train[:rows], x_train[rows:], y_train[rows:],
+                    p=p, tau=tau,
+                    seed=stream_seed(settings.seed, split, r * len(taus) + t),
+                    slot=slot(r, split, t, splits=folder.n_splits, cells=len(taus)),
+                ))  # fmt: skip
+    models = _train(
+        fits, folder=folder, settings=settings, stage=0,
+        slots=len(rates) * folder.n_splits * len(taus), checkpoint=checkpoint,
+    )  # fmt: skip
+    cells = len(rates) * len(taus)
+    grids: dict[int, list[dict[str, float]]] = {}
+    for k, split in enumerate(splits):
+        grids[split] = [
+            {
+                "dropout_rate": fit.job.p,
+                "tau": fit.job.tau,
+                "validation_ll": _score(model, fit, settings.validation_samples)[
+                    "test_ll"
+                ],
+            }
+            for fit, model in zip(
+                fits[k * cells : (k + 1) * cells],
+                models[k * cells : (k + 1) * cells],
+                strict=True,
+            )
+        ]
+    return grids
+
+
+def run_splits(
+    folder: UCIFolder,
+    splits: Sequence[int],
+    settings: ProtocolSettings,
+    *,
+    workdir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """The whole protocol on several splits: grid search, retrain, test.
+
+    The networks of all the splits train together (:mod:`droplab.uci_train`);
+    each one's result is the one it would get alone. With a ``workdir`` each
+    split's grid is saved as ``grid_K.json`` once searched (a rerun skips it)
+    and training checkpoints land there, so an interrupted call loses at most a
+    minute of training. Returns JSON-ready dicts (settings, the grid's
+    validation scores, the test scores), in ``splits`` order.
+    """
+    started = time.perf_counter()
+    grids: dict[int, list[dict[str, float]]] = {}
+    for split in splits:
+        saved = _saved(workdir / f"grid_{split}.json", settings) if workdir else None
+        if saved is not None:
+            grids[split] = saved["grid"]
+    missing = [split for split in splits if split not in grids]
+    if missing:
+        checkpoint = workdir / _checkpoint_name("grid", missing) if workdir else None
+        for split, grid in _grid_stage(folder, missing, settings, checkpoint).items():
+            grids[split] = grid
+            if workdir is not None:
+                _write_json_atomically(
+                    workdir / f"grid_{split}.json",
+                    {"split": split, "settings": asdict(settings), "grid": grid},
+                )
+    rates, taus = folder.dropout_rates, folder.tau_values
+    fits = []
+    for split in splits:
+        best = max(grids[split], key=lambda row: row["validation_ll"])
+        x_train, y_train, x_test, y_test = folder.arrays(split)
+        fits.append(_fit(
+            x_train, y_train, x_test, y_test, p=best["dropout_rate"], tau=best["tau"],
+            seed=stream_seed(settings.seed, split, len(rates) * len(taus)),
+            slot=slot(rates.index(best["dropout_rate"]), split, 0,
+                      splits=folder.n_splits, cells=1),
+        ))  # fmt: skip
+    models = _train(
+        fits, folder=folder, settings=settings, stage=1,
+        slots=len(rates) * folder.n_splits,
+        checkpoint=workdir / _checkpoint_name("test", splits) if workdir else None,
+    )  # fmt: skip
+    epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
+    scores = [
+        _score(model, fit, settings.samples)
+        for fit, model in zip(fits, models, strict=True)
+    ]
+    share = (time.perf_counter() - started) / len(splits)
+    results = []
+    for split, fit, score in zip(splits, fits, scores, strict=True):
+        results.append({
+            "dataset": folder.name,
+            "split": split,
+            "settings": asdict(settings),
+            "epochs": epochs,
+            "dropout_rate": fit.job.p,
+            "tau": fit.job.tau,
+            **score,
+            "grid": grids[split],
+            "seconds": share,  # this split's share of the stacked run
+        })  # fmt: skip
+    return results
+
+
+def _checkpoint_name(stage: str, splits: Sequence[int]) -> str:
+    return f".train-{stage}-" + "-".join(str(s) for s in splits)[:120] + ".pt"
 
 
 def run_split(
     folder: UCIFolder, split: int, settings: ProtocolSettings
 ) -> dict[str, Any]:
-    """The whole protocol on one split: grid search, retrain, test. Returns a
-    JSON-ready dict (settings, the grid's validation scores, the test scores)."""
-    started = time.perf_counter()
-    x_train, y_train, x_test, y_test = folder.arrays(split)
-    epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
-    fit_rows = int(len(y_train) * (1.0 - settings.validation_fraction))
-    grid = []
-    for stage, (p, tau) in enumerate(
-        (p, tau) for p in folder.dropout_rates for tau in folder.tau_values
-    ):
-        scores = _fit_and_score(
-            x_train[:fit_rows],
-            y_train[:fit_rows],
-            x_train[fit_rows:],
-            y_train[fit_rows:],
-            p=p,
-            tau=tau,
-            epochs=epochs,
-            n_hidden=folder.n_hidden,
-            samples=settings.validation_samples,
-            settings=settings,
-            seed=stream_seed(settings.seed, split, stage),
-        )
-        grid.append({"dropout_rate": p, "tau": tau, "validation_ll": scores["test_ll"]})
-    best = max(grid, key=lambda row: row["validation_ll"])
-    test = _fit_and_score(
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        p=best["dropout_rate"],
-        tau=best["tau"],
-        epochs=epochs,
-        n_hidden=folder.n_hidden,
-        samples=settings.samples,
-        settings=settings,
-        seed=stream_seed(settings.seed, split, len(grid)),
-    )
-    return {
-        "dataset": folder.name,
-        "split": split,
-        "settings": asdict(settings),
-        "epochs": epochs,
-        "dropout_rate": best["dropout_rate"],
-        "tau": best["tau"],
-        **test,
-        "grid": grid,
-        "seconds": time.perf_counter() - started,
-    }
+    """The whole protocol on one split (:func:`run_splits` with one split)."""
+    return run_splits(folder, [split], settings)[0]
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
@@ -295,13 +339,30 @@ def _one_thread() -> Iterator[None]:
             numba.set_num_threads(kernel_threads)
 
 
-def _split_job(
-    path: str, split: int, settings: ProtocolSettings, out: str
-) -> dict[str, Any]:
+def _chunk_job(
+    path: str, chunk: list[int], settings: ProtocolSettings, out: str
+) -> list[dict[str, Any]]:
+    """Splits trained together in a pool process; each result saved there."""
     with _one_thread():  # one process per core: threads would fight
-        result = run_split(load_uci_folder(path), split, settings)
-    _write_json_atomically(Path(out) / f"split_{split}.json", result)
-    return result
+        results = run_splits(load_uci_folder(path), chunk, settings, workdir=Path(out))
+    for result in results:
+        _write_json_atomically(Path(out) / f"split_{result['split']}.json", result)
+    return results
+
+
+def _chunks(todo: Sequence[int], jobs: int) -> list[list[int]]:
+    """``todo`` cut into ``jobs`` runs of consecutive entries, sizes within one.
+
+    >>> _chunks([0, 1, 2, 3, 4], 2)
+    [[0, 1, 2], [3, 4]]
+    """
+    size, extra = divmod(len(todo), jobs)
+    chunks, start = [], 0
+    for k in range(min(jobs, len(todo))):
+        stop = start + size + (k < extra)
+        chunks.append(list(todo[start:stop]))
+        start = stop
+    return chunks
 
 
 def _split_task(task: tuple[UCIFolder, int, ProtocolSettings]) -> dict[str, Any]:
@@ -324,9 +385,12 @@ def run_protocol(
     """Run (or resume) the protocol on ``splits``; results land in ``out``/NAME/.
 
     Splits whose ``split_K.json`` exists with the same settings are read, not
-    rerun. Returns the results of all requested splits, in split order. With an
-    ``executor`` (e.g. Ray tasks, see :mod:`droplab.executors`) the splits run
-    there instead of on ``jobs`` local processes; each is saved as it arrives.
+    rerun; the others train together (:func:`run_splits`), cut into ``jobs``
+    runs of consecutive splits on as many processes, with their grids and
+    training checkpoints saved in ``out``/NAME/ as they go. Returns the results
+    of all requested splits, in split order. With an ``executor`` (e.g. Ray
+    tasks, see :mod:`droplab.executors`) each split is one task there instead,
+    saved as it arrives.
     """
     jobs = check_int(jobs, "jobs", low=1, owner="run_protocol")
     target = Path(out) / folder.name
@@ -351,22 +415,26 @@ def run_protocol(
                 results[result["split"]] = result
                 say(_progress(result))
         elif jobs == 1 or len(todo) <= 1:
-            for split in todo:
-                result = run_split(folder, split, settings)
-                _write_json_atomically(target / f"split_{split}.json", result)
-                results[split] = result
-                say(_progress(result))
+            if todo:
+                for result in run_splits(folder, todo, settings, workdir=target):
+                    _write_json_atomically(
+                        target / f"split_{result['split']}.json", result
+                    )
+                    results[result["split"]] = result
+                    say(_progress(result))
         else:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
                 futures = [
-                    pool.submit(_split_job, str(folder.path), s, settings, str(target))
-                    for s in todo
+                    pool.submit(
+                        _chunk_job, str(folder.path), chunk, settings, str(target)
+                    )
+                    for chunk in _chunks(todo, jobs)
                 ]
                 for future in as_completed(futures):
-                    result = future.result()
-                    results[result["split"]] = result
-                    say(_progress(result))
+                    for result in future.result():
+                        results[result["split"]] = result
+                        say(_progress(result))
     return [results[s] for s in splits]
 
 
