@@ -264,8 +264,8 @@ def test_resume_after_an_interrupted_run(
 
 def test_parallel_chunks_give_the_results_of_one_process(tmp_path: Path) -> None:
     folder = load_uci_folder(write_folder(tmp_path / "data"))
-    assert uci._chunks([0, 1, 2], 2) == [[0, 1], [2]]
-    assert uci._chunks([4], 3) == [[4]]
+    assert uci.chunk_splits([0, 1, 2], 2) == [[0, 1], [2]]
+    assert uci.chunk_splits([4], 3) == [[4]]
     one = uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "one")
     two = uci.run_protocol(folder, [0, 1, 2], FAST, tmp_path / "two", jobs=2)
     for a, b in zip(one, two, strict=True):

@@ -60,6 +60,7 @@ __all__ = [
     "ResumeError",
     "add_arguments",
     "build_network",
+    "chunk_splits",
     "parse_splits",
     "run_cli",
     "run_protocol",
@@ -350,10 +351,10 @@ def _chunk_job(
     return results
 
 
-def _chunks(todo: Sequence[int], jobs: int) -> list[list[int]]:
+def chunk_splits(todo: Sequence[int], jobs: int) -> list[list[int]]:
     """``todo`` cut into ``jobs`` runs of consecutive entries, sizes within one.
 
-    >>> _chunks([0, 1, 2, 3, 4], 2)
+    >>> chunk_splits([0, 1, 2, 3, 4], 2)
     [[0, 1, 2], [3, 4]]
     """
     size, extra = divmod(len(todo), jobs)
@@ -429,7 +430,7 @@ def run_protocol(
                     pool.submit(
                         _chunk_job, str(folder.path), chunk, settings, str(target)
                     )
-                    for chunk in _chunks(todo, jobs)
+                    for chunk in chunk_splits(todo, jobs)
                 ]
                 for future in as_completed(futures):
                     for result in future.result():

@@ -22,7 +22,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from droplab.lab.parallel import parallel_map
-from droplab.uci import ProtocolSettings, default_data_dir, run_split
+from droplab.uci import ProtocolSettings, chunk_splits, default_data_dir, run_splits
 from droplab.uci_folder import UCIFormatError, load_uci_folder
 from droplab.uci_summary import METRICS, read_published, summarize
 
@@ -69,9 +69,10 @@ def _data_dir(config: Config) -> Path | None:
     return Path(config.data_dir) if config.data_dir else default_data_dir()
 
 
-def _one_split(task: tuple[str, int, ProtocolSettings]) -> dict[str, Any]:
-    path, split, settings = task
-    return run_split(load_uci_folder(path), split, settings)
+def _some_splits(task: tuple[str, list[int], ProtocolSettings]) -> list[dict[str, Any]]:
+    """Several splits trained together (droplab.uci.run_splits)."""
+    path, splits, settings = task
+    return run_splits(load_uci_folder(path), splits, settings)
 
 
 def _json_safe(value: Any) -> Any:
@@ -108,8 +109,11 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
         epochs_multiplier=config.epochs_multiplier, samples=config.samples,
         validation_samples=config.samples, seed=config.seed,
     )  # fmt: skip
-    tasks = [(str(folder_path), split, settings) for split in config.splits]
-    results = parallel_map(_one_split, tasks, jobs=jobs)
+    tasks = [
+        (str(folder_path), chunk, settings)
+        for chunk in chunk_splits(list(config.splits), jobs)
+    ]
+    results = [r for part in parallel_map(_some_splits, tasks, jobs=jobs) for r in part]
     summary = summarize(results, published)
     summary["settings"] = asdict(settings)
     summary["per_split"] = [
