@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from droplab import __version__
+from droplab._workers import Terminated, stop_children_on_sigterm
 
 # (command, module, one-line help). A command whose module is not part of this
 # installation is left out of the parser rather than failing at start-up.
@@ -56,12 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args._module.run_cli(args))
-    except KeyboardInterrupt:
+        with stop_children_on_sigterm():
+            return int(args._module.run_cli(args))
+    except KeyboardInterrupt as stop:
         print(
             "interrupted; finished results are saved, rerun to resume", file=sys.stderr
         )
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from droplab._validation import check_int, fail
+from droplab._workers import watch_parent
 
 __all__ = [
     "EXECUTOR_HELP",
@@ -118,7 +119,9 @@ class LocalExecutor(Executor):
 
         context = multiprocessing.get_context("spawn")  # no forked torch state
         with ProcessPoolExecutor(
-            max_workers=min(self.jobs, len(items)), mp_context=context
+            max_workers=min(self.jobs, len(items)),
+            mp_context=context,
+            initializer=watch_parent,
         ) as pool:
             pending = {
                 pool.submit(_one_thread_call, fn, item): i

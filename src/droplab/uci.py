@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from droplab._validation import check_int, check_seed, fail
+from droplab._workers import watch_parent
 from droplab.executors import EXECUTOR_HELP, Executor, make_executor
 from droplab.metrics import gaussian_log_likelihood, rmse
 from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
@@ -425,7 +426,9 @@ def run_protocol(
                     say(_progress(result))
         else:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                max_workers=jobs, mp_context=context, initializer=watch_parent
+            ) as pool:
                 futures = [
                     pool.submit(
                         _chunk_job, str(folder.path), chunk, settings, str(target)

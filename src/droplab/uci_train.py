@@ -31,6 +31,7 @@ step number only).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -84,7 +85,7 @@ def slot(rate_index: int, split: int, cell: int, *, splits: int, cells: int) -> 
 
 def build_network(
     n_features: int, n_hidden: int, p: float, seed: int
-) -> torch.nn.Module:
+) -> torch.nn.Sequential:
     """Dropout -> Linear(n_features, n_hidden) -> ReLU -> Dropout -> Linear(n_hidden, 1).
 
     Weights are Glorot-uniform and biases zero (Keras's defaults, as in the
@@ -104,6 +105,16 @@ def build_network(
         Dropout(p, seed=stream_seed(seed, 1, 1)),
         output,
     )
+
+
+def _linears(net: torch.nn.Sequential) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    """The hidden and output layers of a :func:`build_network` network."""
+    hidden, output = net[1], net[4]
+    if not (
+        isinstance(hidden, torch.nn.Linear) and isinstance(output, torch.nn.Linear)
+    ):
+        raise TypeError(f"not a network of build_network: {net}")  # pragma: no cover
+    return hidden, output
 
 
 def _runs(jobs: Sequence[Job]) -> list[tuple[int, int, float, int]]:
@@ -243,10 +254,11 @@ def train_stacked(
         np.concatenate([job.y for job in ordered]), dtype=torch.float32
     )
     networks = [build_network(features, n_hidden, job.p, job.seed) for job in ordered]
-    w1 = torch.stack([net[1].weight.detach().t() for net in networks]).contiguous()
-    b1 = torch.stack([net[1].bias.detach() for net in networks]).unsqueeze(1)
-    w2 = torch.stack([net[4].weight.detach() for net in networks])  # (K, 1, H)
-    b2 = torch.stack([net[4].bias.detach() for net in networks]).unsqueeze(1)
+    layers = [_linears(net) for net in networks]
+    w1 = torch.stack([hidden.weight.detach().t() for hidden, _ in layers]).contiguous()
+    b1 = torch.stack([hidden.bias.detach() for hidden, _ in layers]).unsqueeze(1)
+    w2 = torch.stack([output.weight.detach() for _, output in layers])  # (K, 1, H)
+    b2 = torch.stack([output.bias.detach() for _, output in layers]).unsqueeze(1)
     params = [t.clone() for t in (w1, b1, w2, b2)]
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     regs = torch.tensor(
@@ -324,9 +336,7 @@ def train_stacked(
                 targets.index_select(0, flat).view(count, -1),
                 regs,
                 scales,
-                lambda h, layer, step=epoch * steps_per_epoch + batch: drop(
-                    h, layer, step
-                ),
+                functools.partial(drop, step=epoch * steps_per_epoch + batch),
             )
             for param, grad in zip(params, grads, strict=True):
                 param.grad = grad
@@ -338,10 +348,10 @@ def train_stacked(
         path.unlink(missing_ok=True)
     trained: list[torch.nn.Module] = [torch.nn.Module()] * count
     with torch.no_grad():
-        for k, net in enumerate(networks):
-            net[1].weight.copy_(params[0][k].t())
-            net[1].bias.copy_(params[1][k, 0])
-            net[4].weight.copy_(params[2][k])
-            net[4].bias.copy_(params[3][k, 0])
+        for k, (net, (hidden, output)) in enumerate(zip(networks, layers, strict=True)):
+            hidden.weight.copy_(params[0][k].t())
+            hidden.bias.copy_(params[1][k, 0])
+            output.weight.copy_(params[2][k])
+            output.bias.copy_(params[3][k, 0])
             trained[order[k]] = net.eval()
     return trained

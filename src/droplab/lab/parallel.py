@@ -17,8 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from droplab._validation import check_int
+from droplab._workers import init_worker, watch_parent
 
-__all__ = ["one_thread", "parallel_map"]
+__all__ = ["init_worker", "one_thread", "parallel_map", "watch_parent"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,12 +36,6 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
@@ -92,7 +87,7 @@ def parallel_map(
         return results
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=min(jobs, len(tasks)), mp_context=context, initializer=_init_worker
+        max_workers=min(jobs, len(tasks)), mp_context=context, initializer=init_worker
     ) as pool:
         futures = [pool.submit(_call, fn, task) for task in tasks]
         out = []

@@ -1,0 +1,68 @@
+"""Set-up of droplab's worker processes (process pools of the lab and of ``uci``)."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["Terminated", "init_worker", "stop_children_on_sigterm", "watch_parent"]
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+@contextlib.contextmanager
+def stop_children_on_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM ends this process's pool workers and raises
+    :class:`Terminated` (a KeyboardInterrupt), so the run stops the way Ctrl-C
+    stops it: finished results stay saved, temporary files are removed, no
+    worker is left running. Outside the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def watch_parent(interval: float = 0.5) -> None:
+    """End this (worker) process within ``interval`` s of its parent's death.
+
+    A pool's worker busy with a long task does not notice that the process
+    that started it was killed (SIGTERM, SIGKILL, an out-of-memory kill) and
+    would run on as an orphan. A daemon thread compares the parent's pid with
+    the one seen at start and calls ``os._exit`` when it changes.
+    """
+    parent = os.getppid()
+
+    def check() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=check, name="droplab-watch-parent", daemon=True).start()
+
+
+def init_worker() -> None:
+    """Initializer of the lab's process pools: one torch thread, watch the parent."""
+    import torch
+
+    torch.set_num_threads(1)
+    watch_parent()
