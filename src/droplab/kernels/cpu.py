@@ -102,6 +102,10 @@ _COMPUTE = {
 }
 
 
+# Dtypes the kernels read and write directly, with their NumPy compute type.
+_DIRECT = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 @functools.lru_cache(maxsize=256)
 def _threshold_and_factor(
     p: float, scale: str, np_compute: type[np.floating]
@@ -174,6 +178,31 @@ def masked_scale(
         tensor([[2., 0., 0.],
                 [0., 0., 2.]])
     """
+    if (  # the training default, on a tensor one thread does at once: no detours
+        out is None
+        and sampler == "bernoulli"
+        and not shared_dims
+        and scale != "realized"
+        and t.dtype in _DIRECT
+        and t.is_contiguous()
+        and 0 < t.numel() < 2 * PER_THREAD
+    ):
+        x = t.detach()
+        dst = torch.empty_like(x)
+        threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
+        nk.bernoulli_scale(
+            x.numpy().reshape(-1),
+            dst.numpy().reshape(-1),
+            0,
+            dst.numel(),
+            np.uint64(offset >> 2),
+            offset & 3,
+            np.uint64(seed & _LOW32),
+            np.uint64(seed >> 32),
+            threshold,
+            factor,
+        )
+        return dst
     shape = tuple(t.shape)
     compute = _COMPUTE[t.dtype]
     np_compute = np.float64 if compute == torch.float64 else np.float32
