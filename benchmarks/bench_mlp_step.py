@@ -1,5 +1,8 @@
 """One SGD step of a 40-512-512-10 ReLU MLP, batch 64: no dropout, torch's, droplab's.
 
+Also ``multiply``: a plain ``x * (1 / (1 - p))`` where the dropout layers are, the cost of
+any out-of-place element-wise op of that size (the floor for any dropout).
+
 Run by hand: ``nice python benchmarks/bench_mlp_step.py``. Two dropout layers
 (p = 0.5) after the hidden layers; droplab's ``nn.Dropout`` with its defaults.
 """
