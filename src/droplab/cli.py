@@ -30,6 +30,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("uci", "droplab.uci", "MC-dropout on a UCI regression folder (Gal & Ghahramani)"),
     ("bench", "droplab.kernels.bench", "time droplab's dropout against PyTorch's"),
     ("sweep", "droplab.sweep", "tune dropout rates with Optuna"),
+    (
+        "build-cpp",
+        "droplab.kernels.cpp",
+        "compile the optional C++ op for small CPU tensors (once, about a minute)",
+    ),
 )
 
 

@@ -13,6 +13,8 @@ handful of Python numbers that name the mask.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import torch
@@ -27,8 +29,9 @@ from droplab._validation import (
     check_shared_dims,
     fail,
 )
-from droplab.masks import SAMPLERS
-from droplab.scaling import SCALES, eval_scale
+from droplab.kernels import cpp
+from droplab.masks import SAMPLERS, keep_threshold
+from droplab.scaling import SCALES, eval_scale, train_scale
 
 __all__ = ["check_bool", "check_floating_tensor", "dropout"]
 
@@ -119,6 +122,19 @@ def _apply_mask(
         shared_dims=shared_dims,
         out=out,
     )
+
+
+_CPP_DTYPES = (torch.float32, torch.float64)
+# Larger tensors take the usual path: its kernel runs on several threads there.
+_CPP_LIMIT = 1 << 19
+
+
+_cpp_op = cpp.load  # the built C++ op (droplab.kernels.cpp), or None
+
+
+@functools.lru_cache(maxsize=256)
+def _threshold_and_factor(p: float, scale: str) -> tuple[int, float]:
+    return keep_threshold(p), train_scale(p, scale)
 
 
 def _scale_for_eval(x: torch.Tensor, factor: float, inplace: bool) -> torch.Tensor:
@@ -212,6 +228,20 @@ def dropout(
         return x if factor == 1.0 else _scale_for_eval(x, factor, inplace)
     if seed is None:
         seed = _backend.draw_seed()
+    if (  # droplab.kernels.cpp, when built: the same op without Python per call
+        sampler == "bernoulli"
+        and not dims
+        and not inplace
+        and scale != "realized"
+        and x.dtype in _CPP_DTYPES
+        and x.device.type == "cpu"
+        and 0 < x.numel() < _CPP_LIMIT
+        and x.is_contiguous()
+        and _cpp_op() is not None
+        and not os.environ.get("DROPLAB_BACKEND")
+    ):
+        threshold, factor = _threshold_and_factor(p, scale)
+        return cpp.dropout(x, seed, offset, threshold, factor)
     result: torch.Tensor = _MaskedScale.apply(
         x, (p, seed, offset, scale, sampler, dims), inplace
     )
