@@ -83,16 +83,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch and numba threads"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (droplab's kernels follow them)",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    try:  # the CPU kernels' parallel launches: the same thread count on both sides
-        import numba
-
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    torch.set_num_threads(args.threads)  # droplab's CPU kernels follow it too
     model = network(args.features, args.hidden, 0.1)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(args.inputs, args.features, generator=generator)

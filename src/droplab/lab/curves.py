@@ -43,27 +43,17 @@ __all__ = [
 
 @contextlib.contextmanager
 def serial_kernels() -> Iterator[None]:
-    """Run the body with one torch thread and one Numba thread, restoring both after.
+    """Run the body with one torch thread, restoring the count after.
 
-    Training tasks already run one per core (``parallel_map``); a parallel
-    dropout kernel inside a task only adds thread start-ups and spinning
-    workers, which on small layers cost ten times the work itself (measured:
-    realized/fixed dropout steps of a 256-unit layer took 12-29 ms of CPU with
-    Numba's default threads against 1.4-2 ms with one). droplab's kernels give
-    the same bits on any thread count, so results do not change.
+    Training tasks already run one per core (``parallel_map``); droplab's CPU
+    kernels follow torch's thread count, so inside a task they stay on the
+    task's thread. Numba's own thread count is not touched: the kernels do not
+    use Numba's thread pool, and setting the count starts that pool, whose idle
+    workers slowed small training steps about tenfold on 2 cores (measured on
+    the UCI networks). Results do not depend on thread counts.
     """
     with one_thread():
-        try:
-            import numba
-        except ImportError:  # no Numba: the reference path has no threads
-            yield
-            return
-        before = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(before)
+        yield
 
 
 def cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
