@@ -331,6 +331,9 @@ def test_ctrl_c_in_a_subprocess_then_rerun_repeats_nothing(fakes: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run started in the background (nohup, `&` in a script) inherits
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     started = fakes / "fake_second.started"
     deadline = time.monotonic() + 60
