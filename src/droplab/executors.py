@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from droplab._validation import check_int, fail
-from droplab._workers import watch_parent
+from droplab._workers import one_thread, watch_parent
 
 __all__ = [
     "EXECUTOR_HELP",
@@ -64,8 +64,6 @@ Task = Callable[[Any], Any]
 
 def _one_thread_call(fn: Task, item: Any) -> Any:
     """``fn(item)`` with one torch thread (the count is restored after)."""
-    from droplab.lab.parallel import one_thread
-
     with one_thread():
         return fn(item)
 

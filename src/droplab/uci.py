@@ -37,9 +37,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 
 from droplab._validation import check_int, check_seed, fail
-from droplab._workers import watch_parent
+from droplab._workers import one_thread, watch_parent
 from droplab.executors import EXECUTOR_HELP, Executor, make_executor
 from droplab.metrics import gaussian_log_likelihood, rmse
 from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
@@ -320,28 +319,11 @@ def _saved(path: Path, settings: ProtocolSettings) -> dict[str, Any] | None:
     return result
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One torch thread (droplab's CPU kernels follow torch's thread count).
-
-    Numba's own thread count is left alone: droplab's kernels do not use
-    Numba's thread pool, and setting it starts that pool, whose idle workers
-    made the stacked training about ten times slower on 2 cores (measured:
-    12-19 ms per step instead of 1.9 ms for 10 networks of wine).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _chunk_job(
     path: str, chunk: list[int], settings: ProtocolSettings, out: str
 ) -> list[dict[str, Any]]:
     """Splits trained together in a pool process; each result saved there."""
-    with _one_thread():  # one process per core: threads would fight
+    with one_thread():  # one process per core: threads would fight
         results = run_splits(load_uci_folder(path), chunk, settings, workdir=Path(out))
     for result in results:
         _write_json_atomically(Path(out) / f"split_{result['split']}.json", result)
@@ -366,7 +348,7 @@ def chunk_splits(todo: Sequence[int], jobs: int) -> list[list[int]]:
 def _split_task(task: tuple[UCIFolder, int, ProtocolSettings]) -> dict[str, Any]:
     """One split as an executor task (droplab.executors, issue 8): data travel along."""
     folder, split, settings = task
-    with _one_thread():
+    with one_thread():
         return run_split(folder, split, settings)
 
 
@@ -405,7 +387,7 @@ def run_protocol(
         (lambda text: print(text, file=log, flush=True)) if log else (lambda text: None)
     )
     say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
-    with _one_thread():  # these networks are tiny: one thread per process is fastest
+    with one_thread():  # these networks are tiny: one thread per process is fastest
         if executor is not None:  # droplab.executors (issue 8)
             tasks = [(folder, split, settings) for split in todo]
             for _, result in executor.imap_unordered(_split_task, tasks):

@@ -15,10 +15,9 @@ Seconds are measured with ``time.perf_counter`` around the training steps only
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,19 +40,11 @@ __all__ = [
 ]
 
 
-@contextlib.contextmanager
-def serial_kernels() -> Iterator[None]:
-    """Run the body with one torch thread, restoring the count after.
-
-    Training tasks already run one per core (``parallel_map``); droplab's CPU
-    kernels follow torch's thread count, so inside a task they stay on the
-    task's thread. Numba's own thread count is not touched: the kernels do not
-    use Numba's thread pool, and setting the count starts that pool, whose idle
-    workers slowed small training steps about tenfold on 2 cores (measured on
-    the UCI networks). Results do not depend on thread counts.
-    """
-    with one_thread():
-        yield
+# Training tasks run one per core (``parallel_map``); inside a task droplab's
+# CPU kernels follow torch's thread count, so one torch thread keeps them on
+# the task's thread. See droplab._workers.one_thread for why Numba's own
+# thread count is not touched.
+serial_kernels = one_thread
 
 
 def cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:

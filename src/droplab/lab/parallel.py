@@ -10,32 +10,18 @@ keeps results bit-identical across ``--jobs``. Workers are started with the
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from droplab._validation import check_int
-from droplab._workers import init_worker, watch_parent
+from droplab._workers import init_worker, one_thread, watch_parent
 
 __all__ = ["init_worker", "one_thread", "parallel_map", "watch_parent"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the body with one torch thread, restoring the previous count after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
