@@ -195,10 +195,7 @@ def masked_scale(
             dst.numpy().reshape(-1),
             0,
             dst.numel(),
-            np.uint64(offset >> 2),
-            offset & 3,
-            np.uint64(seed & _LOW32),
-            np.uint64(seed >> 32),
+            *_stream_args(seed, offset),
             threshold,
             factor,
         )
