@@ -236,3 +236,118 @@ def test_triton_randint4x_gives_the_contract_words() -> None:
         for block, four in zip(counters, words, strict=True):
             expected = rng.random_words(seed, 4 * block, 4)
             assert four == expected.tolist()
+
+
+# Seeds and offsets at the edges of the contract: the top bit of the key set,
+# the last seed, a block that crosses 2**32, an offset beyond 2**62.
+EDGE_STREAMS = [(0, 0), (2**63, 4 * 2**32 - 3), (2**64 - 1, 2**62 + 1), (7, 5)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(BITS))
+@pytest.mark.parametrize("sampler", masks.SAMPLERS)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("dims", [(), (1,), (0, 2)])
+def test_cuda_every_sampler_rule_dtype_and_shared_dims(
+    dtype: torch.dtype, sampler: str, scale: str, dims: tuple[int, ...]
+) -> None:
+    x = torch.randn(6, 700, 3, generator=torch.Generator().manual_seed(1)).to(dtype)
+    xd = x.cuda()
+    for seed, offset in EDGE_STREAMS:
+        for p in (0.0, 0.3, 0.9, 1.0):
+            kw = dict(
+                p=p,
+                seed=seed,
+                offset=offset,
+                scale=scale,
+                sampler=sampler,
+                shared_dims=dims,
+            )
+            got = gpu.masked_scale(xd, **kw).cpu()
+            assert same_bits(got, reference_masked_scale(x, **kw)), kw
+
+
+@pytest.mark.gpu
+@settings(derandomize=True, deadline=None, max_examples=60)
+@given(
+    shape=st.lists(st.integers(0, 9), min_size=0, max_size=4),
+    p=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**64 - 1),
+    offset=st.integers(0, 4 * 2**64 - 1),
+    sampler=st.sampled_from(masks.SAMPLERS),
+    scale=st.sampled_from(SCALES),
+    dtype=st.sampled_from(tuple(BITS)),
+    shared=st.sets(st.integers(0, 3), max_size=3),
+)
+def test_cuda_matches_reference_on_any_shape(
+    shape: list[int],
+    p: float,
+    seed: int,
+    offset: int,
+    sampler: str,
+    scale: str,
+    dtype: torch.dtype,
+    shared: set[int],
+) -> None:
+    dims = tuple(sorted(d for d in shared if d < len(shape)))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4)).to(dtype)
+    kw = dict(
+        p=p, seed=seed, offset=offset, scale=scale, sampler=sampler, shared_dims=dims
+    )
+    got = gpu.masked_scale(x.cuda(), **kw).cpu()
+    assert same_bits(got, reference_masked_scale(x, **kw))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cuda_stream_words_equal_the_reference(seed: int) -> None:
+    for offset in OFFSETS:
+        n = 3 * gpu.BLOCK + 5
+        words = gpu.stream_words(n, seed=seed, offset=offset, device="cuda")
+        expected = rng.random_words(seed, offset, n).astype(np.int64)
+        np.testing.assert_array_equal(words.cpu().numpy(), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(BITS))
+def test_same_seed_same_values_on_cpu_and_cuda(dtype: torch.dtype) -> None:
+    # The product's promise through the public API: the Numba path on the CPU
+    # and the Triton path on the GPU give the same bits, forward and backward.
+    from droplab import functional
+    from droplab.nn import Dropout
+
+    x = torch.randn(64, 257, generator=torch.Generator().manual_seed(2)).to(dtype)
+    g = torch.randn(64, 257, generator=torch.Generator().manual_seed(3)).to(dtype)
+    outs, grads = [], []
+    for device in ("cpu", "cuda"):
+        xd = x.to(device).requires_grad_()
+        y = functional.dropout(xd, 0.4, seed=2**63 + 9, offset=11)
+        y.backward(g.to(device))
+        outs.append(y.detach().cpu())
+        grads.append(xd.grad.cpu())
+    assert same_bits(outs[0], outs[1])
+    assert same_bits(grads[0], grads[1])
+    modules = [Dropout(0.25, seed=2**64 - 2), Dropout(0.25, seed=2**64 - 2).cuda()]
+    for _ in range(3):  # consecutive calls advance both streams alike
+        a = modules[0](x)
+        b = modules[1](x.cuda()).cpu()
+        assert same_bits(a, b)
+    assert modules[0].offset == modules[1].offset
+
+
+@pytest.mark.gpu
+def test_mc_predict_on_cuda_draws_the_cpu_masks() -> None:
+    from droplab.nn import Dropout
+    from droplab.uncertainty import mc_predict
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.ReLU(), Dropout(0.5), torch.nn.Linear(16, 2)
+    ).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    cpu = mc_predict(net, x, samples=50, seed=3, keep_samples=True)
+    gpu_result = mc_predict(net.cuda(), x.cuda(), samples=50, seed=3, keep_samples=True)
+    assert gpu_result.samples is not None and cpu.samples is not None
+    torch.testing.assert_close(
+        gpu_result.samples.cpu(), cpu.samples, rtol=1e-12, atol=1e-12
+    )

@@ -106,7 +106,9 @@ def size_sweep(
     return rows
 
 
-def saved_bytes(n: int = 1 << 20, p: float = 0.5) -> dict[str, int]:
+def saved_bytes(
+    n: int = 1 << 20, p: float = 0.5, device: str = "cpu"
+) -> dict[str, int]:
     """Bytes each dropout saves for backward on a float32 input of ``n`` elements."""
 
     def count(op: Callable[[torch.Tensor], torch.Tensor]) -> int:
@@ -117,7 +119,7 @@ def saved_bytes(n: int = 1 << 20, p: float = 0.5) -> dict[str, int]:
             total += t.numel() * t.element_size()
             return t
 
-        x = torch.randn(n, requires_grad=True)
+        x = torch.randn(n, device=device, requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             y = op(x)
         y.sum().backward()
@@ -265,10 +267,24 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Options of ``droplab bench``."""
     del name  # one command
     parser.add_argument(
-        "--min-log2", type=int, default=12, help="smallest size, 2^k (12)"
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where to time (cpu); cuda times with CUDA events, see "
+        "droplab.kernels.cuda_bench",
     )
     parser.add_argument(
-        "--max-log2", type=int, default=26, help="largest size, 2^k (26)"
+        "--min-log2", type=int, help="smallest size, 2^k (12 on cpu, 20 on cuda)"
+    )
+    parser.add_argument(
+        "--max-log2", type=int, help="largest size, 2^k (26 on cpu, 28 on cuda)"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtypes of the cuda size sweep (all three; the cpu sweep is float32)",
     )
     parser.add_argument("--p", type=float, default=0.5, help="drop probability (0.5)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per timing (5)")
@@ -276,8 +292,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["sizes", "saved", "mlp", "jit"],
-        help="parts to leave out",
+        choices=["sizes", "saved", "mlp", "jit", "mc", "graph", "compiled"],
+        help="parts to leave out (cpu: sizes saved mlp jit; "
+        "cuda: sizes saved mc graph compiled)",
     )
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads first (droplab follows it)"
@@ -286,12 +303,21 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Run the benchmarks and print Markdown tables; 2 on bad options."""
+    """Run the benchmarks and print Markdown tables; 2 on bad options or no CUDA."""
+    cuda = args.device == "cuda"
+    if args.min_log2 is None:
+        args.min_log2 = 20 if cuda else 12
+    if args.max_log2 is None:
+        args.max_log2 = 28 if cuda else 26
     if not 1 <= args.min_log2 <= args.max_log2 <= 30:
         print(
-            "droplab bench: need 1 <= --min-log2 <= --max-log2 <= 30", file=sys.stderr
+            "droplab bench: need 1 <= --min-log2 <= --max-log2 <= 30; got "
+            f"--min-log2 {args.min_log2} and --max-log2 {args.max_log2}",
+            file=sys.stderr,
         )
         return 2
+    if cuda:
+        return _run_cuda(args)
     if args.threads is not None:
         if args.threads < 1:
             print("droplab bench: --threads must be at least 1", file=sys.stderr)
@@ -329,6 +355,101 @@ def run_cli(args: argparse.Namespace) -> int:
             print(
                 f"JIT, {case}: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
             )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+def _run_cuda(args: argparse.Namespace) -> int:
+    """``droplab bench --device cuda``: CUDA-event timings, one part after another.
+
+    A part that fails (a capture the op does not support, a compile error) is
+    reported with its error and the others still run.
+    """
+    if not torch.cuda.is_available():
+        print(
+            "droplab bench: --device cuda needs a CUDA device, and torch sees none "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+            "run it on a machine with an NVIDIA GPU, or use --device cpu",
+            file=sys.stderr,
+        )
+        return 2
+    from droplab import kernels
+    from droplab.kernels import cuda_bench
+
+    if not kernels.triton_available():
+        print(
+            "droplab bench: --device cuda needs Triton (pip install 'droplab[gpu]'); "
+            "without it droplab runs its reference path on the GPU",
+            file=sys.stderr,
+        )
+        return 2
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0),
+        "memory_gib": props.total_memory / 2**30,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton.__version__,
+        "p": args.p,
+    }
+    print(
+        f"{results['device']} ({results['memory_gib']:.0f} GiB), torch "
+        f"{torch.__version__}, CUDA {torch.version.cuda}, Triton {triton.__version__}; "
+        f"p = {args.p}; medians of {args.repeats} repeats timed with CUDA events",
+        flush=True,
+    )
+
+    def part(name: str, run: Callable[[], Any]) -> None:
+        if name in args.skip:
+            return
+        try:
+            results[name] = run()
+        except Exception as error:  # one failing part must not hide the others
+            results[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            print(f"{name}: failed: {results[name]['error']}", flush=True)
+        torch.cuda.synchronize()
+
+    dtypes = [cuda_bench.DTYPES[d] for d in (args.dtypes or cuda_bench.DTYPES)]
+
+    def sizes() -> list[dict[str, Any]]:
+        print(cuda_bench.format_size_table([]), flush=True)
+
+        def show(row: dict[str, Any]) -> None:
+            print(cuda_bench.format_size_table([row]).splitlines()[-1], flush=True)
+
+        return cuda_bench.size_sweep(
+            range(args.min_log2, args.max_log2 + 1),
+            dtypes,
+            p=args.p,
+            repeats=args.repeats,
+            on_row=show,
+        )
+
+    part("sizes", sizes)
+    part("saved", lambda: saved_bytes(p=args.p, device="cuda"))
+    if isinstance(results.get("saved"), dict) and "error" not in results["saved"]:
+        print("bytes saved for backward, 2^20 float32 elements:", results["saved"])
+    part("mc", lambda: cuda_bench.mc_replicated(p=args.p, repeats=args.repeats))
+    if "mc" in results and "error" not in results["mc"]:
+        mc = results["mc"]
+        print(
+            f"MC dropout, T = {mc['samples']} on a batch of {mc['batch']} "
+            f"(width {mc['width']}): droplab mc_predict {mc['droplab_ms']:.2f} ms, "
+            f"torch replicated batch {mc['torch_ms']:.2f} ms "
+            f"(torch/droplab {mc['torch_over_droplab']:.2f}x)",
+            flush=True,
+        )
+    part("compiled", cuda_bench.compiled_path)
+    if "compiled" in results:
+        print("compiled path:", results["compiled"], flush=True)
+    # Last: a failed capture can leave the CUDA context unusable.
+    part("graph", lambda: cuda_bench.graph_step(p=args.p))
+    if "graph" in results:
+        print("CUDA graph of a training step:", results["graph"], flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -172,6 +172,19 @@ def _with_helper(kernel: Any, helper: Any) -> Any:
     return clone
 
 
+@functools.lru_cache(maxsize=64)
+def _factor_tensor(
+    value: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The fused kernel's factor as a 0-d tensor on ``device``, made once per value.
+
+    Made once, it costs no host-to-device copy per call, and a CUDA graph can
+    capture a call made after the first (a copy from host memory cannot be
+    captured). The kernel only reads it.
+    """
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
 def _launch_args(
     n: int, seed: int, offset: int
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -228,9 +241,7 @@ def masked_scale(
     own = masks.mask_shape(shape, shared_dims)
     x = t.detach().contiguous()
     if sampler == "bernoulli" and scale != "realized" and own == shape:
-        factor = torch.tensor(
-            scaling.train_scale(p, scale), dtype=compute, device=t.device
-        )
+        factor = _factor_tensor(scaling.train_scale(p, scale), compute, t.device)
         result = torch.empty(shape, dtype=t.dtype, device=t.device)
         if x.numel():
             grid, args = _launch_args(x.numel(), seed, offset)
