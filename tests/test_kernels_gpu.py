@@ -146,6 +146,66 @@ def test_cpu_tensors_do_not_go_to_triton_without_the_interpreter(
         _backend.select_backend(torch.zeros(2))
 
 
+# Triton's pointer types for the fused kernel's (x, out, factor) by input dtype:
+# bfloat16 output is written as int16 bits (the kernel rounds by hand).
+_POINTERS = {
+    torch.float16: ("*fp16", "*fp16", "*fp32"),
+    torch.bfloat16: ("*bf16", "*i16", "*fp32"),
+    torch.float32: ("*fp32", "*fp32", "*fp32"),
+    torch.float64: ("*fp64", "*fp64", "*fp64"),
+}
+_SCALARS = ("n", "head", "first_lo", "first_hi", "key_lo", "key_hi")
+
+
+def _compile_for_hopper(
+    kernel: object, signature: dict[str, str], constexprs: dict[str, object]
+) -> dict[str, object]:
+    """Compile a jitted kernel for an H100/H200 (sm_90) without a GPU: PTX and cubin."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    # FP fusion off: the kernels multiply once and add nothing, and saying so
+    # keeps Triton's warning about its changing default out of the test.
+    return triton.compile(
+        source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False}
+    ).asm
+
+
+@pytest.mark.parametrize("scalar", ["i32", "i64"])
+@pytest.mark.parametrize("dtype", list(BITS))
+def test_kernels_compile_for_a_gpu_without_one(dtype: torch.dtype, scalar: str) -> None:
+    # The interpreter runs kernels that the real compiler refuses (the first GPU
+    # run found one: BLOCK had lost its tl.constexpr annotation). Triton compiles
+    # to PTX and cubin on any machine, so every launch signature is compiled here.
+    fused, words = gpu._kernels(False)
+    assert [p.name for p in fused.params if p.is_constexpr] == ["BLOCK", "OUT_BF16"]
+    assert [p.name for p in words.params if p.is_constexpr] == ["BLOCK"]
+    x, out, factor = _POINTERS[dtype]
+    scalars = dict.fromkeys(_SCALARS, scalar)
+    asm = _compile_for_hopper(
+        fused,
+        {
+            "x_ptr": x,
+            "out_ptr": out,
+            "factor_ptr": factor,
+            **scalars,
+            "threshold": "i64",
+            "BLOCK": "constexpr",
+            "OUT_BF16": "constexpr",
+        },
+        {"BLOCK": gpu.BLOCK, "OUT_BF16": dtype == torch.bfloat16},
+    )
+    assert "cubin" in asm and ".target sm_90" in str(asm["ptx"])
+    asm = _compile_for_hopper(
+        words,
+        {"out_ptr": "*i64", **scalars, "BLOCK": "constexpr"},
+        {"BLOCK": gpu.BLOCK},
+    )
+    assert "cubin" in asm
+
+
 # ----------------------------------------------------------------- real GPU only
 
 

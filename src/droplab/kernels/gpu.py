@@ -164,11 +164,23 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:
 
 
 def _with_helper(kernel: Any, helper: Any) -> Any:
-    """A copy of ``kernel`` whose global ``_philox_words`` is the jitted ``helper``."""
+    """A copy of ``kernel`` whose global ``_philox_words`` is the jitted ``helper``.
+
+    The copy keeps the annotations: they are how ``triton.jit`` knows that
+    ``BLOCK`` and ``OUT_BF16`` are ``tl.constexpr``. (A copy without them still
+    runs in the interpreter, but the real compiler then sees runtime integers and
+    refuses ``tl.arange(0, BLOCK // 4)``; found on the first run on a GPU.)
+    """
     scope = dict(kernel.__globals__, _philox_words=helper)
-    clone = types.FunctionType(kernel.__code__, scope, kernel.__name__)
-    clone.__module__ = kernel.__module__
-    clone.__doc__ = kernel.__doc__
+    clone = types.FunctionType(
+        kernel.__code__,
+        scope,
+        kernel.__name__,
+        kernel.__defaults__,
+        kernel.__closure__,
+    )
+    functools.update_wrapper(clone, kernel, updated=())
+    del clone.__wrapped__  # triton.jit would follow it back to the original
     return clone
 
 
