@@ -380,7 +380,7 @@ def test_same_seed_same_values_on_cpu_and_cuda(dtype: torch.dtype) -> None:
     g = torch.randn(64, 257, generator=torch.Generator().manual_seed(3)).to(dtype)
     outs, grads = [], []
     for device in ("cpu", "cuda"):
-        xd = x.to(device).requires_grad_()
+        xd = x.to(device, copy=True).requires_grad_()
         y = functional.dropout(xd, 0.4, seed=2**63 + 9, offset=11)
         y.backward(g.to(device))
         outs.append(y.detach().cpu())

@@ -19,7 +19,14 @@ OPS = {
     "drop_path": lambda x: F.drop_path(x, 0.4, seed=5),
     "drop_block": lambda x: F.drop_block2d(x, 0.3, 3, seed=6),
     "concrete": lambda x: F.concrete_dropout(x, 0.3, seed=7),
-    "drop_connect": lambda x: F.drop_connect_linear(x, torch.ones(5, 8, dtype=x.dtype, device=x.device), None, 0.5, seed=8, per_sample=True),
+    "drop_connect": lambda x: F.drop_connect_linear(
+        x,
+        torch.ones(5, 8, dtype=x.dtype, device=x.device),
+        None,
+        0.5,
+        seed=8,
+        per_sample=True,
+    ),
 }
 
 
@@ -30,7 +37,7 @@ def test_same_output_and_gradient_as_cpu(name):
         x = x.reshape(-1, 8)
     results = []
     for device in ("cpu", "cuda"):
-        xd = x.to(device).requires_grad_()
+        xd = x.to(device, copy=True).requires_grad_()
         y = OPS[name](xd)
         y.sum().backward()
         results.append((y.detach().cpu(), xd.grad.cpu()))
@@ -40,8 +47,12 @@ def test_same_output_and_gradient_as_cpu(name):
 
 def test_weight_drop_lstm_on_cuda_matches_cpu():
     torch.manual_seed(0)
-    cpu = WeightDropLSTM(3, 4, num_layers=2, weight_p=0.5, hidden_p=0.2, seed=1).double()
-    gpu = WeightDropLSTM(3, 4, num_layers=2, weight_p=0.5, hidden_p=0.2, seed=1).double()
+    cpu = WeightDropLSTM(
+        3, 4, num_layers=2, weight_p=0.5, hidden_p=0.2, seed=1
+    ).double()
+    gpu = WeightDropLSTM(
+        3, 4, num_layers=2, weight_p=0.5, hidden_p=0.2, seed=1
+    ).double()
     gpu.load_state_dict(cpu.state_dict())
     gpu.cuda()
     x = torch.randn(6, 2, 3, dtype=torch.float64)

@@ -341,8 +341,10 @@ def graph_step(
 
     Returns the milliseconds per eager step and per replay, whether capture
     worked (and the error if not), and ``masks_advance``: whether two
-    consecutive replays drop different units (read from the zeros of the
-    second dropout's output, kept by a forward hook in a static tensor).
+    consecutive replays drop different units. That is read from a third seeded
+    dropout in the captured step, applied to a tensor of ones (its zeros are
+    exactly its mask; the network's own outputs also hold ReLU zeros, which
+    change as the weights train).
     """
     from droplab import nn as dnn
 
@@ -351,17 +353,15 @@ def graph_step(
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
     x = torch.randn(batch, features, device=device)
     labels = torch.randint(0, classes, (batch,), device=device)
-    seen = torch.zeros(batch, width, dtype=torch.bool, device=device)
-
-    def keep_zeros(_: torch.nn.Module, __: Any, out: torch.Tensor) -> None:
-        seen.copy_(out == 0)
-
-    net[5].register_forward_hook(keep_zeros)
+    probe = dnn.Dropout(p, seed=12)
+    ones = torch.ones(batch, width, device=device)
+    dropped = torch.zeros(batch, width, dtype=torch.bool, device=device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=False)
         torch.nn.functional.cross_entropy(net(x), labels).backward()
         opt.step()
+        torch.eq(probe(ones), 0, out=dropped)
 
     result: dict[str, Any] = {"batch": batch, "width": width}
     side = torch.cuda.Stream()
@@ -382,9 +382,9 @@ def graph_step(
         return result
     result["captured"] = True
     graph.replay()
-    first = seen.clone()
+    first = dropped.clone()
     graph.replay()
-    result["masks_advance"] = not torch.equal(first, seen)
+    result["masks_advance"] = not torch.equal(first, dropped)
     result["replay_ms"] = (
         cuda_median_seconds({"replay": graph.replay}, min_seconds=replays * 1e-5)[
             "replay"
