@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +107,25 @@ def test_bench_on_cuda_without_a_gpu_fails_clearly(
     assert "--device cpu" in err
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         cuda_bench.cuda_median_seconds({"noop": lambda: None})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the script is bash")
+def test_gpu_check_script_stops_at_once_without_a_gpu(tmp_path: Path) -> None:
+    # The dry run of benchmarks/gpu_check.sh on a CPU machine: a clear message
+    # and exit code 3, not a hang (the timeout only guards against one).
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out")],
+        env=dict(os.environ, PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3
+    assert "no CUDA device is visible to torch here" in done.stdout
+    assert (tmp_path / "out" / "gpu_check.log").exists()
 
 
 def test_bench_rejects_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
