@@ -179,8 +179,8 @@ def _with_helper(kernel: Any, helper: Any) -> Any:
         kernel.__defaults__,
         kernel.__closure__,
     )
-    functools.update_wrapper(clone, kernel, updated=())
-    del clone.__wrapped__  # triton.jit would follow it back to the original
+    for name in ("__module__", "__qualname__", "__doc__", "__annotations__"):
+        setattr(clone, name, getattr(kernel, name))
     return clone
 
 
