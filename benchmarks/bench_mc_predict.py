@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from droplab import _backend
+from droplab import kernels
 from droplab.nn import Dropout, mc_dropout
 from droplab.uncertainty import DEFAULT_MAX_ROWS, mc_predict, stream_seed
 
@@ -128,7 +128,7 @@ def main() -> None:
     )
     print(
         f"torch {torch.__version__}, {args.threads} thread(s) (torch and numba); "
-        f"dropout backend: {_backend.select_backend(x).__module__}"
+        f"dropout backend: {kernels.select(x).__module__}"
     )
     print(
         f"network {args.features}-{args.hidden}-1, {args.inputs} inputs, "

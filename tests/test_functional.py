@@ -15,8 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from droplab import _backend
+from droplab import kernels, masks
+from droplab._core.op import masked_scale
 from droplab.functional import dropout
+from droplab.kernels.reference import reference_masked_scale
 from droplab.masks import make_mask, row_count
 from droplab.scaling import SCALES
 
@@ -365,16 +367,16 @@ def test_empty_and_zero_dim_inputs():
 
 
 def test_stream_elements_counts_mask_elements():
-    assert _backend.stream_elements((8, 16, 5, 5), (2, 3)) == 128
-    assert _backend.stream_elements((3, 0)) == 0
-    assert _backend.stream_elements(()) == 1
+    assert masks.stream_elements((8, 16, 5, 5), (2, 3)) == 128
+    assert masks.stream_elements((3, 0)) == 0
+    assert masks.stream_elements(()) == 1
 
 
 def test_forced_reference_backend_matches_and_unknown_backends_are_refused(monkeypatch):
     x = sample((5, 13), torch.float16)
     default = dropout(x, 0.3, seed=10, offset=2, scale="realized", sampler="fixed")
     monkeypatch.setenv("DROPLAB_BACKEND", "reference")
-    assert _backend.select_backend(x) is _backend.reference_masked_scale
+    assert kernels.select(x) is reference_masked_scale
     assert_same_bits(dropout(x, 0.3, seed=10, offset=2, scale="realized", sampler="fixed"), default)
     monkeypatch.setenv("DROPLAB_BACKEND", "cuda-magic")
     with pytest.raises(ValueError, match=r"The DROPLAB_BACKEND environment variable must be unset or one of 'reference', 'numba', 'triton'; got 'cuda-magic'\."):
@@ -384,7 +386,7 @@ def test_forced_reference_backend_matches_and_unknown_backends_are_refused(monke
 def test_masked_scale_writes_into_out():
     x = sample((4, 4))
     out = torch.empty_like(x)
-    result = _backend.masked_scale(
+    result = masked_scale(
         x, p=0.5, seed=1, offset=0, scale="inverted", sampler="bernoulli", shared_dims=(), out=out
     )
     assert result is out

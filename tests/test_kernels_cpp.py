@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from droplab import _backend, functional, nn
+from droplab import functional, nn
 from droplab.cli import main
 from droplab.kernels import cpp
+from droplab.kernels import reference as _backend
 
 pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None or importlib.util.find_spec("ninja") is None,

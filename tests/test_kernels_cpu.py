@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from droplab import _backend, functional, kernels, masks, rng
-from droplab._backend import reference_masked_scale
+from droplab import functional, kernels, masks, rng
+from droplab.kernels.reference import reference_masked_scale
 from droplab.scaling import SCALES
 
 pytest.importorskip("numba")
@@ -209,18 +209,18 @@ def test_backward_is_the_same_op_on_the_gradient() -> None:
 def test_dispatch_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.zeros(3)
     monkeypatch.delenv("DROPLAB_BACKEND", raising=False)
-    assert _backend.select_backend(x) is cpu.masked_scale
+    assert kernels.select(x) is cpu.masked_scale
     monkeypatch.setenv("DROPLAB_BACKEND", "numba")
-    assert _backend.select_backend(x) is cpu.masked_scale
+    assert kernels.select(x) is cpu.masked_scale
     monkeypatch.setenv("DROPLAB_BACKEND", "reference")
-    assert _backend.select_backend(x) is reference_masked_scale
+    assert kernels.select(x) is reference_masked_scale
     # Without Numba the reference path takes over, unless Numba was demanded.
     monkeypatch.setattr(kernels, "numba_available", lambda: False)
     monkeypatch.delenv("DROPLAB_BACKEND")
-    assert _backend.select_backend(x) is reference_masked_scale
+    assert kernels.select(x) is reference_masked_scale
     monkeypatch.setenv("DROPLAB_BACKEND", "numba")
     with pytest.raises(RuntimeError, match="DROPLAB_BACKEND='numba' was requested"):
-        _backend.select_backend(x)
+        kernels.select(x)
 
 
 def test_functional_dropout_uses_the_kernel_and_matches_the_reference(

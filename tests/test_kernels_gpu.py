@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from droplab import _backend, masks, rng
-from droplab._backend import reference_masked_scale
+from droplab import kernels, masks, rng
+from droplab.kernels.reference import reference_masked_scale
 from droplab.scaling import SCALES
 
 pytest.importorskip("triton")
@@ -130,7 +130,7 @@ def test_forced_triton_backend_runs_in_the_interpreter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DROPLAB_BACKEND", "triton")
-    assert _backend.select_backend(torch.zeros(2)) is gpu.masked_scale
+    assert kernels.select(torch.zeros(2)) is gpu.masked_scale
     assert gpu.runs_on(torch.zeros(2))
     assert not gpu.runs_on(torch.zeros(2, dtype=torch.int64))
 
@@ -143,7 +143,7 @@ def test_cpu_tensors_do_not_go_to_triton_without_the_interpreter(
     assert not gpu.runs_on(torch.zeros(2))
     monkeypatch.setenv("DROPLAB_BACKEND", "triton")
     with pytest.raises(RuntimeError, match="DROPLAB_BACKEND='triton' was requested"):
-        _backend.select_backend(torch.zeros(2))
+        kernels.select(torch.zeros(2))
 
 
 # ----------------------------------------------------------------- real GPU only
@@ -171,7 +171,7 @@ def test_cuda_matches_reference(
         sampler=sampler,
         shared_dims=dims,
     )
-    assert _backend.select_backend(x) is gpu.masked_scale
+    assert kernels.select(x) is gpu.masked_scale
     got = gpu.masked_scale(x, **kw).cpu()
     assert same_bits(got, reference_masked_scale(x.cpu(), **kw))
 

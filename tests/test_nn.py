@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import droplab
-from droplab import _backend
-from droplab._module import StochasticModule
+from droplab import masks
+from droplab._core.module import StochasticModule
 from droplab.functional import dropout
 from droplab.nn import Dropout, mc_dropout
 
@@ -62,7 +62,7 @@ def test_training_call_uses_its_stream_and_advances_the_offset(shape, shared_dim
     m = Dropout(0.4, seed=2**64 - 1, scale="realized", shared_dims=shared_dims)
     m.offset = 3
     dims = tuple(sorted(d % len(shape) for d in ((shared_dims,) if isinstance(shared_dims, int) else shared_dims)))
-    used = _backend.stream_elements(shape, dims)
+    used = masks.stream_elements(shape, dims)
     for call in range(3):
         expected = dropout(x, 0.4, seed=2**64 - 1, offset=3 + call * used, scale="realized", shared_dims=dims)
         assert torch.equal(m(x), expected)

@@ -41,6 +41,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from droplab._core.dropout import Dropout as DroplabDropout
+from droplab._core.modes import DROPOUT_TYPES
 from droplab._validation import (
     check_choice,
     check_int,
@@ -49,8 +51,6 @@ from droplab._validation import (
     fail,
 )
 from droplab.masks import SAMPLERS, fixed_keep_count, make_mask
-from droplab.nn import DROPOUT_TYPES
-from droplab.nn import Dropout as DroplabDropout
 from droplab.scaling import SCALES, eval_scale, realized_row_scale, train_scale
 
 __all__ = [

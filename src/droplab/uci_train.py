@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab._backend import masked_scale
+from droplab._core.op import masked_scale
 from droplab.nn import Dropout
 from droplab.uncertainty import stream_seed
 

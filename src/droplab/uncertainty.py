@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from droplab import masks
-from droplab._module import StochasticModule
+from droplab._core.modes import DROPOUT_TYPES, mc_dropout
+from droplab._core.module import StochasticModule
 from droplab._validation import (
     check_choice,
     check_int,
@@ -52,7 +53,6 @@ from droplab._validation import (
     check_shared_dims,
     fail,
 )
-from droplab.nn import DROPOUT_TYPES, mc_dropout
 from droplab.rng import philox4x32, seed_to_key
 
 __all__ = ["MCPrediction", "dropout_modules", "mc_predict", "stream_seed"]

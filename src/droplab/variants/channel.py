@@ -26,9 +26,15 @@ from typing import Any
 
 import torch
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_choice, check_probability, fail
+from droplab._core.dropout import dropout
+from droplab._core.module import StochasticModule
+from droplab._validation import (
+    check_bool,
+    check_choice,
+    check_floating_tensor,
+    check_probability,
+    fail,
+)
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
 
@@ -153,12 +159,12 @@ def _channel_dropout(
     sampler: Any,
     inplace: Any,
 ) -> torch.Tensor:
-    x = functional.check_floating_tensor(x, owner=name)
+    x = check_floating_tensor(x, owner=name)
     p = check_probability(p, owner=name)
     batched = _batched(x, name)
     work = x if batched else x.unsqueeze(0)  # a view: in-place writes reach x
     shared = tuple(range(2, work.ndim))
-    out = functional.dropout(
+    out = dropout(
         work,
         p,
         training,
@@ -279,7 +285,7 @@ class _ChannelDropout(StochasticModule):
         super().__init__(seed=seed)
         owner = type(self).__name__
         self.p = check_probability(p, owner=owner)
-        self.inplace = functional.check_bool(inplace, "inplace", owner=owner)
+        self.inplace = check_bool(inplace, "inplace", owner=owner)
         self.scale = check_choice(scale, "scale", SCALES, owner=owner)
         self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
 

@@ -31,10 +31,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from droplab import functional, masks
-from droplab._module import StochasticModule
-from droplab._validation import check_int, check_probability
-from droplab.variants._stream import compute_dtype, resolve_seed
+from droplab import masks
+from droplab._core.module import StochasticModule
+from droplab._core.stream import compute_dtype, resolve_seed
+from droplab._validation import (
+    check_bool,
+    check_floating_tensor,
+    check_int,
+    check_probability,
+)
 
 __all__ = ["DropBlock2d", "drop_block2d", "drop_block_gamma"]
 
@@ -105,7 +110,7 @@ class _DropBlock(torch.autograd.Function):
 def _check(
     x: Any, p: Any, block_size: Any, owner: str
 ) -> tuple[torch.Tensor, float, int]:
-    x = functional.check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     if x.ndim != 4:
         raise ValueError(
             f"The 'x' argument of {owner} must be a 4-d (N, C, H, W) tensor; got a "
@@ -156,8 +161,8 @@ def drop_block2d(
     """
     owner = "drop_block2d"
     x, p, block_size = _check(x, p, block_size, owner)
-    training = functional.check_bool(training, "training", owner=owner)
-    shared = functional.check_bool(shared_channels, "shared_channels", owner=owner)
+    training = check_bool(training, "training", owner=owner)
+    shared = check_bool(shared_channels, "shared_channels", owner=owner)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
     if not training or p == 0.0 or x.numel() == 0:
         return x
@@ -201,7 +206,7 @@ class DropBlock2d(StochasticModule):
         self.p = check_probability(p, owner=owner)
         self.block_size = check_int(block_size, "block_size", low=1, owner=owner)
         self.warmup_steps = check_int(warmup_steps, "warmup_steps", low=0, owner=owner)
-        self.shared_channels = functional.check_bool(
+        self.shared_channels = check_bool(
             shared_channels, "shared_channels", owner=owner
         )
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))

@@ -21,9 +21,14 @@ import math
 
 import torch
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_choice, check_probability
+from droplab._core.dropout import dropout
+from droplab._core.module import StochasticModule
+from droplab._validation import (
+    check_bool,
+    check_choice,
+    check_floating_tensor,
+    check_probability,
+)
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
 
@@ -31,8 +36,8 @@ __all__ = ["LockedDropout", "locked_dropout"]
 
 
 def _batch_major(x: torch.Tensor, batch_first: bool, owner: str) -> torch.Tensor:
-    x = functional.check_floating_tensor(x, owner=owner)
-    batch_first = functional.check_bool(batch_first, "batch_first", owner=owner)
+    x = check_floating_tensor(x, owner=owner)
+    batch_first = check_bool(batch_first, "batch_first", owner=owner)
     if x.ndim < 2:
         layout = "(N, T, ...)" if batch_first else "(T, N, ...)"
         raise ValueError(
@@ -72,7 +77,7 @@ def locked_dropout(
         True
     """
     work = _batch_major(x, batch_first, "locked_dropout")
-    out = functional.dropout(
+    out = dropout(
         work,
         p,
         training,
@@ -114,7 +119,7 @@ class LockedDropout(StochasticModule):
         super().__init__(seed=seed)
         owner = type(self).__name__
         self.p = check_probability(p, owner=owner)
-        self.batch_first = functional.check_bool(
+        self.batch_first = check_bool(
             batch_first, "batch_first", owner=owner
         )
         self.scale = check_choice(scale, "scale", SCALES, owner=owner)

@@ -38,19 +38,17 @@ from typing import Any
 
 from torch import nn
 
-from droplab._backend import draw_seed
+from droplab._core.stream import draw_seed
 from droplab._validation import (
-    SEED_LIMIT,
+    OFFSET_LIMIT,
     check_int,
     check_offset,
     check_seed,
     fail,
 )
+from droplab.scaling import eval_scale
 
 __all__ = ["StochasticModule"]
-
-# check_offset's upper bound (exclusive): a stream has 4 * 2**64 elements.
-_OFFSET_LIMIT = 4 * SEED_LIMIT
 
 
 @functools.cache
@@ -129,7 +127,7 @@ class StochasticModule(nn.Module):
 
         Args:
             n: stream elements the call uses (for masks:
-                ``droplab._backend.stream_elements(shape, shared_dims)``).
+                ``droplab.masks.stream_elements(shape, shared_dims)``).
         """
         if type(n) is not int or n < 0:  # else check_int would return n as is
             n = check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
@@ -137,11 +135,27 @@ class StochasticModule(nn.Module):
             return self._effective_seed(draw_seed()), 0
         offset = self._offset
         end = offset + n
-        if end < _OFFSET_LIMIT:  # what the offset setter accepts, without the call
+        if end < OFFSET_LIMIT:  # what the offset setter accepts, without the call
             self._offset = end
         else:
             self.offset = end  # raises: the stream is finite
         return self._effective_seed(self._seed), offset
+
+    def weight_scaled_form(self, where: str) -> tuple[nn.Module, float]:
+        """What :func:`droplab.weight_scaled` puts in this module's place.
+
+        Returns ``(replacement, factor)``: the module that takes this one's
+        place in the deterministic copy (``self`` to keep it), and the factor
+        its evaluation applies, which is folded into the next layer's weights.
+        The default suits a dropout with ``p`` (and ``scale``): an
+        ``nn.Identity`` and its evaluation factor (``1 - p`` for ``classic``,
+        else 1); a module without ``p`` is kept. A variant whose evaluation is
+        different overrides this method; ``where`` names it in errors.
+        """
+        p = getattr(self, "p", None)
+        if p is None:
+            return self, 1.0
+        return nn.Identity(), eval_scale(p, getattr(self, "scale", "inverted"))
 
     def stream_repr(self) -> str:
         """``"seed=..., offset=..."`` for ``extra_repr``, or ``""`` without a seed."""

@@ -1,4 +1,8 @@
-"""The (seed, offset) contract as torch tensors, shared by every variant.
+"""The (seed, offset) contract as torch tensors, shared by dropout and every variant.
+
+- **seed=None.** :func:`draw_seed` is how ``seed=None`` is resolved everywhere
+  in droplab: a fresh 63-bit seed from torch's default CPU generator, so
+  ``torch.manual_seed`` reproduces a run as with ``torch.nn.Dropout``.
 
 Every variant draws its randomness from the Philox stream of :mod:`droplab.rng`:
 masks through :mod:`droplab.masks`, continuous noise through the words of
@@ -10,9 +14,10 @@ masks through :mod:`droplab.masks`, continuous noise through the words of
   elements ``offset + 2 i`` and ``offset + 2 i + 1`` as uniforms ``u1, u2`` and is
   ``z = sqrt(-2 log u1) * cos(2 pi u2)``, computed in float64. A draw of ``n``
   normals therefore uses ``2 n`` stream elements.
-- **Numerics** (as :mod:`droplab.functional`): the compute dtype is float64 for
-  float64 inputs and float32 otherwise; noise and factors are rounded to it;
-  dropped elements are exactly ``+0.0``.
+- **Numerics** (as :func:`droplab.dropout`): the compute dtype is
+  :func:`droplab.scaling.compute_dtype` (float64 for float64 inputs and float32
+  otherwise); noise and factors are rounded to it; dropped elements are
+  exactly ``+0.0``.
 
 The ops regenerate masks and noise from ``(seed, offset)`` in backward, so no
 tensor of the input's size is saved for it.
@@ -27,12 +32,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from droplab import _backend
 from droplab._validation import check_offset, check_seed
+from droplab.kernels.reference import mask_and_factor
 from droplab.rng import random_words
+from droplab.scaling import compute_dtype
 
 __all__ = [
     "compute_dtype",
+    "draw_seed",
     "keep_mask",
     "normal_noise",
     "resolve_seed",
@@ -42,9 +49,17 @@ __all__ = [
 _TWO_POW_M32 = 2.0**-32
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 tensors, float32 for every other floating dtype."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def draw_seed() -> int:
+    """A fresh 63-bit seed from torch's default CPU generator.
+
+    This is how ``seed=None`` is resolved everywhere in droplab, so that
+    ``torch.manual_seed`` reproduces a run exactly as with ``torch.nn.Dropout``.
+
+    >>> _ = torch.manual_seed(0); a = draw_seed()
+    >>> _ = torch.manual_seed(0); a == draw_seed()
+    True
+    """
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
 
 
 def resolve_seed(
@@ -54,7 +69,7 @@ def resolve_seed(
     default generator (so ``torch.manual_seed`` replays a run) when ``draw`` is
     True, and 0 otherwise (no draw at evaluation, as ``torch.nn.Dropout``)."""
     if seed is None:
-        return (_backend.draw_seed() if draw else 0), check_offset(offset, owner=owner)
+        return (draw_seed() if draw else 0), check_offset(offset, owner=owner)
     return check_seed(seed, owner=owner), check_offset(offset, owner=owner)
 
 
@@ -99,7 +114,7 @@ def keep_mask(
     device: Any = "cpu",
 ) -> torch.Tensor:
     """The bool keep mask of :mod:`droplab.masks` as a tensor (the mask's own shape)."""
-    keep, _ = _backend.mask_and_factor(
+    keep, _ = mask_and_factor(
         shape,
         p=p,
         seed=seed,
@@ -109,51 +124,3 @@ def keep_mask(
         shared_dims=shared_dims,
     )
     return torch.from_numpy(np.ascontiguousarray(keep)).to(device)
-
-
-class _KeepScale(torch.autograd.Function):
-    """``y = t * c`` where kept, ``+0.0`` where dropped; backward is itself.
-
-    The mask is regenerated from ``(p, seed, offset, shared_dims)``, so nothing
-    of the input's size is saved, and the double backward works.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        t: torch.Tensor,
-        c: float,
-        p: float,
-        seed: int,
-        offset: int,
-        shared_dims: tuple[int, ...],
-    ) -> torch.Tensor:
-        ctx.args = (c, p, seed, offset, shared_dims)
-        keep = keep_mask(
-            tuple(t.shape),
-            p,
-            seed=seed,
-            offset=offset,
-            shared_dims=shared_dims,
-            device=t.device,
-        )
-        compute = compute_dtype(t.dtype)
-        factor = torch.tensor(c, dtype=compute, device=t.device)
-        return torch.where(keep, t.to(compute) * factor, 0.0).to(t.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        return (_KeepScale.apply(grad, *ctx.args), None, None, None, None, None)
-
-
-def keep_scale(
-    t: torch.Tensor,
-    c: float,
-    p: float,
-    seed: int,
-    offset: int,
-    shared_dims: tuple[int, ...] = (),
-) -> torch.Tensor:
-    """Differentiable ``t * c * mask`` with the mask of ``(p, seed, offset)``."""
-    result: torch.Tensor = _KeepScale.apply(t, c, p, seed, offset, shared_dims)
-    return result

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from droplab._core.modes import weight_scaled
 from droplab.nn import Dropout
 from droplab.variants import (
     ConcreteDropout,
     DropConnectLinear,
     Dropout2d,
     GaussianDropout,
-    weight_scaled,
 )
 
 

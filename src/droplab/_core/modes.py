@@ -1,6 +1,10 @@
-"""Weight scaling: fold ``classic`` dropout into the next layer's weights.
+"""Model transforms: Monte-Carlo sampling and weight scaling, by asking each module.
 
-- Paper: Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout:
+- Monte-Carlo dropout: Gal and Ghahramani, "Dropout as a Bayesian
+  approximation", ICML 2016. https://proceedings.mlr.press/v48/gal16.html
+  :func:`mc_dropout` turns sampling on in the dropout modules of a model, and
+  only in them, for Monte-Carlo prediction.
+- Weight scaling (:func:`weight_scaled`); paper: Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout:
   a simple way to prevent neural networks from overfitting", JMLR 15, 2014,
   section 10 (and Hinton et al. 2012). https://jmlr.org/papers/v15/srivastava14a.html
 
@@ -9,28 +13,34 @@ multiplying each dropped layer's outputs by ``1 - p``. Since the next layer is
 linear, ``W ((1 - p) h) + b = ((1 - p) W) h + b``: the factor can move into the
 weights and the dropout layer can go. :func:`weight_scaled` does exactly that on
 a copy of the model, which is then a plain deterministic network.
+
+Neither transform lists droplab's classes: a dropout module is a
+:class:`~droplab._core.module.StochasticModule` (or one of
+:data:`TORCH_DROPOUTS`), and what weight scaling does with it is its own
+:meth:`~droplab._core.module.StochasticModule.weight_scaled_form`. A new
+variant overrides that method if its evaluation is not "identity times
+``eval_scale(p, scale)``".
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import TypeVar, cast
+from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-from droplab._module import StochasticModule
+from droplab._core.module import StochasticModule
 from droplab._validation import fail
-from droplab.scaling import eval_scale
-from droplab.variants.concrete import ConcreteDropout
-from droplab.variants.dropconnect import DropConnectLinear
 
-__all__ = ["weight_scaled"]
+__all__ = ["DROPOUT_TYPES", "TORCH_DROPOUTS", "mc_dropout", "weight_scaled"]
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
-# torch.nn's dropout layers: identity at evaluation.
-_TORCH_DROPOUTS = (
+# torch.nn's dropout layers (identity at evaluation): the one list of them.
+TORCH_DROPOUTS: tuple[type[nn.Module], ...] = (
     nn.Dropout,
     nn.Dropout1d,
     nn.Dropout2d,
@@ -38,23 +48,12 @@ _TORCH_DROPOUTS = (
     nn.AlphaDropout,
     nn.FeatureAlphaDropout,
 )
+# The modules mc_dropout switches to sampling: torch.nn's and droplab's own.
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (*TORCH_DROPOUTS, StochasticModule)
 # Layers the factor can move into (linear and without a bias on the input side).
 _FOLD_INTO = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Layers that commute with a scalar factor and may sit in between.
 _PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Unflatten)
-
-
-def _eval_factor(module: nn.Module) -> float | None:
-    """The factor a dropout layer applies at evaluation; None if not a dropout."""
-    if isinstance(module, _TORCH_DROPOUTS):
-        return 1.0
-    if isinstance(module, (ConcreteDropout, DropConnectLinear)):
-        return None
-    if isinstance(module, StochasticModule) and hasattr(module, "p"):
-        scale = getattr(module, "scale", "inverted")
-        p = cast(float, module.p)
-        return eval_scale(p, scale)  # 1 - p for classic, else 1
-    return None
 
 
 def _first_layer(modules: list[nn.Module]) -> nn.Module | None:
@@ -99,7 +98,9 @@ def weight_scaled(model: ModelT) -> ModelT:
       torch.nn's ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
       ``FeatureAlphaDropout``) is simply removed;
     - a :class:`~droplab.variants.concrete.ConcreteDropout` is replaced by the
-      layer it wraps.
+      layer it wraps;
+    - in general, each droplab module says what takes its place
+      (:meth:`~droplab._core.module.StochasticModule.weight_scaled_form`).
 
     The copy is in eval mode, and equals ``model.eval()`` on every input (up to
     float rounding; exactly when ``1 - p`` is a power of two).
@@ -133,21 +134,12 @@ def weight_scaled(model: ModelT) -> ModelT:
     for parent_name, parent in list(result.named_modules()):
         for index, (name, child) in enumerate(list(parent.named_children())):
             where = f"{parent_name}.{name}" if parent_name else name
-            if isinstance(child, DropConnectLinear) and child.inference != "mean":
-                raise ValueError(
-                    f"weight_scaled cannot make {where!r} deterministic: it is a "
-                    f"DropConnectLinear with inference={child.inference!r}; use "
-                    f"inference='mean'."
-                )
-            if isinstance(child, ConcreteDropout):
-                setattr(
-                    parent,
-                    name,
-                    child.layer if child.layer is not None else nn.Identity(),
-                )
-                continue
-            factor = _eval_factor(child)
-            if factor is None:
+            replacement: nn.Module
+            if isinstance(child, TORCH_DROPOUTS):
+                replacement, factor = nn.Identity(), 1.0
+            elif isinstance(child, StochasticModule):
+                replacement, factor = child.weight_scaled_form(where)
+            else:
                 continue
             if factor != 1.0:
                 if not isinstance(parent, nn.Sequential):
@@ -157,5 +149,50 @@ def weight_scaled(model: ModelT) -> ModelT:
                         f"is unknown."
                     )
                 _fold(parent, index, factor, where)
-            setattr(parent, name, nn.Identity())
+            if replacement is not child:
+                setattr(parent, name, replacement)
     return result.eval()
+
+
+@contextlib.contextmanager
+def mc_dropout(model: ModelT) -> Iterator[ModelT]:
+    """Sample dropout masks at prediction time, with everything else in eval mode.
+
+    Inside the block, the dropout modules of ``model`` (droplab's
+    :class:`StochasticModule` subclasses and torch.nn's ``Dropout``,
+    ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``) are in
+    training mode and every other module (BatchNorm included) is in eval mode.
+    On exit every module gets back the ``training`` flag it had, even when the
+    block raises. Dropout built into other modules (the ``dropout`` argument of
+    ``nn.LSTM``, of attention layers) is not a dropout module and stays off.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Yields:
+        ``model`` itself.
+
+    Examples:
+        >>> from droplab.nn import Dropout
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), Dropout(0.5))
+        >>> with mc_dropout(net):
+        ...     [m.training for m in net]
+        [False, False, True]
+        >>> [m.training for m in net]
+        [True, True, True]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            "The 'model' argument of mc_dropout must be a torch.nn.Module; "
+            f"got an object of type {type(model).__qualname__}."
+        )
+    saved = [(module, module.training) for module in model.modules()]
+    try:
+        for module, _ in saved:
+            # Set the flag itself: Module.train() recurses, and some overrides
+            # of train() do more than flip this module's flag.
+            module.training = isinstance(module, DROPOUT_TYPES)
+        yield model
+    finally:
+        for module, training in saved:
+            module.training = training
