@@ -266,7 +266,7 @@ def test_supports() -> None:
 
 
 def test_nothing_of_the_input_size_is_saved_for_backward() -> None:
-    from droplab.kernels import bench
+    from droplab.cli import bench
 
     saved = bench.saved_bytes(n=4096)
     assert saved["droplab"] == 0

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from droplab.cli.lab import write_report
 from droplab.experiments import gradients, masks
-from droplab.lab.cli import write_report
 from droplab.lab.results import load_result, result_path
 from droplab.lab.runner import run_experiment
 from droplab.report import render_report

@@ -1,9 +1,10 @@
 """The ``droplab`` command: a thin shell over plain functions.
 
-Each subcommand lives in its own module, which provides
-``add_arguments(parser)`` and ``run_cli(args) -> int``; this file only wires
-them together, so ``droplab --help`` stays cheap and each command's logic stays
-testable without a shell.
+Each subcommand lives in its own module of this package, which provides
+``add_arguments(parser, name)`` and ``run_cli(args) -> int``; this file only
+wires them together, so ``droplab --help`` stays cheap and each command's logic
+stays testable without a shell. This package is the only place in droplab with
+argparse and printing: the modules it calls return values and raise errors.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ from droplab._workers import Terminated, stop_children_on_sigterm
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     (
         "report",
-        "droplab.lab.cli",
+        "droplab.cli.lab",
         "run the lab's experiments and write the HTML report",
     ),
-    ("run", "droplab.lab.cli", "run one experiment and save its result"),
-    ("list", "droplab.lab.cli", "list the experiments and whether results are saved"),
+    ("run", "droplab.cli.lab", "run one experiment and save its result"),
+    ("list", "droplab.cli.lab", "list the experiments and whether results are saved"),
     ("uci", "droplab.uci", "MC-dropout on a UCI regression folder (Gal & Ghahramani)"),
-    ("bench", "droplab.kernels.bench", "time droplab's dropout against PyTorch's"),
+    ("bench", "droplab.cli.bench", "time droplab's dropout against PyTorch's"),
     ("sweep", "droplab.sweep", "tune dropout rates with Optuna"),
     (
         "build-cpp",
-        "droplab.kernels.cpp",
+        "droplab.cli.build_cpp",
         "compile the optional C++ op for small CPU tensors (once, about a minute)",
     ),
 )
