@@ -25,7 +25,8 @@ import torch
 
 from droplab import kernels
 from droplab.nn import Dropout, mc_dropout
-from droplab.uncertainty import DEFAULT_MAX_ROWS, mc_predict, stream_seed
+from droplab.rng import stream_seed
+from droplab.uncertainty import DEFAULT_MAX_ROWS, mc_predict
 
 
 def network(features: int, hidden: int, p: float) -> torch.nn.Sequential:

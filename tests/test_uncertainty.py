@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from droplab import metrics
 from droplab.nn import Dropout
-from droplab.uncertainty import mc_predict, stream_seed
+from droplab.rng import stream_seed
+from droplab.uncertainty import mc_predict
 
 
 def regression_net(seed: int | None = 11) -> torch.nn.Sequential:

@@ -109,7 +109,7 @@ def open_study(config: SweepConfig, *, storage: str | None, study_name: str) -> 
     so a resumed study does not repeat the proposals of its first start.
     """
     optuna = _optuna()
-    from droplab.lab.training import derive_seed
+    from droplab.rng import derive_seed
 
     store = (
         optuna.storages.InMemoryStorage()
@@ -232,7 +232,7 @@ def train_trial(
 
 def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
     from droplab.lab.parallel import one_thread
-    from droplab.lab.training import derive_seed
+    from droplab.rng import derive_seed
 
     optuna = _optuna()
 

@@ -50,10 +50,11 @@ from droplab._validation import check_int, check_seed, fail
 from droplab._workers import one_thread, watch_parent
 from droplab.executors import EXECUTOR_HELP, Executor, make_executor
 from droplab.metrics import gaussian_log_likelihood, rmse
+from droplab.rng import STREAM_TAGS, stream_seed
 from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
 from droplab.uci_summary import format_summary, read_published, summarize
 from droplab.uci_train import Job, build_network, slot, train_stacked
-from droplab.uncertainty import mc_predict, stream_seed
+from droplab.uncertainty import mc_predict
 
 __all__ = [
     "ProtocolSettings",
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 DATA_ENV = "DROPLAB_UCI_DATA"
-STAGE_TAG = 0x55434953  # "UCIS": third word of the stages' dropout seeds
+STAGE_TAG = STREAM_TAGS["uci_stage"]  # the call index of the stages' seeds
 
 
 class ResumeError(ValueError):

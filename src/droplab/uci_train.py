@@ -47,12 +47,12 @@ import torch
 
 from droplab._core.op import masked_scale
 from droplab.nn import Dropout
-from droplab.uncertainty import stream_seed
+from droplab.rng import STREAM_TAGS, stream_seed
 
 __all__ = ["Job", "build_network", "slot", "train_stacked"]
 
 # Third word of the dropout streams of stacked training (two layers: 0 and 1).
-STREAM_TAG = 0x55434954  # "UCIT"
+STREAM_TAG = STREAM_TAGS["uci_train"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ dropout sampling on (``droplab.mc_dropout``) and every other module in eval mode
 Reproducibility. Every droplab dropout module owns a Philox stream
 ``(seed, offset)``. For the duration of the call, the ``k``-th call of the
 ``m``-th dropout module in a forward pass draws from the stream whose seed is
-:func:`stream_seed` ``(seed, m, k)``, and pass ``t`` uses the elements
+:func:`droplab.rng.stream_seed` ``(seed, m, k)``, and pass ``t`` uses the elements
 ``t * E .. (t + 1) * E`` of it, ``E`` being the mask elements of one pass. The
 mask of a replicated batch of ``c * B`` rows at offset ``o`` covers the elements
 ``o .. o + c * E`` row by row, so setting ``o = t0 * E`` for the chunk that starts
@@ -40,7 +40,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from droplab import masks
@@ -53,9 +52,9 @@ from droplab._validation import (
     check_shared_dims,
     fail,
 )
-from droplab.rng import philox4x32, seed_to_key
+from droplab.rng import draw_seed, stream_seed
 
-__all__ = ["MCPrediction", "dropout_modules", "mc_predict", "stream_seed"]
+__all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
 
 TASKS = ("regression", "classification")
 
@@ -63,10 +62,6 @@ TASKS = ("regression", "classification")
 # large enough to amortise Python overhead, small enough that the masks and
 # activations of one call stay in cache for small networks.
 DEFAULT_MAX_ROWS = 8192
-
-# Third counter word of the seed derivation, so these seeds are a stream of
-# their own ("MCdr").
-_SEED_TAG = 0x4D436472
 
 
 @dataclass(frozen=True)
@@ -93,22 +88,6 @@ class MCPrediction:
     mutual_information: torch.Tensor | None
     variation_ratio: torch.Tensor | None
     seed: int
-
-
-def stream_seed(seed: int, module_index: int, call_index: int) -> int:
-    """The seed of the stream of a dropout module's ``call_index``-th call.
-
-    Philox4x32-10 under the key of ``seed`` at counter
-    ``(module_index, call_index, 0x4D436472, 0)``; the first two words are the
-    low and high halves of the derived 64-bit seed.
-
-    >>> stream_seed(0, 0, 0) == stream_seed(0, 0, 0) != stream_seed(0, 1, 0)
-    True
-    """
-    seed = check_seed(seed, owner="stream_seed")
-    counter = np.array([module_index, call_index, _SEED_TAG, 0], np.uint64)
-    words = philox4x32(counter, np.array(seed_to_key(seed), np.uint64))
-    return int(words[0]) | (int(words[1]) << 32)
 
 
 def dropout_modules(model: torch.nn.Module) -> list[tuple[str, StochasticModule]]:
@@ -269,8 +248,7 @@ def mc_predict(
     passes = check_int(samples, "samples", low=1, owner="mc_predict")
     task = check_choice(task, "task", TASKS, owner="mc_predict")
     if seed is None:
-        draws = torch.randint(0, 2**32, (2,), dtype=torch.int64)
-        seed = int(draws[0]) | (int(draws[1]) << 32)
+        seed = draw_seed()
     seed = check_seed(seed, owner="mc_predict")
     batch = x.shape[0]
     if chunk is None:

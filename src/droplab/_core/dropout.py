@@ -25,7 +25,6 @@ import torch
 from droplab import kernels
 from droplab._core.module import StochasticModule
 from droplab._core.op import MaskedScale
-from droplab._core.stream import draw_seed
 from droplab._validation import (
     OFFSET_LIMIT,
     SEED_LIMIT,
@@ -39,6 +38,7 @@ from droplab._validation import (
     check_shared_dims,
 )
 from droplab.masks import SAMPLERS, stream_elements
+from droplab.rng import draw_seed
 from droplab.scaling import SCALES, compute_dtype, eval_scale
 
 __all__ = ["Dropout", "dropout"]

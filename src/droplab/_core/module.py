@@ -38,7 +38,6 @@ from typing import Any
 
 from torch import nn
 
-from droplab._core.stream import draw_seed
 from droplab._validation import (
     OFFSET_LIMIT,
     check_int,
@@ -46,6 +45,7 @@ from droplab._validation import (
     check_seed,
     fail,
 )
+from droplab.rng import draw_seed
 from droplab.scaling import eval_scale
 
 __all__ = ["StochasticModule"]

@@ -1,8 +1,7 @@
 """The (seed, offset) contract as torch tensors, shared by dropout and every variant.
 
-- **seed=None.** :func:`draw_seed` is how ``seed=None`` is resolved everywhere
-  in droplab: a fresh 63-bit seed from torch's default CPU generator, so
-  ``torch.manual_seed`` reproduces a run as with ``torch.nn.Dropout``.
+The rules (seed ranges, ``seed=None``, derived seeds) are in :mod:`droplab.rng`;
+this file turns a stream into tensors on the tensor's own device.
 
 Every variant draws its randomness from the Philox stream of :mod:`droplab.rng`:
 masks through :mod:`droplab.masks`, continuous noise through the words of
@@ -32,45 +31,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from droplab._validation import check_offset, check_seed
+from droplab import kernels
 from droplab.kernels.reference import mask_and_factor
+from droplab.masks import keep_threshold, mask_shape
 from droplab.rng import random_words
 from droplab.scaling import compute_dtype
 
 __all__ = [
     "compute_dtype",
-    "draw_seed",
     "keep_mask",
     "normal_noise",
-    "resolve_seed",
     "uniform_noise",
 ]
 
 _TWO_POW_M32 = 2.0**-32
-
-
-def draw_seed() -> int:
-    """A fresh 63-bit seed from torch's default CPU generator.
-
-    This is how ``seed=None`` is resolved everywhere in droplab, so that
-    ``torch.manual_seed`` reproduces a run exactly as with ``torch.nn.Dropout``.
-
-    >>> _ = torch.manual_seed(0); a = draw_seed()
-    >>> _ = torch.manual_seed(0); a == draw_seed()
-    True
-    """
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
-
-
-def resolve_seed(
-    seed: Any, offset: Any, owner: str, *, draw: bool = True
-) -> tuple[int, int]:
-    """Validate ``(seed, offset)``; ``seed=None`` takes a fresh seed from torch's
-    default generator (so ``torch.manual_seed`` replays a run) when ``draw`` is
-    True, and 0 otherwise (no draw at evaluation, as ``torch.nn.Dropout``)."""
-    if seed is None:
-        return (draw_seed() if draw else 0), check_offset(offset, owner=owner)
-    return check_seed(seed, owner=owner), check_offset(offset, owner=owner)
 
 
 def uniform_words(seed: int, offset: int, n: int) -> npt.NDArray[np.float64]:
@@ -78,11 +52,24 @@ def uniform_words(seed: int, offset: int, n: int) -> npt.NDArray[np.float64]:
     return (random_words(seed, offset, n).astype(np.float64) + 0.5) * _TWO_POW_M32
 
 
+def _on_device(device: Any) -> bool:
+    """Whether words for ``device`` are drawn there (not in NumPy, then copied)."""
+    return kernels.words_on_device(torch.device(device))
+
+
+def _device_uniforms(seed: int, offset: int, n: int, device: Any) -> torch.Tensor:
+    """:func:`uniform_words` computed on ``device``, float64 (exact: the same bits)."""
+    words = kernels.stream_words(n, seed=seed, offset=offset, device=device)
+    return (words.to(torch.float64) + 0.5) * _TWO_POW_M32
+
+
 def uniform_noise(
     shape: tuple[int, ...], *, seed: int, offset: int, dtype: torch.dtype, device: Any
 ) -> torch.Tensor:
     """Uniforms in (0, 1) of ``shape``; uses ``prod(shape)`` stream elements."""
     n = math.prod(shape)
+    if _on_device(device):
+        return _device_uniforms(seed, offset, n, device).reshape(shape).to(dtype)
     u = uniform_words(seed, offset, n).reshape(shape)
     return torch.from_numpy(u).to(device=device, dtype=dtype)
 
@@ -98,6 +85,10 @@ def normal_noise(
     (torch.Size([3]), True)
     """
     n = math.prod(shape)
+    if _on_device(device):
+        ud = _device_uniforms(seed, offset, 2 * n, device).reshape(n, 2)
+        zd = torch.sqrt(-2.0 * torch.log(ud[:, 0])) * torch.cos(2.0 * np.pi * ud[:, 1])
+        return zd.reshape(shape).to(dtype)
     u = uniform_words(seed, offset, 2 * n).reshape(n, 2)
     z = np.sqrt(-2.0 * np.log(u[:, 0])) * np.cos(2.0 * np.pi * u[:, 1])
     return torch.from_numpy(z.reshape(shape)).to(device=device, dtype=dtype)
@@ -113,7 +104,17 @@ def keep_mask(
     sampler: str = "bernoulli",
     device: Any = "cpu",
 ) -> torch.Tensor:
-    """The bool keep mask of :mod:`droplab.masks` as a tensor (the mask's own shape)."""
+    """The bool keep mask of :mod:`droplab.masks` as a tensor (the mask's own shape).
+
+    A Bernoulli mask on a GPU compares words drawn there; everything else is
+    drawn by the reference path and moved (the same bits either way).
+    """
+    if sampler == "bernoulli" and 0.0 < p < 1.0 and _on_device(device):
+        own = mask_shape(shape, shared_dims)
+        words = kernels.stream_words(
+            math.prod(own), seed=seed, offset=offset, device=device
+        )
+        return (words < keep_threshold(p)).reshape(own)
     keep, _ = mask_and_factor(
         shape,
         p=p,

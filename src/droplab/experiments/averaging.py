@@ -25,12 +25,12 @@ from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import (
     build_mlp,
-    derive_seed,
     load_classification,
     predict,
     train_classifier,
 )
 from droplab.nn import mc_dropout
+from droplab.rng import derive_seed
 
 NAME = "averaging"
 QUESTION = (

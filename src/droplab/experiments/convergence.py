@@ -32,7 +32,8 @@ from droplab.lab.curves import (
 )
 from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci
-from droplab.lab.training import build_mlp, derive_seed
+from droplab.lab.training import build_mlp
+from droplab.rng import derive_seed
 
 NAME = "convergence"
 QUESTION = (

@@ -22,7 +22,8 @@ from droplab.lab.compare import detectable, holm, paired_difference, verdict
 from droplab.lab.curves import load_cached, serial_kernels, train_with_curves
 from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci
-from droplab.lab.training import build_mlp, derive_seed
+from droplab.lab.training import build_mlp
+from droplab.rng import derive_seed
 
 NAME = "data-size"
 QUESTION = (

@@ -26,11 +26,11 @@ from droplab.lab.parallel import one_thread
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import (
     build_mlp,
-    derive_seed,
     load_classification,
     train_classifier,
 )
 from droplab.masks import bernoulli_mask
+from droplab.rng import derive_seed
 
 NAME = "expectation"
 QUESTION = (

@@ -31,8 +31,8 @@ from droplab.lab.compare import paired_difference, verdict
 from droplab.lab.curves import load_cached, serial_kernels, train_regressor
 from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci
-from droplab.lab.training import derive_seed
 from droplab.nn import Dropout
+from droplab.rng import derive_seed
 
 NAME = "features"
 QUESTION = (

@@ -20,9 +20,9 @@ import torch
 from scipy import stats
 
 from droplab.lab.stats import chisquare_pooled, mean_ci, proportion_ci
-from droplab.lab.training import derive_seed
 from droplab.masks import bernoulli_mask
 from droplab.nn import Dropout
+from droplab.rng import derive_seed
 
 NAME = "masks"
 QUESTION = (

@@ -30,7 +30,8 @@ from droplab.lab.compare import paired_difference, verdict
 from droplab.lab.curves import load_cached, serial_kernels, train_regressor
 from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci, proportion_ci
-from droplab.lab.training import build_mlp, derive_seed, train_classifier
+from droplab.lab.training import build_mlp, train_classifier
+from droplab.rng import derive_seed
 from droplab.uncertainty import mc_predict
 
 NAME = "uncertainty"

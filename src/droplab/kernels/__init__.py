@@ -26,12 +26,15 @@ import functools
 import importlib.util
 import os
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 
 from droplab.kernels import cpp
 from droplab.kernels.reference import reference_masked_scale
 from droplab.masks import keep_threshold
+from droplab.rng import random_words
 from droplab.scaling import train_scale
 
 __all__ = [
@@ -41,7 +44,9 @@ __all__ = [
     "run_fused",
     "select",
     "select_fused",
+    "stream_words",
     "triton_available",
+    "words_on_device",
 ]
 
 BACKENDS = ("reference", "numba", "triton")
@@ -175,3 +180,29 @@ def run_fused(
 ) -> torch.Tensor:
     """The C++ op on ``x``, for a call :func:`select_fused` said it covers."""
     return cpp.dropout(x, seed, offset, *fused)
+
+
+def words_on_device(device: torch.device) -> bool:
+    """Whether :func:`stream_words` draws on ``device`` itself: a CUDA device with
+    Triton (unless ``DROPLAB_BACKEND=reference``). The CPU draws in NumPy."""
+    return (
+        device.type == "cuda"
+        and triton_available()
+        and os.environ.get("DROPLAB_BACKEND", "").strip() != "reference"
+    )
+
+
+def stream_words(n: int, *, seed: int, offset: int, device: Any) -> torch.Tensor:
+    """The ``n`` words of the stream from ``offset``, as int64 on ``device``.
+
+    The word source by device: drawn on a CUDA device by the Triton kernel
+    (:func:`droplab.kernels.gpu.stream_words`), else by
+    :func:`droplab.rng.random_words` in NumPy and moved; the same words either way.
+    """
+    device = torch.device(device)
+    if words_on_device(device):
+        from droplab.kernels import gpu
+
+        return gpu.stream_words(n, seed=seed, offset=offset, device=device)
+    words = random_words(seed, offset, n).astype(np.int64)
+    return torch.from_numpy(words).to(device)

@@ -20,27 +20,15 @@ from torch import nn
 
 from droplab.data import Dataset, load
 from droplab.nn import Dropout
+from droplab.rng import derive_seed
 
 __all__ = [
     "accuracy",
     "build_mlp",
-    "derive_seed",
     "load_classification",
     "predict",
     "train_classifier",
 ]
-
-
-def derive_seed(root: int, *keys: int) -> int:
-    """An independent 63-bit seed for task ``keys`` of run ``root`` (NumPy SeedSequence).
-
-    >>> derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(0, 2)
-    True
-    """
-    state = np.random.SeedSequence(root, spawn_key=tuple(keys)).generate_state(
-        2, np.uint32
-    )
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def load_classification(name: str, *, seed: int, experiment: str) -> Dataset:

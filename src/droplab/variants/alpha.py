@@ -29,7 +29,7 @@ import torch
 
 from droplab._core.module import StochasticModule
 from droplab._core.op import keep_scale
-from droplab._core.stream import compute_dtype, keep_mask, resolve_seed
+from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
@@ -37,6 +37,7 @@ from droplab._validation import (
     check_shared_dims,
 )
 from droplab.masks import stream_elements
+from droplab.rng import resolve_seed
 
 __all__ = [
     "SELU_SATURATION",

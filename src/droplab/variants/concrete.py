@@ -38,13 +38,14 @@ import torch
 from torch import nn
 
 from droplab._core.module import StochasticModule
-from droplab._core.stream import compute_dtype, resolve_seed, uniform_noise
+from droplab._core.stream import compute_dtype, uniform_noise
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
     check_probability,
     fail,
 )
+from droplab.rng import resolve_seed
 
 __all__ = ["ConcreteDropout", "concrete_dropout"]
 

@@ -31,15 +31,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from droplab import masks
 from droplab._core.module import StochasticModule
-from droplab._core.stream import compute_dtype, resolve_seed
+from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
     check_int,
     check_probability,
 )
+from droplab.rng import resolve_seed
 
 __all__ = ["DropBlock2d", "drop_block2d", "drop_block_gamma"]
 
@@ -68,9 +68,9 @@ def _keep_and_scale(
     bh, bw = min(block_size, h), min(block_size, w)
     gamma = drop_block_gamma(p, block_size, h, w)
     seed_shape = (n, 1 if shared_channels else c, h, w)
-    seeds = torch.from_numpy(
-        masks.bernoulli_mask(seed_shape, 1.0 - gamma, seed=seed, offset=offset)
-    ).to(device=device, dtype=torch.float32)
+    # the block seeds: a Bernoulli mask (drawn on the device where it can be)
+    seeds = keep_mask(seed_shape, 1.0 - gamma, seed=seed, offset=offset, device=device)
+    seeds = seeds.to(torch.float32)
     seeds[:, :, h - bh + 1 :, :] = 0.0  # a block must fit inside the map
     seeds[:, :, :, w - bw + 1 :] = 0.0
     # block [i, i + bh) x [j, j + bw) of seed (i, j): a max over the window

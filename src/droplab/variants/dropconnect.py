@@ -39,7 +39,7 @@ import torch
 
 from droplab._core.dropout import dropout
 from droplab._core.module import StochasticModule
-from droplab._core.stream import draw_seed, normal_noise
+from droplab._core.stream import normal_noise
 from droplab._validation import (
     check_bool,
     check_choice,
@@ -49,6 +49,7 @@ from droplab._validation import (
     fail,
 )
 from droplab.masks import SAMPLERS
+from droplab.rng import draw_seed
 from droplab.scaling import SCALES, eval_scale, train_scale
 
 __all__ = ["INFERENCE", "DropConnectLinear", "drop_connect_linear"]
@@ -149,7 +150,6 @@ def drop_connect_linear(
         w_eval = weight * eval_scale(p, scale) if scale == "classic" else weight
         return torch.nn.functional.linear(x, w_eval, bias)
     if seed is None:
-
         seed = draw_seed()
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])

@@ -26,13 +26,14 @@ from typing import Any
 import torch
 
 from droplab._core.module import StochasticModule
-from droplab._core.stream import compute_dtype, normal_noise, resolve_seed
+from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
     check_probability,
     fail,
 )
+from droplab.rng import resolve_seed
 
 __all__ = ["GaussianDropout", "gaussian_dropout", "gaussian_noise_std"]
 

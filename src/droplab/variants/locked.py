@@ -119,9 +119,7 @@ class LockedDropout(StochasticModule):
         super().__init__(seed=seed)
         owner = type(self).__name__
         self.p = check_probability(p, owner=owner)
-        self.batch_first = check_bool(
-            batch_first, "batch_first", owner=owner
-        )
+        self.batch_first = check_bool(batch_first, "batch_first", owner=owner)
         self.scale = check_choice(scale, "scale", SCALES, owner=owner)
         self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
 

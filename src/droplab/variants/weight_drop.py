@@ -96,9 +96,7 @@ class WeightDropLSTM(StochasticModule):
         self.input_size = check_int(input_size, "input_size", low=1, owner=owner)
         self.hidden_size = check_int(hidden_size, "hidden_size", low=1, owner=owner)
         self.num_layers = check_int(num_layers, "num_layers", low=1, owner=owner)
-        self.batch_first = check_bool(
-            batch_first, "batch_first", owner=owner
-        )
+        self.batch_first = check_bool(batch_first, "batch_first", owner=owner)
         self.weight_p = check_probability(weight_p, "weight_p", owner=owner)
         self.input_p = check_probability(input_p, "input_p", owner=owner)
         self.hidden_p = check_probability(hidden_p, "hidden_p", owner=owner)
