@@ -26,7 +26,7 @@ import torch
 from droplab import kernels
 from droplab.nn import Dropout, mc_dropout
 from droplab.rng import stream_seed
-from droplab.uncertainty import DEFAULT_MAX_ROWS, mc_predict
+from droplab.uncertainty.mc import DEFAULT_MAX_ROWS, mc_predict
 
 
 def network(features: int, hidden: int, p: float) -> torch.nn.Sequential:

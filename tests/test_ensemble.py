@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 import droplab.nn as dnn
-from droplab.ensemble import (
+from droplab.masks import SAMPLERS, fixed_keep_count
+from droplab.scaling import SCALES
+from droplab.uncertainty.ensemble import (
     averaging_errors,
     exact_average,
     mask_probabilities,
@@ -20,8 +22,6 @@ from droplab.ensemble import (
     tv_distance,
     weight_scaling,
 )
-from droplab.masks import SAMPLERS, fixed_keep_count
-from droplab.scaling import SCALES
 
 
 def _net(n: int, dropout: nn.Module, *, deep_tail: bool = True, seed: int = 0):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from droplab import uci
 from droplab.cli import main
-from droplab.uci_folder import UCIFormatError, load_uci_folder
-from droplab.uci_summary import format_summary, read_published, summarize
+from droplab.uncertainty.uci import protocol as uci
+from droplab.uncertainty.uci.folder import UCIFormatError, load_uci_folder
+from droplab.uncertainty.uci.summary import format_summary, read_published, summarize
 
 
 def write_folder(

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from droplab import uci_train
-from droplab.uci_train import Job, slot, train_stacked
+from droplab.uncertainty.uci import stacked as uci_train
+from droplab.uncertainty.uci.stacked import Job, slot, train_stacked
 
 
 def make_job(p: float, tau: float, seed: int, where: int, rows: int = 40) -> Job:

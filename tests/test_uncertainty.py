@@ -10,10 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from droplab import metrics
 from droplab.nn import Dropout
 from droplab.rng import stream_seed
-from droplab.uncertainty import mc_predict
+from droplab.uncertainty import mc_predict, metrics
 
 
 def regression_net(seed: int | None = 11) -> torch.nn.Sequential:

@@ -14,7 +14,7 @@ from droplab.masks import fixed_count_mask as fixed_count_mask
 from droplab.masks import keep_threshold as keep_threshold
 from droplab.rng import philox4x32 as philox4x32
 from droplab.rng import random_words as random_words
-from droplab.uncertainty import mc_predict as mc_predict
+from droplab.uncertainty.mc import mc_predict as mc_predict
 
 __version__ = "0.1.0"
 

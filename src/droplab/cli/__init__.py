@@ -28,7 +28,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     ("run", "droplab.cli.lab", "run one experiment and save its result"),
     ("list", "droplab.cli.lab", "list the experiments and whether results are saved"),
-    ("uci", "droplab.uci", "MC-dropout on a UCI regression folder (Gal & Ghahramani)"),
+    (
+        "uci",
+        "droplab.cli.uci",
+        "MC-dropout on a UCI regression folder (Gal & Ghahramani)",
+    ),
     ("bench", "droplab.cli.bench", "time droplab's dropout against PyTorch's"),
     ("sweep", "droplab.sweep", "tune dropout rates with Optuna"),
     (

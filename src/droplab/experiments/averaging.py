@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab.ensemble import exact_average, mc_logits, tv_distance, weight_scaling
 from droplab.lab.parallel import one_thread, parallel_map
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
@@ -31,6 +30,12 @@ from droplab.lab.training import (
 )
 from droplab.nn import mc_dropout
 from droplab.rng import derive_seed
+from droplab.uncertainty.ensemble import (
+    exact_average,
+    mc_logits,
+    tv_distance,
+    weight_scaling,
+)
 
 NAME = "averaging"
 QUESTION = (
@@ -41,7 +46,7 @@ QUESTION = (
 METHOD = (
     "Small network: one hidden layer of n <= 16 units followed by droplab dropout, trained "
     "on built-in data; on the test set we compute the exact ensemble average of the softmax "
-    "outputs over all 2^n masks weighted by their probability (droplab.ensemble), and measure "
+    "outputs over all 2^n masks weighted by their probability (droplab.uncertainty.ensemble), and measure "
     "the total-variation distance to it of weight scaling, of the NWGM softmax(E[z]) and of "
     "MC-k (mean of k sampled subnetworks' softmax outputs), repeating MC with independent "
     "seeds for 95 % intervals. Full-size network: two wide hidden layers with dropout, trained "

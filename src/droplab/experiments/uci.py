@@ -1,6 +1,6 @@
 """Does MC dropout reproduce the UCI regression table of Gal & Ghahramani (2016)?
 
-The paper's protocol (:mod:`droplab.uci`) on one data set of the shared UCI
+The paper's protocol (:mod:`droplab.uncertainty.uci`) on one data set of the shared UCI
 folder, on a few of its published splits, next to the published per-split
 numbers: RMSE of the MC mean, RMSE of the deterministic pass (weight scaling)
 and test log-likelihood. The folder is not part of droplab: it is looked up in
@@ -22,9 +22,14 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from droplab.lab.parallel import parallel_map
-from droplab.uci import ProtocolSettings, chunk_splits, default_data_dir, run_splits
-from droplab.uci_folder import UCIFormatError, load_uci_folder
-from droplab.uci_summary import METRICS, read_published, summarize
+from droplab.uncertainty.uci.folder import UCIFormatError, load_uci_folder
+from droplab.uncertainty.uci.protocol import (
+    ProtocolSettings,
+    chunk_splits,
+    default_data_dir,
+    run_splits,
+)
+from droplab.uncertainty.uci.summary import METRICS, read_published, summarize
 
 NAME = "uci"
 QUESTION = (
@@ -71,7 +76,7 @@ def _data_dir(config: Config) -> Path | None:
 
 
 def _some_splits(task: tuple[str, list[int], ProtocolSettings]) -> list[dict[str, Any]]:
-    """Several splits trained together (droplab.uci.run_splits)."""
+    """Several splits trained together (droplab.uncertainty.uci.run_splits)."""
     path, splits, settings = task
     return run_splits(load_uci_folder(path), splits, settings)
 
@@ -95,7 +100,7 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
             "no UCI data folder found" if data is None else f"{folder_path} is missing"
         )
         return {"skipped": f"{where}: set DROPLAB_UCI_DATA or Config.data_dir to the "
-                "folder of the UCI data sets (layout: droplab.uci_folder)"}  # fmt: skip
+                "folder of the UCI data sets (layout: droplab.uncertainty.uci.folder)"}  # fmt: skip
     try:
         folder = load_uci_folder(folder_path)
         bad = [s for s in config.splits if not 0 <= s < folder.n_splits]

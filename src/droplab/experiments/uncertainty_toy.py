@@ -32,7 +32,7 @@ from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import build_mlp, train_classifier
 from droplab.rng import derive_seed
-from droplab.uncertainty import mc_predict
+from droplab.uncertainty.mc import mc_predict
 
 NAME = "uncertainty"
 QUESTION = (

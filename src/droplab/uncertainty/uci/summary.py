@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from droplab.uci_folder import UCIFormatError
+from droplab.uncertainty.uci.folder import UCIFormatError
 
 __all__ = ["METRICS", "format_summary", "read_published", "summarize"]
 

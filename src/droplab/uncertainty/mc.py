@@ -29,7 +29,7 @@ refused (replace them with :class:`droplab.nn.Dropout`).
 The statistics are accumulated pass by pass in pass order, in float64, so they
 do not depend on the chunking either. The metrics of the classification and
 regression literature (Gaussian test log-likelihood, RMSE, NLL, expected
-calibration error, Brier score) are in :mod:`droplab.metrics`.
+calibration error, Brier score) are in :mod:`droplab.uncertainty.metrics`.
 """
 
 from __future__ import annotations

