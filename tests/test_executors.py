@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from droplab import executors
 from droplab.cli import main
-from droplab.executors import (
+from droplab.execution import (
     LocalExecutor,
     RayExecutor,
     TaskCheckpoint,
     checkpointed_map,
+    executors,
     make_executor,
+    parallel_map,
     use_executor,
 )
-from droplab.lab.parallel import parallel_map
 
 
 def without_timings(value):

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from droplab import cli
+from droplab.execution import parallel_map
 from droplab.lab import registry, results, runner
-from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import chisquare_pooled, mean_ci, proportion_ci
 
 # A fake experiment, written as a module file so that it can also run in a subprocess.

@@ -16,8 +16,8 @@ SCRIPT = """
 import os, sys, time
 from pathlib import Path
 
-from droplab._workers import stop_children_on_sigterm
-from droplab.lab.parallel import parallel_map
+from droplab.execution.workers import stop_children_on_sigterm
+from droplab.execution import parallel_map
 
 OUT = Path(sys.argv[1])
 

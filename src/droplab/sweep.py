@@ -30,17 +30,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from droplab._validation import check_int, check_probability, check_seed, fail
+from droplab.execution import write_json
 
 __all__ = [
     "SweepConfig",
@@ -231,7 +229,7 @@ def train_trial(
 
 
 def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
-    from droplab.lab.parallel import one_thread
+    from droplab.execution import one_thread
     from droplab.rng import derive_seed
 
     optuna = _optuna()
@@ -344,13 +342,7 @@ def summarize(study: Any, *, top: int = 3) -> dict[str, Any]:
 
 def write_summary(summary: dict[str, Any], path: str | Path) -> Path:
     """Write the summary as JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(summary, stream, indent=1, allow_nan=False)
-    os.replace(temporary, path)
-    return path
+    return write_json(path, summary, indent=1, allow_nan=False)
 
 
 def figure(summary: dict[str, Any]) -> Any:

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from droplab import __version__
-from droplab._workers import Terminated, stop_children_on_sigterm
+from droplab.execution.workers import Terminated, stop_children_on_sigterm
 
 # (command, module, one-line help). A command whose module is not part of this
 # installation is left out of the parser rather than failing at start-up.

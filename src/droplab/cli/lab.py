@@ -8,13 +8,11 @@ saved results in ``OUT/results/``.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from droplab.executors import EXECUTOR_HELP, make_executor, use_executor
+from droplab.execution import EXECUTOR_HELP, make_executor, use_executor, write_text
 from droplab.lab.registry import PRESETS, config_for, experiment_names, get_experiment
 from droplab.lab.results import ResultError, config_hash, load_result, result_path
 from droplab.lab.runner import run_experiments
@@ -53,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
             metavar="N",
             help="processes for independent training runs",
         )
-        parser.add_argument(  # droplab.executors (issue 8)
+        parser.add_argument(
             "--executor", default="local", metavar="SPEC", help=EXECUTOR_HELP
         )
     if name == "report":
@@ -88,13 +86,7 @@ def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str
         except ResultError as error:
             missing[name] = str(error)
     html = render_report(records, missing=missing)
-    out.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=out)
-    with os.fdopen(handle, "w", encoding="utf-8") as page:
-        page.write(html)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / "index.html")
-    return out / "index.html", missing
+    return write_text(out / "index.html", html), missing
 
 
 def _selected(only: str | None) -> list[str]:
@@ -121,8 +113,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"droplab: unknown experiment {args.experiment!r}; known: {', '.join(experiment_names())}"
         )
-    # --- droplab.executors (issue 8): tasks run on --executor; each finished task
-    # is kept in results/.tasks until its experiment's result is saved.
+    # Tasks run on --executor; each finished task is kept in results/.tasks
+    # until its experiment's result is saved.
     try:
         executor = make_executor(args.executor, jobs=args.jobs)
     except ValueError as error:
@@ -137,7 +129,6 @@ def run_cli(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if all(o.status != "failed" for o in outcomes):
         shutil.rmtree(tasks, ignore_errors=True)
-    # --- end of droplab.executors
     failed = [o for o in outcomes if o.status == "failed"]
     if args.command == "run":
         for outcome in outcomes:

@@ -8,16 +8,16 @@ import sys
 from pathlib import Path
 
 from droplab._validation import check_int, check_seed, fail
-from droplab.executors import EXECUTOR_HELP, make_executor
+from droplab.execution import EXECUTOR_HELP, make_executor
 from droplab.uncertainty.uci.folder import UCIFormatError, load_uci_folder
 from droplab.uncertainty.uci.protocol import (
     DATA_ENV,
     ProtocolSettings,
     ResumeError,
-    _write_json_atomically,
     default_data_dir,
     parse_splits,
     run_protocol,
+    write_split_json,
 )
 from droplab.uncertainty.uci.summary import format_summary, read_published, summarize
 
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
     parser.add_argument("--jobs", type=int, default=1, help="splits run in parallel")
-    parser.add_argument(  # droplab.executors (issue 8)
+    parser.add_argument(
         "--executor", default="local", metavar="SPEC", help=EXECUTOR_HELP
     )
     parser.add_argument(
@@ -101,7 +101,7 @@ def run_cli(args: argparse.Namespace) -> int:
             seed=check_seed(args.seed, owner="droplab uci"),
         )
         jobs = check_int(args.jobs, "jobs", low=1, owner="droplab uci")
-        executor = None  # droplab.executors (issue 8): local keeps the pool above
+        executor = None  # local: run_protocol uses its process pool
         if args.executor != "local":
             executor = make_executor(args.executor)
         published = read_published(Path(data), folder.name)
@@ -120,6 +120,6 @@ def run_cli(args: argparse.Namespace) -> int:
         if executor is not None:
             executor.close()
     summary = summarize(results, published)
-    _write_json_atomically(Path(args.out) / folder.name / "summary.json", summary)
+    write_split_json(Path(args.out) / folder.name / "summary.json", summary)
     print(format_summary(summary))
     return 0

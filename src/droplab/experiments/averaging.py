@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab.lab.parallel import one_thread, parallel_map
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import (

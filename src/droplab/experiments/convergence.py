@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import paired_difference
 from droplab.lab.curves import (
     load_cached,
-    serial_kernels,
     train_with_curves,
     warm_up_kernels,
 )
-from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
@@ -81,7 +80,7 @@ RULES = ("dropout", "none")
 
 def _task(task: tuple[Config, int, str]) -> dict[str, Any]:
     config, index, rule = task
-    with serial_kernels():
+    with one_thread():
         warm_up_kernels()
         data = load_cached(config.data, config.seed, NAME)
         model = build_mlp(

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import detectable, holm, paired_difference, verdict
-from droplab.lab.curves import load_cached, serial_kernels, train_with_curves
-from droplab.lab.parallel import parallel_map
+from droplab.lab.curves import load_cached, train_with_curves
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
@@ -72,7 +72,7 @@ RULES = ("dropout", "none")
 
 def _task(task: tuple[Config, int, int, str]) -> dict[str, Any]:
     config, size, index, rule = task
-    with serial_kernels():
+    with one_thread():
         data = load_cached(config.data, config.seed, NAME)
         order = np.random.default_rng(derive_seed(config.seed, 5, index)).permutation(
             len(data.x_train)

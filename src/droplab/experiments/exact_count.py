@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import detectable, holm, paired_difference, verdict
-from droplab.lab.curves import load_cached, serial_kernels, train_with_curves
-from droplab.lab.parallel import parallel_map
+from droplab.lab.curves import load_cached, train_with_curves
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
@@ -86,7 +86,7 @@ class Config:
 
 def _task(task: tuple[Config, str, int, int]) -> dict[str, Any]:
     """Train the three rules for one (data set, width, seed); paired by construction."""
-    with serial_kernels():
+    with one_thread():
         return _train_rules(*task)
 
 

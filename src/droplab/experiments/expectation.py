@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from droplab.execution import one_thread
 from droplab.functional import dropout
-from droplab.lab.parallel import one_thread
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import (
     build_mlp,

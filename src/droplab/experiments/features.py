@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import paired_difference, verdict
-from droplab.lab.curves import load_cached, serial_kernels, train_regressor
-from droplab.lab.parallel import parallel_map
+from droplab.lab.curves import load_cached, train_regressor
 from droplab.lab.stats import mean_ci
 from droplab.nn import Dropout
 from droplab.rng import derive_seed
@@ -92,7 +92,7 @@ def autoencoder(n_in: int, units: int, p: float, seed: int) -> nn.Sequential:
 
 def _task(task: tuple[Config, int, str]) -> dict[str, Any]:
     config, index, rule = task
-    with serial_kernels():
+    with one_thread():
         data = load_cached(config.data, config.seed, NAME)
         model = autoencoder(
             data.n_features, config.units, config.p if rule == "dropout" else 0.0,

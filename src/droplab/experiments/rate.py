@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import detectable, holm, paired_difference, verdict
-from droplab.lab.curves import load_cached, serial_kernels, train_with_curves
-from droplab.lab.parallel import parallel_map
+from droplab.lab.curves import load_cached, train_with_curves
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
@@ -96,7 +96,7 @@ def widths_for(config: Config, scheme: str) -> list[int]:
 def _task(task: tuple[Config, int, float, int]) -> dict[str, Any]:
     """Train one (width, p, seed); the same (width, p) is shared by both settings."""
     config, width, p, index = task
-    with serial_kernels():
+    with one_thread():
         data = load_cached(config.data, config.seed, NAME)
         model = build_mlp(
             data.n_features, [width] * config.layers, data.n_classes, p=p,

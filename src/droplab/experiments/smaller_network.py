@@ -19,14 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import detectable, holm, paired_difference, verdict
 from droplab.lab.curves import (
     load_cached,
-    serial_kernels,
     train_with_curves,
     warm_up_kernels,
 )
-from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
@@ -87,7 +86,7 @@ def plain_widths(config: Config) -> list[int]:
 
 def _task(task: tuple[Config, int, float, int]) -> dict[str, Any]:
     config, width, p, index = task
-    with serial_kernels():
+    with one_thread():
         warm_up_kernels()
         data = load_cached(config.data, config.seed, NAME)
         model = build_mlp(

@@ -21,7 +21,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from droplab.lab.parallel import parallel_map
+from droplab.execution import parallel_map
 from droplab.uncertainty.uci.folder import UCIFormatError, load_uci_folder
 from droplab.uncertainty.uci.protocol import (
     ProtocolSettings,

@@ -26,9 +26,9 @@ import torch
 from scipy import stats
 
 from droplab.data import make_gap_regression
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import paired_difference, verdict
-from droplab.lab.curves import load_cached, serial_kernels, train_regressor
-from droplab.lab.parallel import parallel_map
+from droplab.lab.curves import load_cached, train_regressor
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import build_mlp, train_classifier
 from droplab.rng import derive_seed
@@ -170,7 +170,7 @@ def _classifier(config: Config, index: int) -> dict[str, Any]:
 
 def _task(task: tuple[Config, int]) -> dict[str, Any]:
     config, index = task
-    with serial_kernels():
+    with one_thread():
         return {"toy": _toy(config, index), "classifier": _classifier(config, index)}
 
 

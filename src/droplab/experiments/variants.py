@@ -22,14 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import detectable, holm, paired_difference, verdict
 from droplab.lab.curves import (
     load_cached,
-    serial_kernels,
     train_with_curves,
     warm_up_kernels,
 )
-from droplab.lab.parallel import parallel_map
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.nn import (
@@ -138,7 +137,7 @@ def build(
 
 def _task(task: tuple[Config, int, str]) -> dict[str, Any]:
     config, index, variant = task
-    with serial_kernels():
+    with one_thread():
         warm_up_kernels()
         data = load_cached(config.data, config.seed, NAME)
         model = build(variant, data.n_features, data.n_classes, config,

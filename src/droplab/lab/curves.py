@@ -27,24 +27,15 @@ from torch import nn
 
 from droplab._validation import check_int
 from droplab.data import Dataset
-from droplab.lab.parallel import one_thread
 from droplab.lab.training import load_classification, predict
 
 __all__ = [
     "cross_entropy",
     "load_cached",
-    "serial_kernels",
     "train_regressor",
     "train_with_curves",
     "warm_up_kernels",
 ]
-
-
-# Training tasks run one per core (``parallel_map``); inside a task droplab's
-# CPU kernels follow torch's thread count, so one torch thread keeps them on
-# the task's thread. See droplab._workers.one_thread for why Numba's own
-# thread count is not touched.
-serial_kernels = one_thread
 
 
 def cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:

@@ -4,7 +4,7 @@ Every function is deterministic given its seeds and leaves torch's and NumPy's
 global random state untouched (initialisation runs under
 ``torch.random.fork_rng``; shuffling uses its own NumPy generator; dropout
 layers are :class:`droplab.nn.Dropout` with their own seeds). Run it under
-:func:`droplab.lab.parallel.one_thread` (``parallel_map`` does) for results that
+:func:`droplab.execution.one_thread` (``parallel_map`` does) for results that
 do not depend on the number of jobs.
 """
 

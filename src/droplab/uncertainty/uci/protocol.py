@@ -30,12 +30,9 @@ with the same settings skips the splits already done.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +41,7 @@ import numpy as np
 import torch
 
 from droplab._validation import check_int, fail
-from droplab._workers import one_thread, watch_parent
-from droplab.executors import Executor
+from droplab.execution import Executor, LocalExecutor, one_thread, write_json
 from droplab.rng import STREAM_TAGS, stream_seed
 from droplab.uncertainty.mc import mc_predict
 from droplab.uncertainty.metrics import gaussian_log_likelihood, rmse
@@ -233,7 +229,7 @@ def run_splits(
         for split, grid in _grid_stage(folder, missing, settings, checkpoint).items():
             grids[split] = grid
             if workdir is not None:
-                _write_json_atomically(
+                write_split_json(
                     workdir / f"grid_{split}.json",
                     {"split": split, "settings": asdict(settings), "grid": grid},
                 )
@@ -286,19 +282,9 @@ def run_split(
     return run_splits(folder, [split], settings)[0]
 
 
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def write_split_json(path: Path, payload: dict[str, Any]) -> None:
+    """A split's (or the summary's) JSON, written atomically."""
+    write_json(path, payload, indent=2)
 
 
 def _saved(path: Path, settings: ProtocolSettings) -> dict[str, Any] | None:
@@ -315,13 +301,14 @@ def _saved(path: Path, settings: ProtocolSettings) -> dict[str, Any] | None:
 
 
 def _chunk_job(
-    path: str, chunk: list[int], settings: ProtocolSettings, out: str
+    task: tuple[str, list[int], ProtocolSettings, str],
 ) -> list[dict[str, Any]]:
-    """Splits trained together in a pool process; each result saved there."""
+    """Splits trained together in one task of the local pool; each result saved there."""
+    path, chunk, settings, out = task
     with one_thread():  # one process per core: threads would fight
         results = run_splits(load_uci_folder(path), chunk, settings, workdir=Path(out))
     for result in results:
-        _write_json_atomically(Path(out) / f"split_{result['split']}.json", result)
+        write_split_json(Path(out) / f"split_{result['split']}.json", result)
     return results
 
 
@@ -341,7 +328,7 @@ def chunk_splits(todo: Sequence[int], jobs: int) -> list[list[int]]:
 
 
 def _split_task(task: tuple[UCIFolder, int, ProtocolSettings]) -> dict[str, Any]:
-    """One split as an executor task (droplab.executors, issue 8): data travel along."""
+    """One split as a task of a remote executor: its data travel along."""
     folder, split, settings = task
     with one_thread():
         return run_split(folder, split, settings)
@@ -363,9 +350,11 @@ def run_protocol(
     rerun; the others train together (:func:`run_splits`), cut into ``jobs``
     runs of consecutive splits on as many processes, with their grids and
     training checkpoints saved in ``out``/NAME/ as they go. Returns the results
-    of all requested splits, in split order. With an ``executor`` (e.g. Ray
-    tasks, see :mod:`droplab.executors`) each split is one task there instead,
-    saved as it arrives.
+    of all requested splits, in split order. The runs go to droplab's one
+    process pool (:class:`~droplab.execution.LocalExecutor`, this process when
+    ``jobs == 1``); with an ``executor`` (e.g. Ray tasks, see
+    :mod:`droplab.execution`) each split is one task there instead, saved as it
+    arrives.
     """
     jobs = check_int(jobs, "jobs", low=1, owner="run_protocol")
     target = Path(out) / folder.name
@@ -383,33 +372,20 @@ def run_protocol(
     )
     say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
     with one_thread():  # these networks are tiny: one thread per process is fastest
-        if executor is not None:  # droplab.executors (issue 8)
+        if executor is not None:
             tasks = [(folder, split, settings) for split in todo]
             for _, result in executor.imap_unordered(_split_task, tasks):
-                _write_json_atomically(target / f"split_{result['split']}.json", result)
+                write_split_json(target / f"split_{result['split']}.json", result)
                 results[result["split"]] = result
                 say(_progress(result))
-        elif jobs == 1 or len(todo) <= 1:
-            if todo:
-                for result in run_splits(folder, todo, settings, workdir=target):
-                    _write_json_atomically(
-                        target / f"split_{result['split']}.json", result
-                    )
-                    results[result["split"]] = result
-                    say(_progress(result))
-        else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                max_workers=jobs, mp_context=context, initializer=watch_parent
-            ) as pool:
-                futures = [
-                    pool.submit(
-                        _chunk_job, str(folder.path), chunk, settings, str(target)
-                    )
-                    for chunk in chunk_splits(todo, jobs)
-                ]
-                for future in as_completed(futures):
-                    for result in future.result():
+        elif todo:
+            chunks = [
+                (str(folder.path), chunk, settings, str(target))
+                for chunk in chunk_splits(todo, jobs)
+            ]
+            with LocalExecutor(jobs) as pool:
+                for _, done in pool.imap_unordered(_chunk_job, chunks):
+                    for result in done:
                         results[result["split"]] = result
                         say(_progress(result))
     return [results[s] for s in splits]

@@ -34,8 +34,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ import torch
 
 from droplab._core.dropout import Dropout
 from droplab._core.op import masked_scale
+from droplab.execution import write_atomically
 from droplab.rng import STREAM_TAGS, stream_seed
 
 __all__ = ["Job", "build_network", "slot", "train_stacked"]
@@ -181,16 +180,7 @@ def _fingerprint(jobs: Sequence[Job], config: dict[str, Any]) -> str:
 
 
 def _save_atomically(path: Path, state: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda stream: torch.save(state, stream))
 
 
 def train_stacked(

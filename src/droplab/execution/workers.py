@@ -1,4 +1,10 @@
-"""Set-up of droplab's worker processes (process pools of the lab and of ``uci``)."""
+"""Set-up of droplab's worker processes: the one set-up of the one pool, threads, signals.
+
+:class:`droplab.execution.LocalExecutor` starts its workers with
+:func:`init_worker`; :func:`one_thread` runs a task with one torch thread in
+any process; :func:`stop_children_on_sigterm` makes SIGTERM stop a command
+the way Ctrl-C does.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +92,7 @@ def watch_parent(interval: float = 0.5) -> None:
 
 
 def init_worker() -> None:
-    """Initializer of the lab's process pools: one torch thread, watch the parent."""
+    """Initializer of droplab's process pool: one torch thread, watch the parent."""
     import torch
 
     torch.set_num_threads(1)

@@ -19,38 +19,38 @@ already there: a lost worker or a stopped driver loses only the tasks in flight.
   prints it). Ray is the optional extra ``droplab[distributed]``; every node needs
   the same droplab installed (tasks are module-level functions, sent by name).
 
-Every task runs with one torch thread (as ``droplab.lab.parallel`` does), so the
-numbers are bit-identical between executors and job counts.
+Every task runs with one torch thread, so the numbers are bit-identical between
+executors and job counts: the float sums inside a matrix product can depend on
+the thread count. :class:`LocalExecutor` is droplab's one process pool (workers
+started with ``spawn``, set up by :func:`droplab.execution.workers.init_worker`);
+:func:`parallel_map` is the in-order map the lab's experiments call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
-import pickle
 import sys
-import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from droplab._validation import check_int, fail
-from droplab._workers import one_thread, watch_parent
+from droplab.execution.storage import TaskCheckpoint
+from droplab.execution.workers import init_worker, one_thread
 
 __all__ = [
     "EXECUTOR_HELP",
     "Executor",
     "LocalExecutor",
     "RayExecutor",
-    "TaskCheckpoint",
     "active",
     "checkpointed_map",
     "make_executor",
+    "parallel_map",
     "use_executor",
 ]
 
@@ -60,6 +60,8 @@ EXECUTOR_HELP = (
 )
 
 Task = Callable[[Any], Any]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _one_thread_call(fn: Task, item: Any) -> Any:
@@ -119,7 +121,7 @@ class LocalExecutor(Executor):
         with ProcessPoolExecutor(
             max_workers=min(self.jobs, len(items)),
             mp_context=context,
-            initializer=watch_parent,
+            initializer=init_worker,
         ) as pool:
             pending = {
                 pool.submit(_one_thread_call, fn, item): i
@@ -223,59 +225,6 @@ def make_executor(spec: str = "local", *, jobs: int = 1) -> Executor:
     raise fail("executor", spec, "local, ray or ray:ADDRESS")
 
 
-class TaskCheckpoint:
-    """One file per finished task in ``directory``, keyed by the task's identity.
-
-    The key is a hash of the function's module and name and of the pickled item
-    (which carries the task's config and seed). Results are pickled and written
-    atomically, so a file is either whole or absent; only read checkpoints you
-    wrote (pickle runs code when it loads).
-
-    Args:
-        directory: the folder (created on the first save).
-        log: told how many tasks a map found saved (None: say nothing).
-    """
-
-    def __init__(
-        self, directory: str | Path, log: Callable[[str], None] | None = None
-    ) -> None:
-        self.directory = Path(directory)
-        self.log = log
-
-    @staticmethod
-    def key(fn: Task, item: Any) -> str:
-        identity = f"{fn.__module__}.{fn.__qualname__}".encode()
-        return hashlib.sha256(
-            identity + b"\0" + pickle.dumps(item, protocol=4)
-        ).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"{key[:32]}.pkl"
-
-    def load(self, key: str) -> tuple[bool, Any]:
-        """``(True, result)`` if the task is saved, else ``(False, None)``."""
-        try:
-            with self.path(key).open("rb") as stream:
-                saved_key, result = pickle.load(stream)
-        except FileNotFoundError:
-            return False, None
-        return (True, result) if saved_key == key else (False, None)
-
-    def save(self, key: str, result: Any) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".task.")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                pickle.dump((key, result), stream, protocol=4)
-            os.replace(temporary, self.path(key))
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-
-    def __len__(self) -> int:
-        return len(list(self.directory.glob("*.pkl"))) if self.directory.is_dir() else 0
-
-
 def checkpointed_map(
     executor: Executor,
     fn: Task,
@@ -326,8 +275,8 @@ def checkpointed_map(
 
 
 # The executor chosen by a command line, for code that maps tasks without being
-# handed one (droplab.lab.parallel.parallel_map asks for it). A context
-# variable: a block in one thread does not leak into another.
+# handed one (parallel_map asks for it). A context variable: a block in one
+# thread does not leak into another.
 _ACTIVE: ContextVar[tuple[Executor, TaskCheckpoint | None] | None] = ContextVar(
     "droplab_executor", default=None
 )
@@ -360,3 +309,43 @@ def use_executor(
             yield executor
     finally:
         _ACTIVE.reset(token)
+
+
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    jobs: int = 1,
+    progress: Callable[[], None] | None = None,
+) -> list[R]:
+    """``[fn(item) for item in items]``, in order, with the same numbers for any ``jobs``.
+
+    Each task carries everything it needs (its own seed included), so its
+    result does not depend on which worker runs it or in which order. The tasks
+    run on the executor of the innermost :func:`use_executor` block (``droplab
+    report --executor``, with its task checkpoint), else on a
+    ``LocalExecutor(jobs)``: this process when ``jobs == 1``.
+
+    Args:
+        fn: a module-level function (it is pickled to the workers by name).
+        items: independent tasks (picklable), each with its own seed.
+        jobs: processes of the local pool; 1 runs in this process.
+        progress: called once per finished task (e.g. a progress bar's update).
+
+    Returns:
+        The results in the order of ``items``.
+
+    Examples:
+        >>> parallel_map(abs, [-1, 2, -3])
+        [1, 2, 3]
+    """
+    jobs = check_int(jobs, "jobs", low=1, owner="parallel_map")
+    tasks: Sequence[T] = list(items)
+    chosen = active()
+    if chosen is not None:
+        executor, checkpoint = chosen
+        return checkpointed_map(
+            executor, fn, tasks, checkpoint=checkpoint, progress=progress
+        )
+    with LocalExecutor(jobs) as local:
+        return checkpointed_map(local, fn, tasks, progress=progress)
