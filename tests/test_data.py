@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from droplab import data
+from droplab.lab import data
 
 
 def test_digits_split_sizes_and_standardisation() -> None:

@@ -145,7 +145,7 @@ def test_parallel_map_runs_on_the_active_executor(tmp_path):
 def test_report_cli_resumes_per_task_with_the_local_executor(
     tmp_path, monkeypatch, capsys
 ):
-    from droplab.experiments import exact_count
+    from droplab.lab.experiments import exact_count
 
     real = exact_count._task
     calls = []

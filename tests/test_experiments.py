@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from droplab.experiments import averaging, expectation, gradients, masks
+from droplab.lab.experiments import averaging, expectation, gradients, masks
 
 TINY = {
     masks: masks.Config(draws=400),

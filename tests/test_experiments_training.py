@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from droplab.experiments import (
+from droplab.lab import compare
+from droplab.lab.curves import cross_entropy, load_cached, train_with_curves
+from droplab.lab.experiments import (
     convergence,
     data_size,
     exact_count,
@@ -27,8 +29,6 @@ from droplab.experiments import (
     uncertainty_toy,
     variants,
 )
-from droplab.lab import compare
-from droplab.lab.curves import cross_entropy, load_cached, train_with_curves
 from droplab.lab.registry import config_for, experiment_names, get_experiment
 from droplab.lab.training import build_mlp
 

@@ -382,7 +382,7 @@ def test_parallel_map_keeps_order_and_rejects_bad_jobs() -> None:
 
 
 def test_parallel_training_is_the_same_for_any_number_of_jobs() -> None:
-    from droplab.experiments import averaging
+    from droplab.lab.experiments import averaging
 
     config = averaging.Config(
         large_hidden=(16,), large_epochs=1, large_ks=(1, 3), seeds=2

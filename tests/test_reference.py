@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from droplab.lab.reference import ReferenceMLP, Trace
 from droplab.masks import SAMPLERS, fixed_keep_count, make_mask
-from droplab.reference import ReferenceMLP, Trace
 from droplab.scaling import SCALES
 
 WIDTHS = [(3, 4, 2), (4, 3), (5, 7, 6, 3), (6, 8, 8, 8, 4)]

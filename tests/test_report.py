@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from droplab.cli.lab import write_report
-from droplab.experiments import gradients, masks
+from droplab.lab.experiments import gradients, masks
+from droplab.lab.report import render_report, write_report
+from droplab.lab.report.render import format_number
 from droplab.lab.results import load_result, result_path
 from droplab.lab.runner import run_experiment
-from droplab.report import render_report
-from droplab.report.render import format_number
 
 
 def _quiet(message: str) -> None:

@@ -14,10 +14,10 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from droplab import sweep  # noqa: E402
 from droplab.cli import main  # noqa: E402
-from droplab.data import load  # noqa: E402
-from droplab.sweep import SweepConfig, finished_trials, run_sweep, summarize  # noqa: E402
+from droplab.lab import sweep  # noqa: E402
+from droplab.lab.data import load  # noqa: E402
+from droplab.lab.sweep import SweepConfig, finished_trials, run_sweep, summarize  # noqa: E402
 
 CONFIG = SweepConfig(epochs=3, startup_trials=2, warmup_epochs=1, seed=3)
 N_TRIALS = 5

@@ -386,7 +386,7 @@ def test_summary_without_published_numbers() -> None:
 
 
 def test_experiment_runs_on_a_folder_and_renders(tmp_path: Path) -> None:
-    from droplab.experiments import uci as experiment
+    from droplab.lab.experiments import uci as experiment
     from droplab.lab.registry import experiment_names
 
     assert "uci" in experiment_names()
@@ -409,7 +409,7 @@ def test_experiment_runs_on_a_folder_and_renders(tmp_path: Path) -> None:
 
 
 def test_experiment_says_why_it_did_not_run(tmp_path: Path) -> None:
-    from droplab.experiments import uci as experiment
+    from droplab.lab.experiments import uci as experiment
 
     result = experiment.run(experiment.Config(data_dir=str(tmp_path)))
     assert "yacht is missing" in result["skipped"]

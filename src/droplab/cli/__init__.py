@@ -34,7 +34,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "MC-dropout on a UCI regression folder (Gal & Ghahramani)",
     ),
     ("bench", "droplab.cli.bench", "time droplab's dropout against PyTorch's"),
-    ("sweep", "droplab.sweep", "tune dropout rates with Optuna"),
+    ("sweep", "droplab.cli.sweep", "tune dropout rates with Optuna"),
     (
         "build-cpp",
         "droplab.cli.build_cpp",

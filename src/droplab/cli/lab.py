@@ -12,12 +12,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from droplab.execution import EXECUTOR_HELP, make_executor, use_executor, write_text
+from droplab.execution import EXECUTOR_HELP, make_executor, use_executor
 from droplab.lab.registry import PRESETS, config_for, experiment_names, get_experiment
+from droplab.lab.report import write_report
 from droplab.lab.results import ResultError, config_hash, load_result, result_path
 from droplab.lab.runner import run_experiments
 
-__all__ = ["add_arguments", "run_cli", "write_report"]
+__all__ = ["add_arguments", "run_cli"]
 
 DEFAULT_OUT = "droplab-report"
 
@@ -65,28 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--out", default=DEFAULT_OUT, metavar="DIR",
         help=f"report folder; results are saved in DIR/results (default {DEFAULT_OUT})",
     )  # fmt: skip
-
-
-def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str]]:
-    """Render ``out/index.html`` from the saved results of ``names`` (atomically).
-
-    Returns:
-        The page's path and the experiments left out, with the reason.
-    """
-    from droplab.report import render_report
-
-    out = Path(out)
-    records, missing = [], {}
-    for name in names:
-        path = result_path(out / "results", name)
-        try:
-            records.append(load_result(path, name))
-        except FileNotFoundError:
-            missing[name] = "not run yet"
-        except ResultError as error:
-            missing[name] = str(error)
-    html = render_report(records, missing=missing)
-    return write_text(out / "index.html", html), missing
 
 
 def _selected(only: str | None) -> list[str]:

@@ -28,10 +28,8 @@ choose; its accuracy is recorded for completed trials, to be read for the best.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +40,9 @@ from droplab.execution import write_json
 
 __all__ = [
     "SweepConfig",
-    "add_arguments",
     "figure",
     "finished_trials",
     "open_study",
-    "run_cli",
     "run_sweep",
     "summarize",
     "train_trial",
@@ -61,7 +57,9 @@ DEFAULT_STUDY = "droplab-sweep"
 class SweepConfig:
     """What every trial of a study shares; stored with the study, checked on resume."""
 
-    data: str = "digits"  # a droplab.data.load name: digits, mnist1d, toy, mnist:DIR
+    data: str = (
+        "digits"  # a droplab.lab.data.load name: digits, mnist1d, toy, mnist:DIR
+    )
     depth: int = 2  # hidden layers
     epochs: int = 20  # epochs per trial (pruning may stop a trial earlier)
     batch_size: int = 64
@@ -84,7 +82,7 @@ class SweepConfig:
                 raise fail(name, getattr(self, name), "a rate in [0, 1)", owner=owner)
 
 
-def _optuna() -> Any:
+def load_optuna() -> Any:
     try:
         import optuna
     except ImportError:  # pragma: no cover - depends on the installation
@@ -96,7 +94,7 @@ def _optuna() -> Any:
 
 def finished_trials(study: Any) -> list[Any]:
     """The trials that count towards ``n_trials``: completed or pruned."""
-    state = _optuna().trial.TrialState
+    state = load_optuna().trial.TrialState
     return list(study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)))
 
 
@@ -106,7 +104,7 @@ def open_study(config: SweepConfig, *, storage: str | None, study_name: str) -> 
     The TPE sampler is seeded with ``(config.seed, trials already in the study)``,
     so a resumed study does not repeat the proposals of its first start.
     """
-    optuna = _optuna()
+    optuna = load_optuna()
     from droplab.rng import derive_seed
 
     store = (
@@ -153,11 +151,12 @@ def train_trial(
     seed: int,
     report: Callable[[int, dict[str, list[float]]], None] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Train one configuration with Adam; the curves per epoch and the test metrics.
+    """Train one configuration (the lab's loop, :func:`droplab.lab.training.fit`);
+    the curves per epoch and the test metrics.
 
     Args:
         params: ``p_input``, ``p``, ``width`` and ``lr``.
-        data: a :class:`droplab.data.Dataset` (classification or regression).
+        data: a :class:`droplab.lab.data.Dataset` (classification or regression).
         depth, epochs, batch_size: as in :class:`SweepConfig`.
         seed: initialisation, dropout streams and shuffling.
         report: called after each epoch with the epoch and the curves so far
@@ -173,7 +172,7 @@ def train_trial(
     import torch
     from torch import nn
 
-    from droplab.lab.training import build_mlp
+    from droplab.lab.training import build_mlp, fit
 
     classes = data.n_classes
     model = build_mlp(
@@ -200,19 +199,11 @@ def train_trial(
 
     (x, y), val, test = (split(data.x_train, data.y_train),
                          split(data.x_val, data.y_val), split(data.x_test, data.y_test))  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
-    order_rng = np.random.default_rng(seed)
     curves: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     if classes:
         curves["val_accuracy"] = []
-    for epoch in range(epochs):
-        model.train()
-        order = torch.as_tensor(order_rng.permutation(len(x)))
-        for start in range(0, len(x), batch_size):
-            index = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss_fn(model(x[index]), y[index]).backward()
-            optimizer.step()
+
+    def record(epoch: int, train_loss: float, seconds: float) -> None:
         curves["train_loss"].append(scores(x, y)[0])
         val_loss, val_accuracy = scores(*val)
         curves["val_loss"].append(val_loss)
@@ -220,6 +211,9 @@ def train_trial(
             curves["val_accuracy"].append(val_accuracy)
         if report is not None:
             report(epoch, curves)
+
+    fit(model, x, y, loss_fn, epochs=epochs, seed=seed, batch_size=batch_size,
+        lr=params["lr"], on_epoch=record)  # fmt: skip
     test_loss, test_accuracy = scores(*test)
     return curves, (
         {"test_loss": test_loss, "test_accuracy": test_accuracy}
@@ -232,7 +226,7 @@ def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
     from droplab.execution import one_thread
     from droplab.rng import derive_seed
 
-    optuna = _optuna()
+    optuna = load_optuna()
 
     def objective(trial: Any) -> float:
         params = {
@@ -285,10 +279,10 @@ def run_sweep(
     Returns:
         The ``optuna.Study``.
     """
-    from droplab.data import load
+    from droplab.lab.data import load
 
     n_trials = check_int(n_trials, "n_trials", low=0, owner="run_sweep")
-    optuna = _optuna()
+    optuna = load_optuna()
     study = open_study(config, storage=storage, study_name=study_name)
     remaining = n_trials - len(finished_trials(study))
     if remaining > 0:
@@ -311,7 +305,7 @@ def summarize(study: Any, *, top: int = 3) -> dict[str, Any]:
         params, value, epochs run, last validation loss), ``best`` (number,
         value, params, curves, test metrics) or None, and ``best_curves``.
     """
-    state = _optuna().trial.TrialState
+    state = load_optuna().trial.TrialState
     rows = []
     for t in study.get_trials(deepcopy=False):
         curves = t.user_attrs.get("curves", {})
@@ -397,66 +391,3 @@ def format_summary(summary: dict[str, Any]) -> str:
             + (f" ({test})" if test else "")
         )
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser, name: str = "sweep") -> None:
-    """The options of ``droplab sweep``."""
-    defaults = SweepConfig()
-    parser.add_argument(
-        "--data", default=defaults.data, help="digits, mnist1d, toy or mnist:DIR"
-    )
-    parser.add_argument("--n-trials", type=int, default=20, metavar="N",
-                        help="total finished trials the study should reach (a rerun continues; 0: only report)")  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument(
-        "--depth", type=int, default=defaults.depth, help="hidden layers"
-    )
-    parser.add_argument("--max-rate", type=float, default=defaults.max_rate)
-    parser.add_argument("--startup-trials", type=int, default=defaults.startup_trials)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
-                        help=f"folder for sweep.json (and the SQLite study by default; default {DEFAULT_OUT})")  # fmt: skip
-    parser.add_argument("--storage", default=None, metavar="URL",
-                        help="Optuna storage URL, e.g. sqlite:///PATH or postgresql://USER@HOST/DB (default sqlite:///OUT/study.db)")  # fmt: skip
-    parser.add_argument("--study-name", default=DEFAULT_STUDY)
-    parser.add_argument(
-        "--top", type=int, default=3, help="curves of this many best trials"
-    )
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``droplab sweep``: run or continue the study, print and save its summary."""
-    try:
-        config = SweepConfig(
-            data=args.data, depth=args.depth, epochs=args.epochs,
-            max_rate=args.max_rate, startup_trials=args.startup_trials, seed=args.seed,
-        )  # fmt: skip
-        n_trials = check_int(args.n_trials, "n_trials", low=0, owner="droplab sweep")
-        top = check_int(args.top, "top", low=1, owner="droplab sweep")
-    except (ValueError, TypeError) as error:
-        print(f"droplab sweep: {error}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or f"sqlite:///{args.out / 'study.db'}"
-    optuna = _optuna()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print our own lines
-
-    def say(study: Any, trial: Any) -> None:
-        value = "-" if trial.value is None else f"{trial.value:.4g}"
-        print(f"trial {trial.number}: {trial.state.name.lower()}, loss {value}, "
-              f"{trial.params}", file=sys.stderr, flush=True)  # fmt: skip
-
-    try:
-        study = run_sweep(config, n_trials=n_trials, storage=storage,
-                          study_name=args.study_name, callbacks=[say])  # fmt: skip
-    except ValueError as error:
-        print(f"droplab sweep: {error}", file=sys.stderr)
-        return 2
-    summary = summarize(study, top=top)
-    path = write_summary(summary, args.out / "sweep.json")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure(summary)).print_png(args.out / "sweep.png")
-    print(format_summary(summary))
-    print(f"wrote {path} and {args.out / 'sweep.png'}")
-    return 0

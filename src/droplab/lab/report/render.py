@@ -4,7 +4,8 @@ Pure: the page depends only on the records (and the experiment modules'
 ``figure``/``numbers``/``answer``/``tables`` functions, which read only the
 record's result), so a report can be re-rendered without retraining. Figures
 are embedded as base64 PNG; the page loads nothing from anywhere else and its
-CSS adapts to a phone's width.
+CSS adapts to a phone's width. :func:`write_report` reads the saved results
+and writes the page (atomically) into the report folder.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
-__all__ = ["figure_png", "format_number", "render_report"]
+from droplab.execution import write_text
+from droplab.lab.registry import get_experiment
+from droplab.lab.results import ResultError, load_result, result_path
+
+__all__ = ["figure_png", "format_number", "render_report", "write_report"]
 
 
 def format_number(value: Any) -> str:
@@ -59,8 +65,6 @@ def _interval(row: Mapping[str, Any]) -> str:
 
 
 def _section(record: Mapping[str, Any]) -> dict[str, Any]:
-    from droplab.lab.registry import get_experiment
-
     module = get_experiment(record["name"])
     result = record["result"]
     rows = [
@@ -119,7 +123,7 @@ def render_report(
     presets = sorted({str(r.get("preset", "")) for r in records})
     total = sum(float(r["wall_time_s"]) for r in records)
     starts = [str(r["started"]) for r in records if r.get("started")]
-    environment = resources.files("droplab.report")
+    environment = resources.files("droplab.lab.report")
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = template.from_string(
         environment.joinpath("template.html.j2").read_text("utf-8")
@@ -134,3 +138,23 @@ def render_report(
         total_time=f"{total:.1f} s",
         computed=" to ".join(sorted({min(starts), max(starts)})) if starts else "",
     )
+
+
+def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str]]:
+    """Render ``out/index.html`` from the saved results of ``names`` (atomically).
+
+    Returns:
+        The page's path and the experiments left out, with the reason.
+    """
+    out = Path(out)
+    records, missing = [], {}
+    for name in names:
+        path = result_path(out / "results", name)
+        try:
+            records.append(load_result(path, name))
+        except FileNotFoundError:
+            missing[name] = "not run yet"
+        except ResultError as error:
+            missing[name] = str(error)
+    html = render_report(records, missing=missing)
+    return write_text(out / "index.html", html), missing

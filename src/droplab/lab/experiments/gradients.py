@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab.reference import ReferenceMLP
+from droplab.lab.reference import ReferenceMLP
 
 NAME = "gradients"
 QUESTION = (
@@ -29,7 +29,7 @@ METHOD = (
     "The blog's network (3 inputs f1-f3, 4 hidden ReLU units with dropout p, here 2 output "
     "classes) on a mini-batch of 3 samples. Each sample gets its own mask (by default the "
     "blog's: sample 1 keeps units 2 and 4, sample 2 keeps unit 3, sample 3 keeps units 1, 3 "
-    "and 4). droplab.reference.ReferenceMLP computes the per-sample gradient terms by hand and "
+    "and 4). droplab.lab.reference.ReferenceMLP computes the per-sample gradient terms by hand and "
     "their average, the update SGD applies; PyTorch autograd on the same weights, inputs and "
     "masks (float64) checks every term."
 )
@@ -261,7 +261,7 @@ def answer(result: dict[str, Any]) -> str:
         f"(kept: {examples} of {batch}), so a unit kept less often moves its weights less."
     )
     s3 = (
-        f"The hand-written backprop of droplab.reference agrees with PyTorch autograd to {result['max_abs_diff_autograd']:.1e}."
+        f"The hand-written backprop of droplab.lab.reference agrees with PyTorch autograd to {result['max_abs_diff_autograd']:.1e}."
         if agree
         else f"The hand-written backprop differs from autograd by {result['max_abs_diff_autograd']:.3g}: a bug."
     )

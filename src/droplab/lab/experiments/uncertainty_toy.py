@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-from droplab.data import make_gap_regression
 from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import paired_difference, verdict
 from droplab.lab.curves import load_cached, train_regressor
+from droplab.lab.data import make_gap_regression
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import build_mlp, train_classifier
 from droplab.rng import derive_seed
