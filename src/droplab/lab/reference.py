@@ -14,7 +14,7 @@ which then advances. Site ``l`` with seed ``s`` and offset ``o`` therefore drops
 the same units as ``droplab.functional.dropout(a, p, seed=s, offset=o)`` would.
 
 Everything a lecture would draw is kept: per-layer activations, the per-sample
-masks (one subnetwork per sample, as in the blog post among the seeds), the
+masks (one subnetwork per sample, as in Mark Cassar's blog post on dropout), the
 per-sample gradient terms of every weight, and their average, the update SGD
 applies. A dropped unit outputs exactly 0, so it contributes exactly 0.0 to the
 per-sample terms of its outgoing weights, and its error signal is exactly 0, so

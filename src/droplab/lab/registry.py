@@ -38,7 +38,7 @@ __all__ = [
     "row_adder",
 ]
 
-# Report order. Later issues append here.
+# Report order: a new experiment goes where it reads best in the report.
 EXPERIMENTS: tuple[str, ...] = (
     "droplab.lab.experiments.masks",
     "droplab.lab.experiments.expectation",

@@ -2,7 +2,7 @@
 
 A private package, and the registry of the family: ``MODULES`` and
 ``FUNCTIONS`` name what :mod:`droplab.nn` and :mod:`droplab.functional`
-re-export (tests/test_variants_exports.py holds the façades to this list).
+re-export (tests/variants/test_exports.py holds the façades to this list).
 Adding a variant: its file here (function and module side by side, a header
 citing the paper), its names in the imports and tuples below, and the same
 re-export lines in the two façades. Model transforms (``weight_scaled``,

@@ -1,6 +1,7 @@
 """Does dropout really need about twice the iterations, and is each epoch cheaper?
 
-Seed 002 quotes a summary article: "Dropout roughly doubles the number of
+The answer in the Q&A on why not train a smaller network in the first place
+quotes a summary article: "Dropout roughly doubles the number of
 iterations required to converge. However, training time for each epoch is
 less." We train the same network with and without droplab dropout, with
 several seeds, and measure the epochs and the seconds each needs to reach a

@@ -1,6 +1,6 @@
 """Would dividing by the exact number of kept units train better than dividing by 1-p?
 
-The forum's idea (seed 000): the number of units a Bernoulli mask keeps in a
+The idea of the forum thread on 1/keep_prob scaling: the number of units a Bernoulli mask keeps in a
 row of n is itself random (Binomial(n, 1-p)), so dividing the kept units by the
 keep probability over- or under-compensates row by row; dividing by the
 realized kept fraction k/n (``scale="realized"``), or keeping exactly

@@ -1,6 +1,6 @@
 """Does dividing by the keep probability compensate for the dropped units?
 
-The forum thread among the seeds asks how doubling small kept activations can
+The forum thread on 1/keep_prob scaling asks how doubling small kept activations can
 make up for dropped large ones (14.1 and 13.1), and whether dividing by the
 number of units actually kept would be more precise. We measure (1) the forum's
 own example, repeated to show its spread; (2) on a trained network, the bias

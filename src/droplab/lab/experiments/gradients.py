@@ -1,6 +1,6 @@
 """What does a dropped unit do to the gradient? The blog's network, by hand and by autograd.
 
-The blog post among the seeds draws a network with 3 inputs and 4 hidden units,
+Mark Cassar's blog post on dropout draws a network with 3 inputs and 4 hidden units,
 a mini-batch of 3 samples each with its own subnetwork, and writes the update of
 the weights from input f1 as the average of the per-sample gradients, where a
 dropped unit contributes 0. We compute exactly that with droplab's NumPy

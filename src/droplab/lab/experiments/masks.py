@@ -1,6 +1,6 @@
 """Do dropout masks drop a Binomial(n, p) number of units, and how often all of them?
 
-The blog post among the seeds draws 1000 masks for layers of n = 4 and n = 100
+Mark Cassar's blog post on dropout draws 1000 masks for layers of n = 4 and n = 100
 units and plots how many units are dropped; we test the same counts against the
 Binomial pmf with a chi-square goodness-of-fit test, for droplab's NumPy masks,
 droplab's ``nn.Dropout`` and PyTorch's ``torch.nn.Dropout``, and compare the

@@ -1,6 +1,6 @@
 """Which dropout rate should I use? Curves over a grid of p (Srivastava Fig. 9).
 
-Seed 002 asks how to pick the rate; the usual answer is "try several and compare
+The Q&A on why not train a smaller network asks how to pick the rate; the usual answer is "try several and compare
 the training and validation curves". This experiment does exactly that, in the
 two settings of Srivastava et al. (2014, Sec. 7.3, Fig. 9): with the number of
 hidden units n fixed (so a higher p leaves fewer units at work), and with the

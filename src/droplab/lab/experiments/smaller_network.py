@@ -1,6 +1,6 @@
 """If dropout helps, why not train a smaller network in the first place?
 
-Seed 002's question: dropout with rate p leaves n(1-p) of a layer's n units at
+The question of the Q&A on why not train a smaller network in the first place: dropout with rate p leaves n(1-p) of a layer's n units at
 work on each step, so why not train a network of n(1-p) units without dropout?
 We train the wide network (n units per hidden layer) with dropout and networks
 without dropout whose widths run from n(1-p) to n, with several seeds, and

@@ -1,8 +1,8 @@
 """How does dropout give uncertainty? MC dropout on a 1-D toy and on shifted inputs.
 
 Keeping dropout on at prediction time and averaging T passes approximates the
-predictive distribution of a Bayesian network (Gal & Ghahramani 2016; seed 002
-mentions the spike-and-slab reading). Two checks of what that uncertainty means:
+predictive distribution of a Bayesian network (Gal & Ghahramani 2016; the Q&A on
+why not train a smaller network mentions the spike-and-slab reading). Two checks of what that uncertainty means:
 
 1. Regression: a network trained on ``y = sin(3x) + x/2 + noise`` for x in
    [-2, 2] minus a gap (-0.5, 0.5) with no training data. The MC predictive mean
