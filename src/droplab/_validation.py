@@ -33,6 +33,7 @@ __all__ = [
     "check_seed",
     "check_shared_dims",
     "fail",
+    "fail_ndim",
 ]
 
 # Seeds are in [0, SEED_LIMIT); a stream has 4 * 2**64 elements, so offsets are in
@@ -63,6 +64,20 @@ def fail(
     "The 'p' argument of dropout must be a real number in [0, 1]; got 1.5."
     """
     return kind(f"{_where(name, owner)} must be {allowed}; got {value!r}.")
+
+
+def fail_ndim(
+    ndim: int, allowed: str, *, owner: str, name: str = "x", note: str = ""
+) -> ValueError:
+    """Build the error for a tensor of the wrong number of dimensions.
+
+    >>> str(fail_ndim(3, "be a 4-d (N, C, H, W) tensor", owner="drop_block2d"))
+    "The 'x' argument of drop_block2d must be a 4-d (N, C, H, W) tensor; got a 3-d tensor."
+    """
+    return ValueError(
+        f"{_where(name, owner)} must {allowed}; got a {ndim}-d tensor."
+        + (f" {note}" if note else "")
+    )
 
 
 def check_probability(p: Any, name: str = "p", *, owner: str | None = None) -> float:

@@ -11,6 +11,7 @@ every name below. Library code never imports this module.
 """
 
 from droplab._core.dropout import dropout as dropout
+from droplab.variants import FUNCTIONS
 from droplab.variants import alpha_dropout as alpha_dropout
 from droplab.variants import concrete_dropout as concrete_dropout
 from droplab.variants import drop_block2d as drop_block2d
@@ -27,19 +28,5 @@ from droplab.variants import (
     shared_dims_from_noise_shape as shared_dims_from_noise_shape,
 )
 
-__all__ = [
-    "alpha_dropout",
-    "concrete_dropout",
-    "drop_block2d",
-    "drop_connect_linear",
-    "drop_path",
-    "dropout",
-    "dropout1d",
-    "dropout2d",
-    "dropout3d",
-    "feature_alpha_dropout",
-    "gaussian_dropout",
-    "linear_drop_rates",
-    "locked_dropout",
-    "shared_dims_from_noise_shape",
-]
+# The names of the variants come from their registry, droplab.variants.FUNCTIONS.
+__all__ = ["dropout", *FUNCTIONS]

@@ -19,6 +19,7 @@ from droplab._core.dropout import Dropout as Dropout
 from droplab._core.modes import DROPOUT_TYPES as DROPOUT_TYPES
 from droplab._core.modes import mc_dropout as mc_dropout
 from droplab._core.module import StochasticModule as StochasticModule
+from droplab.variants import MODULES
 from droplab.variants import AlphaDropout as AlphaDropout
 from droplab.variants import ConcreteDropout as ConcreteDropout
 from droplab.variants import DropBlock2d as DropBlock2d
@@ -32,21 +33,5 @@ from droplab.variants import GaussianDropout as GaussianDropout
 from droplab.variants import LockedDropout as LockedDropout
 from droplab.variants import WeightDropLSTM as WeightDropLSTM
 
-__all__ = [
-    "DROPOUT_TYPES",
-    "AlphaDropout",
-    "ConcreteDropout",
-    "DropBlock2d",
-    "DropConnectLinear",
-    "DropPath",
-    "Dropout",
-    "Dropout1d",
-    "Dropout2d",
-    "Dropout3d",
-    "FeatureAlphaDropout",
-    "GaussianDropout",
-    "LockedDropout",
-    "StochasticModule",
-    "WeightDropLSTM",
-    "mc_dropout",
-]
+# The names of the variants come from their registry, droplab.variants.MODULES.
+__all__ = ["DROPOUT_TYPES", "Dropout", "StochasticModule", "mc_dropout", *MODULES]

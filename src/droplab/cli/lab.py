@@ -20,6 +20,11 @@ from droplab.lab.runner import run_experiments
 
 __all__ = ["add_arguments", "run_cli"]
 
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 DEFAULT_OUT = "droplab-report"
 
 
@@ -101,10 +106,10 @@ def run_cli(args: argparse.Namespace) -> int:
     tasks = Path(args.out) / "results" / ".tasks"
     if args.force:
         shutil.rmtree(tasks, ignore_errors=True)
-    with use_executor(executor, checkpoint=tasks):
+    with use_executor(executor, checkpoint=tasks, log=_stderr):
         outcomes = run_experiments(
             names, results_dir=Path(args.out) / "results", preset=args.preset,
-            data=args.data, force=args.force, jobs=args.jobs,
+            data=args.data, force=args.force, jobs=args.jobs, log=_stderr,
         )  # fmt: skip
     if all(o.status != "failed" for o in outcomes):
         shutil.rmtree(tasks, ignore_errors=True)

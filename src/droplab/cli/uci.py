@@ -24,6 +24,10 @@ from droplab.uncertainty.uci.summary import format_summary, read_published, summ
 __all__ = ["add_arguments", "run_cli"]
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
     """The options of ``droplab uci``."""
     parser.add_argument(
@@ -110,7 +114,7 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     try:
         results = run_protocol(
-            folder, splits, settings, args.out, jobs=jobs, log=sys.stderr,
+            folder, splits, settings, args.out, jobs=jobs, log=_stderr,
             executor=executor,
         )  # fmt: skip
     except (UCIFormatError, ResumeError) as error:

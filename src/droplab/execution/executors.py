@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -282,10 +281,6 @@ _ACTIVE: ContextVar[tuple[Executor, TaskCheckpoint | None] | None] = ContextVar(
 )
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def active() -> tuple[Executor, TaskCheckpoint | None] | None:
     """The ``(executor, checkpoint)`` of the innermost :func:`use_executor` block."""
     return _ACTIVE.get()
@@ -293,16 +288,19 @@ def active() -> tuple[Executor, TaskCheckpoint | None] | None:
 
 @contextlib.contextmanager
 def use_executor(
-    executor: Executor, checkpoint: str | Path | None = None
+    executor: Executor,
+    checkpoint: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Iterator[Executor]:
     """Within the block, ``parallel_map`` runs its tasks on ``executor``.
 
     Args:
         executor: where tasks run; closed when the block ends.
         checkpoint: a folder where each finished task is saved and from which a
-            rerun reads it back, saying so on stderr (None: no checkpoint).
+            rerun reads it back (None: no checkpoint).
+        log: told how many tasks a map restored (None: say nothing).
     """
-    saved = None if checkpoint is None else TaskCheckpoint(checkpoint, log=_stderr)
+    saved = None if checkpoint is None else TaskCheckpoint(checkpoint, log=log)
     token = _ACTIVE.set((executor, saved))
     try:
         with executor:

@@ -35,6 +35,7 @@ from droplab._validation import (
     check_floating_tensor,
     check_probability,
     check_shared_dims,
+    fail_ndim,
 )
 from droplab.masks import stream_elements
 from droplab.rng import resolve_seed
@@ -134,10 +135,7 @@ def feature_alpha_dropout(
     owner = "feature_alpha_dropout"
     x = check_floating_tensor(x, owner=owner)
     if x.ndim < 2:
-        raise ValueError(
-            f"The 'x' argument of {owner} must have at least 2 dimensions (N, C, ...); "
-            f"got a {x.ndim}-d tensor."
-        )
+        raise fail_ndim(x.ndim, "have at least 2 dimensions (N, C, ...)", owner=owner)
     return _alpha_op(owner, x, p, training, seed, offset, tuple(range(2, x.ndim)))
 
 

@@ -34,6 +34,7 @@ from droplab._validation import (
     check_floating_tensor,
     check_probability,
     fail,
+    fail_ndim,
 )
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
@@ -113,10 +114,12 @@ def _batched(x: torch.Tensor, name: str) -> bool:
     ndim = x.ndim
     if name == "dropout1d":
         if ndim not in (2, 3):
-            raise ValueError(
-                f"The 'x' argument of dropout1d must be a 2-d (C, L) or 3-d "
-                f"(N, C, L) tensor; got a {ndim}-d tensor. dropout1d drops whole "
-                f"channels of inputs with one spatial dimension."
+            raise fail_ndim(
+                ndim,
+                "be a 2-d (C, L) or 3-d (N, C, L) tensor",
+                owner="dropout1d",
+                note="dropout1d drops whole channels of inputs with one spatial "
+                "dimension.",
             )
         return ndim == 3
     if ndim not in (spatial + 1, spatial + 2):
@@ -140,9 +143,8 @@ def _batched(x: torch.Tensor, name: str) -> bool:
                 stacklevel=4,
             )
         if ndim < 2:
-            raise ValueError(
-                f"The 'x' argument of dropout2d must have at least 2 dimensions "
-                f"(N, C, ...); got a {ndim}-d tensor."
+            raise fail_ndim(
+                ndim, "have at least 2 dimensions (N, C, ...)", owner="dropout2d"
             )
         return True
     return ndim == spatial + 2

@@ -38,6 +38,7 @@ from droplab._validation import (
     check_floating_tensor,
     check_int,
     check_probability,
+    fail_ndim,
 )
 from droplab.rng import resolve_seed
 
@@ -112,10 +113,7 @@ def _check(
 ) -> tuple[torch.Tensor, float, int]:
     x = check_floating_tensor(x, owner=owner)
     if x.ndim != 4:
-        raise ValueError(
-            f"The 'x' argument of {owner} must be a 4-d (N, C, H, W) tensor; got a "
-            f"{x.ndim}-d tensor."
-        )
+        raise fail_ndim(x.ndim, "be a 4-d (N, C, H, W) tensor", owner=owner)
     return (
         x,
         check_probability(p, owner=owner),

@@ -25,6 +25,7 @@ from droplab._validation import (
     check_floating_tensor,
     check_int,
     check_probability,
+    fail_ndim,
 )
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
@@ -46,10 +47,7 @@ def linear_drop_rates(p_last: float, depth: int) -> list[float]:
 def _check_input(x: Any, owner: str) -> torch.Tensor:
     x = check_floating_tensor(x, owner=owner)
     if x.ndim < 1:
-        raise ValueError(
-            f"The 'x' argument of {owner} must have a batch dimension (at least 1-d); "
-            f"got a 0-d tensor."
-        )
+        raise fail_ndim(x.ndim, "have a batch dimension (at least 1-d)", owner=owner)
     return x
 
 

@@ -28,6 +28,7 @@ from droplab._validation import (
     check_choice,
     check_floating_tensor,
     check_probability,
+    fail_ndim,
 )
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
@@ -40,9 +41,10 @@ def _batch_major(x: torch.Tensor, batch_first: bool, owner: str) -> torch.Tensor
     batch_first = check_bool(batch_first, "batch_first", owner=owner)
     if x.ndim < 2:
         layout = "(N, T, ...)" if batch_first else "(T, N, ...)"
-        raise ValueError(
-            f"The 'x' argument of {owner} must be a sequence batch {layout} with at "
-            f"least 2 dimensions; got a {x.ndim}-d tensor."
+        raise fail_ndim(
+            x.ndim,
+            f"be a sequence batch {layout} with at least 2 dimensions",
+            owner=owner,
         )
     return x if batch_first else x.transpose(0, 1)  # (N, T, ...), a view
 

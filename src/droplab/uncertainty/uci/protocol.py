@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -341,7 +341,7 @@ def run_protocol(
     out: str | Path,
     *,
     jobs: int = 1,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
     executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) the protocol on ``splits``; results land in ``out``/NAME/.
@@ -367,9 +367,7 @@ def run_protocol(
             todo.append(split)
         else:
             results[split] = saved
-    say = (
-        (lambda text: print(text, file=log, flush=True)) if log else (lambda text: None)
-    )
+    say = log if log is not None else (lambda text: None)
     say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
     with one_thread():  # these networks are tiny: one thread per process is fastest
         if executor is not None:
