@@ -35,8 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
 from droplab._validation import check_int, check_probability, check_seed, fail
-from droplab.execution import write_json
+from droplab.execution import one_thread, write_json
+from droplab.lab.data import load
+from droplab.lab.training import build_mlp, fit
+from droplab.rng import derive_seed
 
 __all__ = [
     "SweepConfig",
@@ -105,7 +112,6 @@ def open_study(config: SweepConfig, *, storage: str | None, study_name: str) -> 
     so a resumed study does not repeat the proposals of its first start.
     """
     optuna = load_optuna()
-    from droplab.rng import derive_seed
 
     store = (
         optuna.storages.InMemoryStorage()
@@ -168,11 +174,6 @@ def train_trial(
         and for classifiers ``val_accuracy``, one entry per epoch; ``test_loss``
         and for classifiers ``test_accuracy``.
     """
-    import numpy as np
-    import torch
-    from torch import nn
-
-    from droplab.lab.training import build_mlp, fit
 
     classes = data.n_classes
     model = build_mlp(
@@ -223,8 +224,6 @@ def train_trial(
 
 
 def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
-    from droplab.execution import one_thread
-    from droplab.rng import derive_seed
 
     optuna = load_optuna()
 
@@ -279,7 +278,6 @@ def run_sweep(
     Returns:
         The ``optuna.Study``.
     """
-    from droplab.lab.data import load
 
     n_trials = check_int(n_trials, "n_trials", low=0, owner="run_sweep")
     optuna = load_optuna()
