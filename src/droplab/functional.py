@@ -3,7 +3,9 @@
 A façade (re-exports only, as ``torch.nn.functional`` is to users): the code
 lives in :mod:`droplab._core.dropout` (:func:`dropout`) and in one file per
 variant under :mod:`droplab.variants`, whose registry (``FUNCTIONS``) lists
-every name below. Library code never imports this module.
+every variant below; ``check_bool`` and ``check_floating_tensor`` are the
+argument checks of :mod:`droplab._validation`, public here since 0.1.
+Library code never imports this module.
 
 - Paper: Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout:
   a simple way to prevent neural networks from overfitting", JMLR 15, 2014.
@@ -11,6 +13,8 @@ every name below. Library code never imports this module.
 """
 
 from droplab._core.dropout import dropout as dropout
+from droplab._validation import check_bool as check_bool
+from droplab._validation import check_floating_tensor as check_floating_tensor
 from droplab.variants import FUNCTIONS
 from droplab.variants import alpha_dropout as alpha_dropout
 from droplab.variants import concrete_dropout as concrete_dropout
@@ -29,4 +33,4 @@ from droplab.variants import (
 )
 
 # The names of the variants come from their registry, droplab.variants.FUNCTIONS.
-__all__ = ["dropout", *FUNCTIONS]
+__all__ = ["check_bool", "check_floating_tensor", "dropout", *FUNCTIONS]
