@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from droplab.kernels import bench
+from droplab.cli import bench
 
 
 def main() -> None:

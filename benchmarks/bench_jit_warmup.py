@@ -7,7 +7,7 @@ Run by hand: ``python benchmarks/bench_jit_warmup.py``. Uses a temporary
 
 from __future__ import annotations
 
-from droplab.kernels import bench
+from droplab.cli import bench
 
 
 def main() -> None:

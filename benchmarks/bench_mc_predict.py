@@ -23,9 +23,10 @@ from collections.abc import Callable
 
 import torch
 
-from droplab import _backend
+from droplab import kernels
 from droplab.nn import Dropout, mc_dropout
-from droplab.uncertainty import DEFAULT_MAX_ROWS, mc_predict, stream_seed
+from droplab.rng import stream_seed
+from droplab.uncertainty.mc import DEFAULT_MAX_ROWS, mc_predict
 
 
 def network(features: int, hidden: int, p: float) -> torch.nn.Sequential:
@@ -128,7 +129,7 @@ def main() -> None:
     )
     print(
         f"torch {torch.__version__}, {args.threads} thread(s) (torch and numba); "
-        f"dropout backend: {_backend.select_backend(x).__module__}"
+        f"dropout backend: {kernels.select(x).__module__}"
     )
     print(
         f"network {args.features}-{args.hidden}-1, {args.inputs} inputs, "

@@ -9,7 +9,7 @@ Run by hand: ``nice python benchmarks/bench_mlp_step.py``. Two dropout layers
 
 from __future__ import annotations
 
-from droplab.kernels import bench
+from droplab.cli import bench
 
 
 def main() -> None:

@@ -15,8 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from droplab import _backend
+from droplab import kernels, masks
+from droplab._core.op import masked_scale
 from droplab.functional import dropout
+from droplab.kernels.reference import reference_masked_scale
 from droplab.masks import make_mask, row_count
 from droplab.scaling import SCALES
 
@@ -30,23 +32,41 @@ BITS = {
 }
 
 
-def oracle(x, p, *, seed, offset=0, scale="inverted", sampler="bernoulli", shared_dims=()):
+def oracle(
+    x, p, *, seed, offset=0, scale="inverted", sampler="bernoulli", shared_dims=()
+):
     """Dropout of ``x`` computed in NumPy from droplab.masks (the reference)."""
     dims = tuple(sorted(d % x.ndim for d in shared_dims)) if x.ndim else ()
     keep = np.asarray(
-        make_mask(tuple(x.shape), p, seed=seed, offset=offset, sampler=sampler, shared_dims=dims)
+        make_mask(
+            tuple(x.shape),
+            p,
+            seed=seed,
+            offset=offset,
+            sampler=sampler,
+            shared_dims=dims,
+        )
     )
     if scale == "realized":
         rows, n = row_count(keep.shape)
         k = keep.reshape(rows, n).sum(axis=1)
         per_row = np.array([n / kk if kk else 0.0 for kk in k])
-        factor = per_row.reshape((rows,) + (1,) * (keep.ndim - 1)) if keep.ndim > 1 else per_row.reshape(())
+        factor = (
+            per_row.reshape((rows,) + (1,) * (keep.ndim - 1))
+            if keep.ndim > 1
+            else per_row.reshape(())
+        )
     elif scale == "inverted":
         factor = np.asarray(0.0 if p == 1 else 1 / (1 - p))
     else:
         factor = np.asarray(1.0)
     compute = np.float64 if x.dtype == torch.float64 else np.float32
-    values = x.detach().cpu().to(torch.float64 if compute is np.float64 else torch.float32).numpy()
+    values = (
+        x.detach()
+        .cpu()
+        .to(torch.float64 if compute is np.float64 else torch.float32)
+        .numpy()
+    )
     kept = values * factor.astype(compute)
     out = np.where(np.broadcast_to(keep, x.shape), kept, compute(0.0)).astype(compute)
     return torch.from_numpy(out).to(x.dtype)  # np.where made a fresh C-ordered array
@@ -73,7 +93,9 @@ def sample(shape, dtype=torch.float32, seed=0):
 def test_matches_the_numpy_oracle_bit_for_bit(dtype, scale, sampler):
     x = sample((6, 11), dtype)
     y = dropout(x, 0.35, seed=2024, offset=3, scale=scale, sampler=sampler)
-    assert_same_bits(y, oracle(x, 0.35, seed=2024, offset=3, scale=scale, sampler=sampler))
+    assert_same_bits(
+        y, oracle(x, 0.35, seed=2024, offset=3, scale=scale, sampler=sampler)
+    )
 
 
 @pytest.mark.parametrize(
@@ -92,11 +114,20 @@ def test_non_contiguous_inputs_use_the_logical_row_major_order(make, dtype):
     assert not x.is_contiguous()
     for scale, sampler in [("inverted", "bernoulli"), ("realized", "fixed")]:
         y = dropout(x, 0.5, seed=77, offset=1, scale=scale, sampler=sampler)
-        assert_same_bits(y, oracle(x, 0.5, seed=77, offset=1, scale=scale, sampler=sampler))
-        assert_same_bits(y, dropout(x.contiguous(), 0.5, seed=77, offset=1, scale=scale, sampler=sampler))
+        assert_same_bits(
+            y, oracle(x, 0.5, seed=77, offset=1, scale=scale, sampler=sampler)
+        )
+        assert_same_bits(
+            y,
+            dropout(
+                x.contiguous(), 0.5, seed=77, offset=1, scale=scale, sampler=sampler
+            ),
+        )
 
 
-@pytest.mark.parametrize("offset", [1, 2, 3, 5, 4 * 2**32 - 1, 4 * 2**32 + 3, 2**64 + 6])
+@pytest.mark.parametrize(
+    "offset", [1, 2, 3, 5, 4 * 2**32 - 1, 4 * 2**32 + 3, 2**64 + 6]
+)
 def test_offsets_not_multiple_of_four_and_beyond_32_bit_blocks(offset):
     x = sample((3, 9))
     seed = 2**64 - 1
@@ -107,10 +138,25 @@ def test_offsets_not_multiple_of_four_and_beyond_32_bit_blocks(offset):
 @pytest.mark.parametrize("shared_dims", [(0,), (1,), (-1,), (2, 3), (1, 2, 3), (0, 3)])
 @pytest.mark.parametrize("scale", ["inverted", "realized"])
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_shared_dims_match_the_oracle_and_share_whole_slices(shared_dims, scale, sampler):
+def test_shared_dims_match_the_oracle_and_share_whole_slices(
+    shared_dims, scale, sampler
+):
     x = sample((3, 4, 5, 2), torch.float64)
-    y = dropout(x, 0.4, seed=9, offset=2, scale=scale, sampler=sampler, shared_dims=shared_dims)
-    assert_same_bits(y, oracle(x, 0.4, seed=9, offset=2, scale=scale, sampler=sampler, shared_dims=shared_dims))
+    y = dropout(
+        x, 0.4, seed=9, offset=2, scale=scale, sampler=sampler, shared_dims=shared_dims
+    )
+    assert_same_bits(
+        y,
+        oracle(
+            x,
+            0.4,
+            seed=9,
+            offset=2,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=shared_dims,
+        ),
+    )
     # Along every shared dimension a unit is either kept everywhere or nowhere.
     kept = y != 0
     for d in shared_dims:
@@ -139,12 +185,33 @@ def test_channel_dropout_zeroes_whole_feature_maps():
 def test_property_shape_dtype_and_values_match_the_oracle(
     shape, dtype, p, seed, offset, scale, sampler, data
 ):
-    dims = data.draw(st.sets(st.integers(0, max(len(shape) - 1, 0)), max_size=len(shape)))
+    dims = data.draw(
+        st.sets(st.integers(0, max(len(shape) - 1, 0)), max_size=len(shape))
+    )
     x = sample(tuple(shape), dtype)
-    y = dropout(x, p, seed=seed, offset=offset, scale=scale, sampler=sampler, shared_dims=tuple(dims))
+    y = dropout(
+        x,
+        p,
+        seed=seed,
+        offset=offset,
+        scale=scale,
+        sampler=sampler,
+        shared_dims=tuple(dims),
+    )
     assert y.shape == x.shape
     assert y.dtype == x.dtype
-    assert_same_bits(y, oracle(x, p, seed=seed, offset=offset, scale=scale, sampler=sampler, shared_dims=tuple(dims)))
+    assert_same_bits(
+        y,
+        oracle(
+            x,
+            p,
+            seed=seed,
+            offset=offset,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=tuple(dims),
+        ),
+    )
 
 
 @settings(derandomize=True, deadline=None, max_examples=60)
@@ -157,7 +224,9 @@ def test_property_shape_dtype_and_values_match_the_oracle(
     scale=st.sampled_from(SCALES),
     sampler=st.sampled_from(SAMPLERS),
 )
-def test_property_outputs_are_zero_or_x_times_the_scale(rows, n, dtype, p, seed, scale, sampler):
+def test_property_outputs_are_zero_or_x_times_the_scale(
+    rows, n, dtype, p, seed, scale, sampler
+):
     x = sample((rows, n), dtype)
     y = dropout(x, p, seed=seed, scale=scale, sampler=sampler)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -167,7 +236,11 @@ def test_property_outputs_are_zero_or_x_times_the_scale(rows, n, dtype, p, seed,
         if scale == "realized":
             factor = n / k if k else 0.0
         else:
-            factor = {"inverted": 0.0 if p == 1 else 1 / (1 - p), "classic": 1.0, "none": 1.0}[scale]
+            factor = {
+                "inverted": 0.0 if p == 1 else 1 / (1 - p),
+                "classic": 1.0,
+                "none": 1.0,
+            }[scale]
         expected = (x[r].to(compute) * torch.tensor(factor, dtype=compute)).to(dtype)
         if factor and k:
             assert torch.equal(y[r][kept[r]], expected[kept[r]])
@@ -187,7 +260,9 @@ def test_property_p_zero_and_eval_are_the_identity(shape, dtype, p, scale, sampl
     y = dropout(x, p, training=False, scale=scale, sampler=sampler)
     if scale == "classic":  # evaluation multiplies by the keep probability
         compute = torch.float64 if dtype == torch.float64 else torch.float32
-        assert_same_bits(y, (x.to(compute) * torch.tensor(1 - p, dtype=compute)).to(dtype))
+        assert_same_bits(
+            y, (x.to(compute) * torch.tensor(1 - p, dtype=compute)).to(dtype)
+        )
     else:
         assert y is x
 
@@ -208,7 +283,9 @@ def test_gradcheck_with_shared_dims_and_inplace():
     x = sample((3, 4, 5), torch.float64).requires_grad_()
 
     def fn(t):
-        return dropout(t * 1.0, 0.5, seed=5, scale="realized", shared_dims=-1, inplace=True)
+        return dropout(
+            t * 1.0, 0.5, seed=5, scale="realized", shared_dims=-1, inplace=True
+        )
 
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
@@ -261,7 +338,9 @@ def test_nothing_of_the_input_size_is_saved_for_backward(dtype):
     torch_bytes, _ = saved_bytes(lambda: torch.nn.functional.dropout(x, 0.5))
     assert torch_bytes >= x.numel()
     for scale in SCALES:
-        nbytes, y = saved_bytes(lambda s=scale: dropout(x, 0.5, seed=1, scale=s, sampler="fixed"))
+        nbytes, y = saved_bytes(
+            lambda s=scale: dropout(x, 0.5, seed=1, scale=s, sampler="fixed")
+        )
         assert nbytes == 0
         y.sum().backward()
     # In place, and through a double backward.
@@ -309,7 +388,9 @@ def test_same_seed_twice_gives_the_same_output_and_offsets_differ():
     x = sample((50, 20))
     assert_same_bits(dropout(x, 0.5, seed=8), dropout(x, 0.5, seed=8))
     assert not torch.equal(dropout(x, 0.5, seed=8), dropout(x, 0.5, seed=9))
-    assert not torch.equal(dropout(x, 0.5, seed=8), dropout(x, 0.5, seed=8, offset=1000))
+    assert not torch.equal(
+        dropout(x, 0.5, seed=8), dropout(x, 0.5, seed=8, offset=1000)
+    )
 
 
 def test_seed_none_follows_torch_manual_seed():
@@ -351,8 +432,12 @@ def test_expected_output_equals_input_under_realized(p):
     sd = x.abs() * math.sqrt(var_factor / rows)
     assert torch.all((y.mean(dim=0) - x * mean_factor).abs() <= 6 * sd)
     # Exact compensation of the count: a row of ones keeps its total n.
-    ones = dropout(torch.ones(rows, n, dtype=torch.float64), p, seed=18, scale="realized")
-    torch.testing.assert_close(ones.sum(dim=1), torch.full((rows,), float(n), dtype=torch.float64))
+    ones = dropout(
+        torch.ones(rows, n, dtype=torch.float64), p, seed=18, scale="realized"
+    )
+    torch.testing.assert_close(
+        ones.sum(dim=1), torch.full((rows,), float(n), dtype=torch.float64)
+    )
 
 
 def test_empty_and_zero_dim_inputs():
@@ -361,31 +446,45 @@ def test_empty_and_zero_dim_inputs():
             x = sample(shape)
             y = dropout(x, 0.5, seed=3, scale="realized", sampler=sampler)
             assert y.shape == x.shape
-            assert_same_bits(y, oracle(x, 0.5, seed=3, scale="realized", sampler=sampler))
+            assert_same_bits(
+                y, oracle(x, 0.5, seed=3, scale="realized", sampler=sampler)
+            )
 
 
 def test_stream_elements_counts_mask_elements():
-    assert _backend.stream_elements((8, 16, 5, 5), (2, 3)) == 128
-    assert _backend.stream_elements((3, 0)) == 0
-    assert _backend.stream_elements(()) == 1
+    assert masks.stream_elements((8, 16, 5, 5), (2, 3)) == 128
+    assert masks.stream_elements((3, 0)) == 0
+    assert masks.stream_elements(()) == 1
 
 
 def test_forced_reference_backend_matches_and_unknown_backends_are_refused(monkeypatch):
     x = sample((5, 13), torch.float16)
     default = dropout(x, 0.3, seed=10, offset=2, scale="realized", sampler="fixed")
     monkeypatch.setenv("DROPLAB_BACKEND", "reference")
-    assert _backend.select_backend(x) is _backend.reference_masked_scale
-    assert_same_bits(dropout(x, 0.3, seed=10, offset=2, scale="realized", sampler="fixed"), default)
+    assert kernels.select(x) is reference_masked_scale
+    assert_same_bits(
+        dropout(x, 0.3, seed=10, offset=2, scale="realized", sampler="fixed"), default
+    )
     monkeypatch.setenv("DROPLAB_BACKEND", "cuda-magic")
-    with pytest.raises(ValueError, match=r"The DROPLAB_BACKEND environment variable must be unset or one of 'reference', 'numba', 'triton'; got 'cuda-magic'\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The DROPLAB_BACKEND environment variable must be unset or one of 'reference', 'numba', 'triton'; got 'cuda-magic'\.",
+    ):
         dropout(x, 0.3, seed=10)
 
 
 def test_masked_scale_writes_into_out():
     x = sample((4, 4))
     out = torch.empty_like(x)
-    result = _backend.masked_scale(
-        x, p=0.5, seed=1, offset=0, scale="inverted", sampler="bernoulli", shared_dims=(), out=out
+    result = masked_scale(
+        x,
+        p=0.5,
+        seed=1,
+        offset=0,
+        scale="inverted",
+        sampler="bernoulli",
+        shared_dims=(),
+        out=out,
     )
     assert result is out
     assert_same_bits(out, oracle(x, 0.5, seed=1))
@@ -395,33 +494,128 @@ def test_masked_scale_writes_into_out():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_matches_cpu_bit_for_bit(dtype):
     x = sample((33, 65), dtype)
-    for scale, sampler, dims in [("inverted", "bernoulli", ()), ("realized", "fixed", (1,))]:
-        cpu = dropout(x, 0.4, seed=2**64 - 1, offset=5, scale=scale, sampler=sampler, shared_dims=dims)
-        gpu = dropout(x.cuda(), 0.4, seed=2**64 - 1, offset=5, scale=scale, sampler=sampler, shared_dims=dims)
+    for scale, sampler, dims in [
+        ("inverted", "bernoulli", ()),
+        ("realized", "fixed", (1,)),
+    ]:
+        cpu = dropout(
+            x,
+            0.4,
+            seed=2**64 - 1,
+            offset=5,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=dims,
+        )
+        gpu = dropout(
+            x.cuda(),
+            0.4,
+            seed=2**64 - 1,
+            offset=5,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=dims,
+        )
         assert gpu.device.type == "cuda"
         assert_same_bits(gpu, cpu)
 
 
 BAD_ARGUMENTS = [
-    ({"x": np.ones(3)}, TypeError, r"The 'x' argument of dropout must be a torch\.Tensor of dtype float16, bfloat16, float32 or float64; got an object of type ndarray\."),
-    ({"x": torch.arange(3)}, TypeError, r"The 'x' argument of dropout must be a torch\.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch\.int64\."),
-    ({"x": torch.ones(3, dtype=torch.complex64)}, TypeError, r"got a tensor of dtype torch\.complex64\."),
-    ({"p": 1.5}, ValueError, r"The 'p' argument of dropout must be a real number in \[0, 1\]; got 1\.5\."),
-    ({"p": -0.0001}, ValueError, r"The 'p' argument of dropout must be a real number in \[0, 1\]; got -0\.0001\."),
-    ({"p": float("nan")}, ValueError, r"The 'p' argument of dropout must be a real number in \[0, 1\]; got nan\."),
-    ({"p": True}, TypeError, r"The 'p' argument of dropout must be a real number in \[0, 1\]; got True\."),
-    ({"p": "0.5"}, TypeError, r"The 'p' argument of dropout must be a real number in \[0, 1\]; got '0\.5'\."),
-    ({"training": 1}, TypeError, r"The 'training' argument of dropout must be True or False; got 1\."),
-    ({"seed": -1}, ValueError, r"The 'seed' argument of dropout must be an integer in \[0, 18446744073709551616\); got -1\."),
-    ({"seed": 2**64}, ValueError, r"The 'seed' argument of dropout must be an integer in \[0, 18446744073709551616\); got 18446744073709551616\."),
-    ({"seed": 1.0}, TypeError, r"The 'seed' argument of dropout must be an integer in \[0, 18446744073709551616\); got 1\.0\."),
-    ({"offset": -3}, ValueError, r"The 'offset' argument of dropout must be an integer in \[0, \d+\); got -3\."),
-    ({"scale": "inverse"}, ValueError, r"The 'scale' argument of dropout must be one of 'inverted', 'classic', 'realized', 'none'; got 'inverse'\."),
-    ({"sampler": "exact"}, ValueError, r"The 'sampler' argument of dropout must be one of 'bernoulli', 'fixed'; got 'exact'\."),
-    ({"shared_dims": (2,)}, ValueError, r"The 'shared_dims' argument of dropout must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(2,\)\."),
-    ({"shared_dims": (1, -1)}, ValueError, r"The 'shared_dims' argument of dropout must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(1, -1\)\."),
-    ({"shared_dims": "1"}, TypeError, r"The 'shared_dims' argument of dropout must be an int or a tuple of ints; got '1'\."),
-    ({"inplace": None}, TypeError, r"The 'inplace' argument of dropout must be True or False; got None\."),
+    (
+        {"x": np.ones(3)},
+        TypeError,
+        r"The 'x' argument of dropout must be a torch\.Tensor of dtype float16, bfloat16, float32 or float64; got an object of type ndarray\.",
+    ),
+    (
+        {"x": torch.arange(3)},
+        TypeError,
+        r"The 'x' argument of dropout must be a torch\.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch\.int64\.",
+    ),
+    (
+        {"x": torch.ones(3, dtype=torch.complex64)},
+        TypeError,
+        r"got a tensor of dtype torch\.complex64\.",
+    ),
+    (
+        {"p": 1.5},
+        ValueError,
+        r"The 'p' argument of dropout must be a real number in \[0, 1\]; got 1\.5\.",
+    ),
+    (
+        {"p": -0.0001},
+        ValueError,
+        r"The 'p' argument of dropout must be a real number in \[0, 1\]; got -0\.0001\.",
+    ),
+    (
+        {"p": float("nan")},
+        ValueError,
+        r"The 'p' argument of dropout must be a real number in \[0, 1\]; got nan\.",
+    ),
+    (
+        {"p": True},
+        TypeError,
+        r"The 'p' argument of dropout must be a real number in \[0, 1\]; got True\.",
+    ),
+    (
+        {"p": "0.5"},
+        TypeError,
+        r"The 'p' argument of dropout must be a real number in \[0, 1\]; got '0\.5'\.",
+    ),
+    (
+        {"training": 1},
+        TypeError,
+        r"The 'training' argument of dropout must be True or False; got 1\.",
+    ),
+    (
+        {"seed": -1},
+        ValueError,
+        r"The 'seed' argument of dropout must be an integer in \[0, 18446744073709551616\); got -1\.",
+    ),
+    (
+        {"seed": 2**64},
+        ValueError,
+        r"The 'seed' argument of dropout must be an integer in \[0, 18446744073709551616\); got 18446744073709551616\.",
+    ),
+    (
+        {"seed": 1.0},
+        TypeError,
+        r"The 'seed' argument of dropout must be an integer in \[0, 18446744073709551616\); got 1\.0\.",
+    ),
+    (
+        {"offset": -3},
+        ValueError,
+        r"The 'offset' argument of dropout must be an integer in \[0, \d+\); got -3\.",
+    ),
+    (
+        {"scale": "inverse"},
+        ValueError,
+        r"The 'scale' argument of dropout must be one of 'inverted', 'classic', 'realized', 'none'; got 'inverse'\.",
+    ),
+    (
+        {"sampler": "exact"},
+        ValueError,
+        r"The 'sampler' argument of dropout must be one of 'bernoulli', 'fixed'; got 'exact'\.",
+    ),
+    (
+        {"shared_dims": (2,)},
+        ValueError,
+        r"The 'shared_dims' argument of dropout must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(2,\)\.",
+    ),
+    (
+        {"shared_dims": (1, -1)},
+        ValueError,
+        r"The 'shared_dims' argument of dropout must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(1, -1\)\.",
+    ),
+    (
+        {"shared_dims": "1"},
+        TypeError,
+        r"The 'shared_dims' argument of dropout must be an int or a tuple of ints; got '1'\.",
+    ),
+    (
+        {"inplace": None},
+        TypeError,
+        r"The 'inplace' argument of dropout must be True or False; got None\.",
+    ),
 ]
 
 

@@ -107,10 +107,13 @@ def test_fixed_keeps_the_k_smallest_words_ties_to_the_lower_index():
     # Rank of each word in its row, ties broken by position (lower index first).
     position = np.arange(11)
     smaller = (words[:, None, :] < words[:, :, None]) | (
-        (words[:, None, :] == words[:, :, None]) & (position[None, :] < position[:, None])
+        (words[:, None, :] == words[:, :, None])
+        & (position[None, :] < position[:, None])
     )
     rank = smaller.sum(axis=2)
-    np.testing.assert_array_equal(fixed_count_mask(shape, p, seed=5, offset=2), rank < k)
+    np.testing.assert_array_equal(
+        fixed_count_mask(shape, p, seed=5, offset=2), rank < k
+    )
 
 
 def test_fixed_count_subsets_are_uniform():
@@ -132,7 +135,9 @@ def test_shared_dims_drop_whole_channels_from_the_reduced_stream():
     mask = bernoulli_mask(shape, 0.5, seed=8, offset=3, shared_dims=(2, 3))
     assert mask.shape == (4, 3, 1, 1)
     # The shared mask is the plain mask of the reduced shape: 12 stream elements.
-    np.testing.assert_array_equal(mask, bernoulli_mask((4, 3, 1, 1), 0.5, seed=8, offset=3))
+    np.testing.assert_array_equal(
+        mask, bernoulli_mask((4, 3, 1, 1), 0.5, seed=8, offset=3)
+    )
     full = np.broadcast_to(mask, shape)
     per_channel = full.reshape(12, 25)
     assert np.all(per_channel.all(axis=1) | ~per_channel.any(axis=1))
@@ -148,7 +153,9 @@ def test_shared_first_dimension_makes_one_row():
 
 def test_consecutive_offsets_continue_the_same_stream():
     whole = bernoulli_mask((2, 5), 0.4, seed=21, offset=3)
-    np.testing.assert_array_equal(whole[1], bernoulli_mask((5,), 0.4, seed=21, offset=8))
+    np.testing.assert_array_equal(
+        whole[1], bernoulli_mask((5,), 0.4, seed=21, offset=8)
+    )
 
 
 def test_empty_and_scalar_shapes():
@@ -167,17 +174,38 @@ def test_mask_shape_and_row_count():
 
 
 def test_mask_errors_name_the_argument():
-    with pytest.raises(ValueError, match=r"The 'p' argument of bernoulli_mask must be a real number in \[0, 1\]; got 1\.5\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'p' argument of bernoulli_mask must be a real number in \[0, 1\]; got 1\.5\.",
+    ):
         bernoulli_mask((3,), 1.5, seed=0)
-    with pytest.raises(ValueError, match=r"The 'shape' argument of fixed_count_mask must be a sequence of non-negative integers; got \(3, -1\)\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'shape' argument of fixed_count_mask must be a sequence of non-negative integers; got \(3, -1\)\.",
+    ):
         fixed_count_mask((3, -1), 0.5, seed=0)
-    with pytest.raises(TypeError, match=r"The 'shape' argument of bernoulli_mask must be a sequence of integers; got 3\."):
+    with pytest.raises(
+        TypeError,
+        match=r"The 'shape' argument of bernoulli_mask must be a sequence of integers; got 3\.",
+    ):
         bernoulli_mask(3, 0.5, seed=0)
-    with pytest.raises(ValueError, match=r"The 'seed' argument of bernoulli_mask must be an integer in \[0, 18446744073709551616\); got -1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'seed' argument of bernoulli_mask must be an integer in \[0, 18446744073709551616\); got -1\.",
+    ):
         bernoulli_mask((3,), 0.5, seed=-1)
-    with pytest.raises(ValueError, match=r"The 'offset' argument of fixed_count_mask must be an integer in \[0, \d+\); got -1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'offset' argument of fixed_count_mask must be an integer in \[0, \d+\); got -1\.",
+    ):
         fixed_count_mask((3,), 0.5, seed=0, offset=-1)
-    with pytest.raises(ValueError, match=r"The 'sampler' argument of make_mask must be one of 'bernoulli', 'fixed'; got 'uniform'\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'sampler' argument of make_mask must be one of 'bernoulli', 'fixed'; got 'uniform'\.",
+    ):
         make_mask((3,), 0.5, seed=0, sampler="uniform")
-    with pytest.raises(ValueError, match=r"The 'shared_dims' argument must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(2,\)\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'shared_dims' argument must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(2,\)\.",
+    ):
         bernoulli_mask((3, 4), 0.5, seed=0, shared_dims=(2,))

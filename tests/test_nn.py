@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import droplab
-from droplab import _backend
-from droplab._module import StochasticModule
+from droplab import masks
+from droplab._core.module import StochasticModule
 from droplab.functional import dropout
 from droplab.nn import Dropout, mc_dropout
 
@@ -55,16 +55,29 @@ def test_eval_is_the_identity_and_classic_eval_scales():
 
 
 @pytest.mark.parametrize(
-    ("shape", "shared_dims"), [((6, 10), ()), ((3, 4, 5), -1), ((2, 3, 4, 4), (2, 3)), ((0, 7), ())]
+    ("shape", "shared_dims"),
+    [((6, 10), ()), ((3, 4, 5), -1), ((2, 3, 4, 4), (2, 3)), ((0, 7), ())],
 )
 def test_training_call_uses_its_stream_and_advances_the_offset(shape, shared_dims):
     x = sample(shape)
     m = Dropout(0.4, seed=2**64 - 1, scale="realized", shared_dims=shared_dims)
     m.offset = 3
-    dims = tuple(sorted(d % len(shape) for d in ((shared_dims,) if isinstance(shared_dims, int) else shared_dims)))
-    used = _backend.stream_elements(shape, dims)
+    dims = tuple(
+        sorted(
+            d % len(shape)
+            for d in ((shared_dims,) if isinstance(shared_dims, int) else shared_dims)
+        )
+    )
+    used = masks.stream_elements(shape, dims)
     for call in range(3):
-        expected = dropout(x, 0.4, seed=2**64 - 1, offset=3 + call * used, scale="realized", shared_dims=dims)
+        expected = dropout(
+            x,
+            0.4,
+            seed=2**64 - 1,
+            offset=3 + call * used,
+            scale="realized",
+            shared_dims=dims,
+        )
         assert torch.equal(m(x), expected)
         assert m.offset == 3 + (call + 1) * used
 
@@ -74,12 +87,16 @@ def test_consecutive_calls_continue_one_stream():
     x = torch.ones(2, 5)
     first, second = m(x), m(x)
     assert not torch.equal(first, second)
-    assert torch.equal(torch.cat([first, second]), dropout(torch.ones(4, 5), 0.5, seed=42))
+    assert torch.equal(
+        torch.cat([first, second]), dropout(torch.ones(4, 5), 0.5, seed=42)
+    )
 
 
 def test_state_dict_round_trip_replays_the_masks():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), Dropout(0.5, seed=2**64 - 1), nn.Linear(8, 2))
+    model = nn.Sequential(
+        nn.Linear(6, 8), Dropout(0.5, seed=2**64 - 1), nn.Linear(8, 2)
+    )
     x = sample((5, 6))
     for _ in range(3):
         model(x)  # some training steps
@@ -109,7 +126,10 @@ def _train(model, steps, x, target):
 def _make_model():
     torch.manual_seed(7)
     return nn.Sequential(
-        nn.Linear(4, 16), nn.ReLU(), Dropout(0.3, seed=123, sampler="fixed"), nn.Linear(16, 1)
+        nn.Linear(4, 16),
+        nn.ReLU(),
+        Dropout(0.3, seed=123, sampler="fixed"),
+        nn.Linear(16, 1),
     ).double()
 
 
@@ -185,7 +205,9 @@ def test_inplace_module_overwrites_its_input():
 def test_classic_evaluation_equals_scaling_the_next_layers_weights():
     torch.manual_seed(1)
     p = 0.3
-    model = nn.Sequential(nn.Linear(5, 7), Dropout(p, scale="classic"), nn.Linear(7, 3)).double()
+    model = nn.Sequential(
+        nn.Linear(5, 7), Dropout(p, scale="classic"), nn.Linear(7, 3)
+    ).double()
     x = sample((9, 5), torch.float64)
     scaled = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3)).double()
     with torch.no_grad():
@@ -205,7 +227,9 @@ def test_classic_training_average_converges_to_the_weight_scaled_network():
     with torch.no_grad():
         outputs = layer(mask_layer(h.expand(draws, 6))).squeeze(1)
         target = layer(h * (1 - p)).item()
-    sd = math.sqrt(p * (1 - p) * float(((layer.weight[0].detach() * h) ** 2).sum()) / draws)
+    sd = math.sqrt(
+        p * (1 - p) * float(((layer.weight[0].detach() * h) ** 2).sum()) / draws
+    )
     assert abs(outputs.mean().item() - target) < 6 * sd
 
 
@@ -225,7 +249,16 @@ def test_mc_dropout_samples_only_dropout_modules():
     stats_before = model[1].running_mean.clone()
     with mc_dropout(model) as inside:
         assert inside is model
-        assert [m.training for m in model] == [False, False, True, True, True, True, True, False]
+        assert [m.training for m in model] == [
+            False,
+            False,
+            True,
+            True,
+            True,
+            True,
+            True,
+            False,
+        ]
         assert not torch.equal(model(x), model(x))
     assert torch.equal(model[1].running_mean, stats_before)  # BatchNorm stayed in eval
     assert not any(m.training for m in model.modules())
@@ -234,7 +267,15 @@ def test_mc_dropout_samples_only_dropout_modules():
 
 @pytest.mark.parametrize(
     "kind",
-    [nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, Dropout],
+    [
+        nn.Dropout,
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.Dropout3d,
+        nn.AlphaDropout,
+        nn.FeatureAlphaDropout,
+        Dropout,
+    ],
 )
 def test_mc_dropout_switches_on_every_dropout_kind(kind):
     model = nn.Sequential(nn.Identity(), kind()).eval()
@@ -244,19 +285,34 @@ def test_mc_dropout_switches_on_every_dropout_kind(kind):
 
 
 def test_mc_dropout_restores_every_flag_even_after_an_exception():
-    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.BatchNorm1d(3), nn.Dropout3d()), Dropout())
+    model = nn.Sequential(
+        nn.Linear(3, 3), nn.Sequential(nn.BatchNorm1d(3), nn.Dropout3d()), Dropout()
+    )
     model.train()
     model[1][0].eval()  # a mixed state must come back exactly
     model[2].eval()
     before = [m.training for m in model.modules()]
     with pytest.raises(RuntimeError, match="boom"), mc_dropout(model):
-        assert [m.training for m in model.modules()] == [False, False, False, False, True, True]
+        assert [m.training for m in model.modules()] == [
+            False,
+            False,
+            False,
+            False,
+            True,
+            True,
+        ]
         raise RuntimeError("boom")
     assert [m.training for m in model.modules()] == before
 
 
 def test_mc_dropout_refuses_non_modules():
-    with pytest.raises(TypeError, match=r"The 'model' argument of mc_dropout must be a torch\.nn\.Module; got an object of type list\."), mc_dropout([]):
+    with (
+        pytest.raises(
+            TypeError,
+            match=r"The 'model' argument of mc_dropout must be a torch\.nn\.Module; got an object of type list\.",
+        ),
+        mc_dropout([]),
+    ):
         pass
 
 
@@ -295,15 +351,51 @@ def test_deepcopy_copies_the_stream_position():
 
 
 MODULE_ERRORS = [
-    ({"p": 1.5}, ValueError, r"The 'p' argument of Dropout must be a real number in \[0, 1\]; got 1\.5\."),
-    ({"inplace": 1}, TypeError, r"The 'inplace' argument of Dropout must be True or False; got 1\."),
-    ({"seed": -1}, ValueError, r"The 'seed' argument of Dropout must be an integer in \[0, 18446744073709551616\); got -1\."),
-    ({"seed": 2**64}, ValueError, r"The 'seed' argument of Dropout must be an integer in \[0, 18446744073709551616\); got 18446744073709551616\."),
-    ({"scale": "inverse"}, ValueError, r"The 'scale' argument of Dropout must be one of 'inverted', 'classic', 'realized', 'none'; got 'inverse'\."),
-    ({"sampler": "exact"}, ValueError, r"The 'sampler' argument of Dropout must be one of 'bernoulli', 'fixed'; got 'exact'\."),
-    ({"shared_dims": "1"}, TypeError, r"The 'shared_dims' argument of Dropout must be an int or a tuple of distinct ints; got '1'\."),
-    ({"shared_dims": (1.0,)}, TypeError, r"The 'shared_dims' argument of Dropout must be an int or a tuple of distinct ints; got \(1\.0,\)\."),
-    ({"shared_dims": (1, 1)}, ValueError, r"The 'shared_dims' argument of Dropout must be an int or a tuple of distinct ints; got \(1, 1\)\."),
+    (
+        {"p": 1.5},
+        ValueError,
+        r"The 'p' argument of Dropout must be a real number in \[0, 1\]; got 1\.5\.",
+    ),
+    (
+        {"inplace": 1},
+        TypeError,
+        r"The 'inplace' argument of Dropout must be True or False; got 1\.",
+    ),
+    (
+        {"seed": -1},
+        ValueError,
+        r"The 'seed' argument of Dropout must be an integer in \[0, 18446744073709551616\); got -1\.",
+    ),
+    (
+        {"seed": 2**64},
+        ValueError,
+        r"The 'seed' argument of Dropout must be an integer in \[0, 18446744073709551616\); got 18446744073709551616\.",
+    ),
+    (
+        {"scale": "inverse"},
+        ValueError,
+        r"The 'scale' argument of Dropout must be one of 'inverted', 'classic', 'realized', 'none'; got 'inverse'\.",
+    ),
+    (
+        {"sampler": "exact"},
+        ValueError,
+        r"The 'sampler' argument of Dropout must be one of 'bernoulli', 'fixed'; got 'exact'\.",
+    ),
+    (
+        {"shared_dims": "1"},
+        TypeError,
+        r"The 'shared_dims' argument of Dropout must be an int or a tuple of distinct ints; got '1'\.",
+    ),
+    (
+        {"shared_dims": (1.0,)},
+        TypeError,
+        r"The 'shared_dims' argument of Dropout must be an int or a tuple of distinct ints; got \(1\.0,\)\.",
+    ),
+    (
+        {"shared_dims": (1, 1)},
+        ValueError,
+        r"The 'shared_dims' argument of Dropout must be an int or a tuple of distinct ints; got \(1, 1\)\.",
+    ),
 ]
 
 
@@ -315,23 +407,44 @@ def test_constructor_errors_name_the_argument(kwargs, error, message):
 
 def test_forward_errors_leave_the_offset_alone():
     m = Dropout(0.5, seed=1, shared_dims=2)
-    with pytest.raises(ValueError, match=r"The 'shared_dims' argument of Dropout must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(2,\)\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'shared_dims' argument of Dropout must be distinct dimensions in \[-2, 1\] for a 2-d input; got \(2,\)\.",
+    ):
         m(torch.ones(3, 4))
-    with pytest.raises(TypeError, match=r"The 'x' argument of Dropout must be a torch\.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch\.int32\."):
+    with pytest.raises(
+        TypeError,
+        match=r"The 'x' argument of Dropout must be a torch\.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch\.int32\.",
+    ):
         m(torch.ones(3, 4, 5, dtype=torch.int32))
     assert m.offset == 0
 
 
 def test_stream_attributes_and_extra_state_are_validated():
     m = Dropout(seed=1)
-    with pytest.raises(ValueError, match=r"The 'offset' argument of Dropout must be an integer in \[0, \d+\); got -1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'offset' argument of Dropout must be an integer in \[0, \d+\); got -1\.",
+    ):
         m.offset = -1
-    with pytest.raises(TypeError, match=r"The 'seed' argument of Dropout must be an integer in \[0, 18446744073709551616\); got '7'\."):
+    with pytest.raises(
+        TypeError,
+        match=r"The 'seed' argument of Dropout must be an integer in \[0, 18446744073709551616\); got '7'\.",
+    ):
         m.seed = "7"
-    with pytest.raises(ValueError, match=r"The 'state' argument of Dropout\.set_extra_state must be a dict with the keys 'seed' and 'offset'; got \{'seed': 1\}\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'state' argument of Dropout\.set_extra_state must be a dict with the keys 'seed' and 'offset'; got \{'seed': 1\}\.",
+    ):
         m.set_extra_state({"seed": 1})
-    with pytest.raises(TypeError, match=r"The 'state' argument of Dropout\.set_extra_state must be a dict with the keys 'seed' and 'offset'; got 3\."):
+    with pytest.raises(
+        TypeError,
+        match=r"The 'state' argument of Dropout\.set_extra_state must be a dict with the keys 'seed' and 'offset'; got 3\.",
+    ):
         m.set_extra_state(3)
-    with pytest.raises(ValueError, match=r"The 'n' argument of Dropout\.next_stream must be an integer in \[0, inf\); got -1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'n' argument of Dropout\.next_stream must be an integer in \[0, inf\); got -1\.",
+    ):
         m.next_stream(-1)
     assert (m.seed, m.offset) == (1, 0)

@@ -104,24 +104,49 @@ def test_neighbouring_seeds_give_unrelated_streams():
 
 
 def test_philox_refuses_bad_counters_and_keys():
-    with pytest.raises(ValueError, match=r"The 'counter' argument must be an array of shape \(\.\.\., 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'counter' argument must be an array of shape \(\.\.\., 4\)",
+    ):
         philox4x32(np.zeros(3, np.uint32), np.zeros(2, np.uint32))
-    with pytest.raises(ValueError, match=r"The 'key' argument must be an array of shape \(\.\.\., 2\)"):
+    with pytest.raises(
+        ValueError, match=r"The 'key' argument must be an array of shape \(\.\.\., 2\)"
+    ):
         philox4x32(np.zeros(4, np.uint32), np.zeros(3, np.uint32))
-    with pytest.raises(TypeError, match=r"The 'counter' argument must be an array of unsigned 32-bit integers"):
+    with pytest.raises(
+        TypeError,
+        match=r"The 'counter' argument must be an array of unsigned 32-bit integers",
+    ):
         philox4x32(np.zeros(4), np.zeros(2, np.uint32))
-    with pytest.raises(ValueError, match=r"The 'key' argument must be 32-bit words, each in \[0, 2\*\*32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'key' argument must be 32-bit words, each in \[0, 2\*\*32\)",
+    ):
         philox4x32(np.zeros(4, np.uint32), np.array([-1, 0]))
-    with pytest.raises(ValueError, match=r"The 'rounds' argument of philox4x32 must be an integer in \[0, 65536\); got -1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'rounds' argument of philox4x32 must be an integer in \[0, 65536\); got -1\.",
+    ):
         philox4x32(np.zeros(4, np.uint32), np.zeros(2, np.uint32), rounds=-1)
 
 
 def test_random_words_refuses_bad_arguments():
-    with pytest.raises(ValueError, match=r"The 'seed' argument of random_words must be an integer in \[0, 18446744073709551616\); got 18446744073709551616\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'seed' argument of random_words must be an integer in \[0, 18446744073709551616\); got 18446744073709551616\.",
+    ):
         random_words(2**64, 0, 1)
-    with pytest.raises(ValueError, match=r"The 'offset' argument of random_words must be an integer in \[0, \d+\); got -1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'offset' argument of random_words must be an integer in \[0, \d+\); got -1\.",
+    ):
         random_words(0, -1, 1)
-    with pytest.raises(ValueError, match=r"The 'n' argument of random_words must be an integer in \[0, inf\); got -2\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'n' argument of random_words must be an integer in \[0, inf\); got -2\.",
+    ):
         random_words(0, 0, -2)
-    with pytest.raises(TypeError, match=r"The 'n' argument of random_words must be an integer"):
+    with pytest.raises(
+        TypeError, match=r"The 'n' argument of random_words must be an integer"
+    ):
         random_words(0, 0, 2.0)

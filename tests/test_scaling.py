@@ -37,15 +37,26 @@ def test_p_one_gives_scale_zero_not_a_division_by_zero():
 
 def test_realized_row_scale_is_n_over_k():
     kept = np.array([1, 2, 3, 6, 0])
-    np.testing.assert_array_equal(realized_row_scale(kept, 6), [6.0, 3.0, 2.0, 1.0, 0.0])
+    np.testing.assert_array_equal(
+        realized_row_scale(kept, 6), [6.0, 3.0, 2.0, 1.0, 0.0]
+    )
     # Kept units times n/k sum to the row's n: exact compensation of the count.
     assert np.all(realized_row_scale(kept[:4], 6) * kept[:4] == 6)
 
 
 def test_scale_errors_name_the_argument():
-    with pytest.raises(ValueError, match=r"The 'scale' argument of train_scale must be one of 'inverted', 'classic', 'realized', 'none'; got 'inverse'\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'scale' argument of train_scale must be one of 'inverted', 'classic', 'realized', 'none'; got 'inverse'\.",
+    ):
         train_scale(0.5, "inverse")
-    with pytest.raises(ValueError, match=r"The 'p' argument of eval_scale must be a real number in \[0, 1\]; got -0\.5\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'p' argument of eval_scale must be a real number in \[0, 1\]; got -0\.5\.",
+    ):
         eval_scale(-0.5, "classic")
-    with pytest.raises(TypeError, match=r"The 'scale' argument of eval_scale must be one of .*; got None\."):
+    with pytest.raises(
+        TypeError,
+        match=r"The 'scale' argument of eval_scale must be one of .*; got None\.",
+    ):
         eval_scale(0.5, None)

@@ -31,7 +31,8 @@ def test_fail_builds_the_error_with_the_template_and_does_not_raise():
 
 
 @pytest.mark.parametrize(
-    "p", [0, 1, 0.0, 1.0, 0.3, np.float32(0.25), np.float64(0.5), fractions.Fraction(1, 3)]
+    "p",
+    [0, 1, 0.0, 1.0, 0.3, np.float32(0.25), np.float64(0.5), fractions.Fraction(1, 3)],
 )
 def test_check_probability_accepts_reals_in_the_closed_unit_interval(p):
     value = check_probability(p)
@@ -41,20 +42,27 @@ def test_check_probability_accepts_reals_in_the_closed_unit_interval(p):
 
 @pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf"), -1e-300])
 def test_check_probability_refuses_values_outside_0_1(p):
-    with pytest.raises(ValueError, match=r"The 'p' argument of f must be a real number in \[0, 1\]; got"):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'p' argument of f must be a real number in \[0, 1\]; got",
+    ):
         check_probability(p, owner="f")
 
 
 @pytest.mark.parametrize("p", [True, False, "0.5", None, 0.5j, [0.5]])
 def test_check_probability_refuses_non_reals_and_booleans(p):
-    with pytest.raises(TypeError, match=r"The 'rate' argument must be a real number in \[0, 1\]"):
+    with pytest.raises(
+        TypeError, match=r"The 'rate' argument must be a real number in \[0, 1\]"
+    ):
         check_probability(p, name="rate")
 
 
 def test_check_int_bounds_are_half_open():
     assert check_int(0, "n", low=0, high=3) == 0
     assert check_int(np.int64(2), "n", low=0, high=3) == 2
-    with pytest.raises(ValueError, match=r"The 'n' argument must be an integer in \[0, 3\); got 3\."):
+    with pytest.raises(
+        ValueError, match=r"The 'n' argument must be an integer in \[0, 3\); got 3\."
+    ):
         check_int(3, "n", low=0, high=3)
     with pytest.raises(ValueError, match=r"an integer in \[0, inf\); got -1\."):
         check_int(-1, "n", low=0)
@@ -72,7 +80,10 @@ def test_check_seed_accepts_the_full_64_bit_range():
 
 @pytest.mark.parametrize("seed", [-1, 2**64, 2**70])
 def test_check_seed_refuses_seeds_outside_64_bits(seed):
-    with pytest.raises(ValueError, match=rf"The 'seed' argument of g must be an integer in \[0, 18446744073709551616\); got {seed}\."):
+    with pytest.raises(
+        ValueError,
+        match=rf"The 'seed' argument of g must be an integer in \[0, 18446744073709551616\); got {seed}\.",
+    ):
         check_seed(seed, owner="g")
 
 
@@ -84,13 +95,18 @@ def test_check_seed_refuses_non_integers(seed):
 
 def test_check_offset_refuses_negative_offsets():
     assert check_offset(2**64) == 2**64  # offsets count elements, four per block
-    with pytest.raises(ValueError, match=r"The 'offset' argument must be an integer in \[0, \d+\); got -4\."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'offset' argument must be an integer in \[0, \d+\); got -4\.",
+    ):
         check_offset(-4)
 
 
 def test_check_choice_lists_the_allowed_names():
     assert check_choice("a", "mode", ("a", "b")) == "a"
-    with pytest.raises(ValueError, match=r"The 'mode' argument must be one of 'a', 'b'; got 'c'\."):
+    with pytest.raises(
+        ValueError, match=r"The 'mode' argument must be one of 'a', 'b'; got 'c'\."
+    ):
         check_choice("c", "mode", ("a", "b"))
     with pytest.raises(TypeError, match=r"must be one of 'a', 'b'; got 1\."):
         check_choice(1, "mode", ("a", "b"))
@@ -105,11 +121,16 @@ def test_check_shared_dims_normalises_ints_negatives_and_order():
 
 @pytest.mark.parametrize("dims", [(3,), (-4,), (0, 0), (1, -2)])
 def test_check_shared_dims_refuses_out_of_range_and_repeated_dims(dims):
-    with pytest.raises(ValueError, match=r"must be distinct dimensions in \[-3, 2\] for a 3-d input; got"):
+    with pytest.raises(
+        ValueError,
+        match=r"must be distinct dimensions in \[-3, 2\] for a 3-d input; got",
+    ):
         check_shared_dims(dims, 3)
 
 
 @pytest.mark.parametrize("dims", ["0", 1.0, (0.0,), (True,), None])
 def test_check_shared_dims_refuses_non_integers(dims):
-    with pytest.raises(TypeError, match=r"The 'shared_dims' argument must be an int or a tuple of ints"):
+    with pytest.raises(
+        TypeError, match=r"The 'shared_dims' argument must be an int or a tuple of ints"
+    ):
         check_shared_dims(dims, 3)

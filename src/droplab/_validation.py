@@ -17,17 +17,33 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
+
 __all__ = [
+    "FLOAT_DTYPES",
+    "OFFSET_LIMIT",
+    "SEED_LIMIT",
+    "check_bool",
     "check_choice",
+    "check_dims_type",
+    "check_floating_tensor",
     "check_int",
     "check_offset",
     "check_probability",
     "check_seed",
     "check_shared_dims",
     "fail",
+    "fail_ndim",
 ]
 
+# Seeds are in [0, SEED_LIMIT); a stream has 4 * 2**64 elements, so offsets are in
+# [0, OFFSET_LIMIT). The stream contract itself is documented in droplab.rng.
 SEED_LIMIT = 2**64
+OFFSET_LIMIT = 4 * SEED_LIMIT
+
+# The dtypes every backend supports; anything else is refused.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPE_NAMES = "float16, bfloat16, float32 or float64"
 
 
 def _where(name: str, owner: str | None) -> str:
@@ -48,6 +64,20 @@ def fail(
     "The 'p' argument of dropout must be a real number in [0, 1]; got 1.5."
     """
     return kind(f"{_where(name, owner)} must be {allowed}; got {value!r}.")
+
+
+def fail_ndim(
+    ndim: int, allowed: str, *, owner: str, name: str = "x", note: str = ""
+) -> ValueError:
+    """Build the error for a tensor of the wrong number of dimensions.
+
+    >>> str(fail_ndim(3, "be a 4-d (N, C, H, W) tensor", owner="drop_block2d"))
+    "The 'x' argument of drop_block2d must be a 4-d (N, C, H, W) tensor; got a 3-d tensor."
+    """
+    return ValueError(
+        f"{_where(name, owner)} must {allowed}; got a {ndim}-d tensor."
+        + (f" {note}" if note else "")
+    )
 
 
 def check_probability(p: Any, name: str = "p", *, owner: str | None = None) -> float:
@@ -103,7 +133,7 @@ def check_seed(seed: Any, name: str = "seed", *, owner: str | None = None) -> in
 
 def check_offset(offset: Any, name: str = "offset", *, owner: str | None = None) -> int:
     """Return ``offset`` as a non-negative int (the element counter of a stream)."""
-    return check_int(offset, name, low=0, high=SEED_LIMIT * 4, owner=owner)
+    return check_int(offset, name, low=0, high=OFFSET_LIMIT, owner=owner)
 
 
 def check_choice(
@@ -164,3 +194,59 @@ def check_shared_dims(
     if len(set(out)) != len(out):
         raise fail(name, shared_dims, allowed, owner=owner)
     return tuple(sorted(out))
+
+
+def check_dims_type(
+    shared_dims: Any, name: str = "shared_dims", *, owner: str | None = None
+) -> tuple[int, ...]:
+    """A tuple of distinct ints; their range is checked against each input's ndim.
+
+    What a module stores at construction, before it sees an input (whose ndim
+    :func:`check_shared_dims` then checks the dims against).
+
+    >>> check_dims_type(2), check_dims_type([2, 3])
+    ((2,), (2, 3))
+    """
+    allowed = "an int or a tuple of distinct ints"
+    if isinstance(shared_dims, numbers.Integral) and not isinstance(shared_dims, bool):
+        dims: tuple[Any, ...] = (shared_dims,)
+    elif isinstance(shared_dims, Iterable) and not isinstance(shared_dims, str):
+        dims = tuple(shared_dims)
+    else:
+        raise fail(name, shared_dims, allowed, owner=owner, kind=TypeError)
+    if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims):
+        raise fail(name, shared_dims, allowed, owner=owner, kind=TypeError)
+    if len(set(dims)) != len(dims):
+        raise fail(name, shared_dims, allowed, owner=owner)
+    return tuple(int(d) for d in dims)
+
+
+def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tensor:
+    """Return ``x`` if it is a torch tensor of a dtype droplab supports.
+
+    Raises TypeError otherwise, naming the argument, what was received and what
+    is allowed (the template of this module).
+
+    >>> check_floating_tensor(torch.arange(3), owner="dropout")
+    Traceback (most recent call last):
+    ...
+    TypeError: The 'x' argument of dropout must be a torch.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch.int64.
+    """
+    if isinstance(x, torch.Tensor) and x.dtype in FLOAT_DTYPES:
+        return x
+    got = (
+        f"a tensor of dtype {x.dtype}"
+        if isinstance(x, torch.Tensor)
+        else f"an object of type {type(x).__qualname__}"
+    )
+    raise TypeError(
+        f"The {name!r} argument of {owner} must be a torch.Tensor of dtype "
+        f"{_DTYPE_NAMES}; got {got}."
+    )
+
+
+def check_bool(value: Any, name: str, *, owner: str) -> bool:
+    """Return ``value`` if it is a bool; TypeError otherwise (``1`` is refused too)."""
+    if not isinstance(value, bool):
+        raise fail(name, value, "True or False", owner=owner, kind=TypeError)
+    return value

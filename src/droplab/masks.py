@@ -56,6 +56,7 @@ __all__ = [
     "mask_shape",
     "mask_words",
     "row_count",
+    "stream_elements",
 ]
 
 SAMPLERS = ("bernoulli", "fixed")
@@ -106,6 +107,19 @@ def mask_shape(shape: Sequence[int], shared_dims: Any = ()) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     dims = check_shared_dims(shared_dims, len(shape))
     return tuple(1 if d in dims else s for d, s in enumerate(shape))
+
+
+def stream_elements(shape: Sequence[int], shared_dims: Any = ()) -> int:
+    """Stream elements one draw for an input of ``shape`` uses: ``prod(mask shape)``.
+
+    A module that owns a stream advances its offset by this after every call.
+
+    >>> stream_elements((8, 16, 5, 5), shared_dims=(2, 3))
+    128
+    >>> stream_elements(())
+    1
+    """
+    return math.prod(mask_shape(shape, shared_dims))
 
 
 def row_count(shape: Sequence[int]) -> tuple[int, int]:

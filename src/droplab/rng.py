@@ -15,16 +15,70 @@ The stream contract (see docs/DESIGN.md):
   counter is ``(j // 4 low 32 bits, j // 4 high 32 bits, 0, 0)``.
 
 While ``j // 4 < 2**32`` this is exactly Triton's ``tl.randint4x(seed, j // 4)``.
+
+Seeds and streams: every rule in this one file.
+
+- **Ranges.** A seed is an int in ``[0, 2**64)`` and a stream has ``4 * 2**64``
+  elements, so an offset is in ``[0, OFFSET_LIMIT)`` (the bounds the checks of
+  :mod:`droplab._validation` apply).
+- **seed=None.** :func:`draw_seed` is the only way droplab resolves
+  ``seed=None``: a fresh 63-bit seed from torch's default CPU generator, so
+  ``torch.manual_seed`` reproduces a run as with ``torch.nn.Dropout``
+  (:func:`resolve_seed` is the argument-checking form the ops call).
+- **Derived seeds.** Two derivations, for two jobs:
+  :func:`derive_seed` (NumPy ``SeedSequence``, 63 bits) gives independent seeds
+  to the tasks of a lab run (a network's layers, a trial, a resample), and
+  :func:`stream_seed` (Philox under the root seed) gives the stream of a
+  module's call in Monte-Carlo prediction and in the UCI trainer. What keeps
+  the uses of :func:`stream_seed` apart are the tags of :data:`STREAM_TAGS`
+  (the third counter word for ``mc_predict``, the call index for the UCI
+  protocol's stages and layers); a new use takes a new tag there.
+- **Compute dtype.** Words become numbers in the dtype of
+  :func:`droplab.scaling.compute_dtype`, the numerics rule shared with the
+  kernels.
+- **Words by device.** :func:`droplab.kernels.stream_words` draws words on the
+  tensor's device (the Triton kernel on CUDA, this file's NumPy Philox on the
+  CPU): the same words everywhere.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
+import torch
 
-from droplab._validation import check_int, check_offset, check_seed, fail
+from droplab._validation import (
+    OFFSET_LIMIT,
+    SEED_LIMIT,
+    check_int,
+    check_offset,
+    check_seed,
+    fail,
+)
 
-__all__ = ["philox4x32", "random_words", "seed_to_key"]
+__all__ = [
+    "OFFSET_LIMIT",
+    "SEED_LIMIT",
+    "STREAM_TAGS",
+    "derive_seed",
+    "draw_seed",
+    "philox4x32",
+    "random_words",
+    "resolve_seed",
+    "seed_to_key",
+    "stream_seed",
+]
+
+# One tag per use of stream_seed, so that the seeds each use derives never meet
+# (the tag is ASCII, in the comment). "mc_predict" is stream_seed's third
+# counter word; the UCI uses pass theirs as the call index.
+STREAM_TAGS = {
+    "mc_predict": 0x4D436472,  # "MCdr": pass streams of mc_predict
+    "uci_stage": 0x55434953,  # "UCIS": the UCI protocol's stage seeds
+    "uci_train": 0x55434954,  # "UCIT": the stacked UCI trainer's dropout layers
+}
 
 # Multipliers and Weyl key increments of Philox4x32 (Salmon et al., Table 2).
 PHILOX_M0 = np.uint64(0xD2511F53)
@@ -129,3 +183,57 @@ def random_words(seed: int, offset: int, n: int) -> UInt32Array:
     words = philox4x32(counter, np.array([low, high], np.uint64)).reshape(-1)
     start = offset - 4 * first_block
     return words[start : start + n]
+
+
+def draw_seed() -> int:
+    """A fresh 63-bit seed from torch's default CPU generator.
+
+    This is how ``seed=None`` is resolved everywhere in droplab, so that
+    ``torch.manual_seed`` reproduces a run exactly as with ``torch.nn.Dropout``.
+
+    >>> _ = torch.manual_seed(0); a = draw_seed()
+    >>> _ = torch.manual_seed(0); a == draw_seed()
+    True
+    """
+    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+
+
+def resolve_seed(
+    seed: Any, offset: Any, owner: str, *, draw: bool = True
+) -> tuple[int, int]:
+    """Validate ``(seed, offset)``; ``seed=None`` takes :func:`draw_seed` when
+    ``draw`` is True, and 0 otherwise (no draw at evaluation, as
+    ``torch.nn.Dropout``)."""
+    if seed is None:
+        return (draw_seed() if draw else 0), check_offset(offset, owner=owner)
+    return check_seed(seed, owner=owner), check_offset(offset, owner=owner)
+
+
+def stream_seed(seed: int, module_index: int, call_index: int) -> int:
+    """The seed of the stream of a dropout module's ``call_index``-th call.
+
+    Philox4x32-10 under the key of ``seed`` at counter
+    ``(module_index, call_index, STREAM_TAGS["mc_predict"], 0)``; the first two
+    words are the low and high halves of the derived 64-bit seed.
+
+    >>> stream_seed(0, 0, 0) == stream_seed(0, 0, 0) != stream_seed(0, 1, 0)
+    True
+    """
+    seed = check_seed(seed, owner="stream_seed")
+    counter = np.array(
+        [module_index, call_index, STREAM_TAGS["mc_predict"], 0], np.uint64
+    )
+    words = philox4x32(counter, np.array(seed_to_key(seed), np.uint64))
+    return int(words[0]) | (int(words[1]) << 32)
+
+
+def derive_seed(root: int, *keys: int) -> int:
+    """An independent 63-bit seed for task ``keys`` of run ``root`` (NumPy SeedSequence).
+
+    >>> derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(0, 2)
+    True
+    """
+    state = np.random.SeedSequence(root, spawn_key=tuple(keys)).generate_state(
+        2, np.uint32
+    )
+    return (int(state[0]) << 31) ^ int(state[1])

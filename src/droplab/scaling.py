@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from droplab._validation import check_choice, check_probability
 
-__all__ = ["SCALES", "eval_scale", "realized_row_scale", "train_scale"]
+__all__ = [
+    "SCALES",
+    "compute_dtype",
+    "eval_scale",
+    "realized_row_scale",
+    "train_scale",
+]
 
 SCALES = ("inverted", "classic", "realized", "none")
 
@@ -66,3 +73,16 @@ def realized_row_scale(kept: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
     k = np.asarray(kept, dtype=np.float64)
     with np.errstate(divide="ignore"):
         return np.where(k > 0, n / np.where(k > 0, k, 1.0), 0.0)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a scale is applied in: float64 for float64, float32 otherwise.
+
+    The one numerics rule every path shares (kernels, the reference, the
+    variants' noise): factors and noise are rounded to this dtype, the product
+    is computed in it, and the result is rounded back to the input's dtype.
+
+    >>> compute_dtype(torch.float16), compute_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -1,23 +1,57 @@
-"""Fast implementations of :func:`droplab._backend.masked_scale`.
+"""Implementations of ``masked_scale``, and the one place that chooses between them.
 
+- :mod:`droplab.kernels.reference`: NumPy mask, torch multiply; the fallback and
+  the oracle of the tests.
 - :mod:`droplab.kernels.cpu`: Numba, parallel over CPU threads.
 - :mod:`droplab.kernels.gpu`: Triton, for CUDA tensors (and, under
   ``TRITON_INTERPRET=1``, for CPU tensors through Triton's interpreter, which is
   how the tests check it on machines without a GPU).
+- :mod:`droplab.kernels.cpp`: an optional C++ autograd op for small CPU tensors,
+  built once by ``droplab build-cpp``.
 
-Both follow the random-number contract of docs/DESIGN.md bit for bit; the
-reference path in :mod:`droplab._backend` stays the fallback when a kernel's
-compiler is not installed. Importing this package imports neither Numba nor
-Triton; :func:`numba_available` and :func:`triton_available` tell whether the
-kernels can be loaded.
+All follow the random-number contract of docs/DESIGN.md bit for bit (see
+:mod:`droplab.kernels.reference`). The choice is made here and only here:
+:func:`select` picks the ``masked_scale`` implementation for a tensor, and
+:func:`select_fused` says whether the C++ op, which carries its own autograd
+and so replaces the engine's autograd Function as a whole, covers a call.
+Setting ``DROPLAB_BACKEND`` to ``reference``, ``numba`` or ``triton`` forces a
+path (and turns the C++ op off). Importing this package imports neither Numba
+nor Triton; :func:`numba_available` and :func:`triton_available` tell whether
+the kernels can be loaded.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["numba_available", "triton_available"]
+import numpy as np
+import torch
+
+from droplab.kernels import cpp
+from droplab.kernels.reference import reference_masked_scale
+from droplab.masks import keep_threshold
+from droplab.rng import random_words
+from droplab.scaling import train_scale
+
+__all__ = [
+    "BACKENDS",
+    "MaskedScale",
+    "numba_available",
+    "run_fused",
+    "select",
+    "select_fused",
+    "stream_words",
+    "triton_available",
+    "words_on_device",
+]
+
+BACKENDS = ("reference", "numba", "triton")
+
+MaskedScale = Callable[..., torch.Tensor]
 
 
 @functools.cache
@@ -50,3 +84,125 @@ def triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def _cpu_kernel() -> MaskedScale:
+    """``droplab.kernels.cpu.masked_scale`` (imports Numba on first use)."""
+    from droplab.kernels import cpu
+
+    return cpu.masked_scale
+
+
+def select(t: torch.Tensor) -> MaskedScale:
+    """The implementation of ``masked_scale`` used for tensor ``t``.
+
+    ``DROPLAB_BACKEND`` (``reference``, ``numba`` or ``triton``) forces a path;
+    a forced kernel that cannot run here is an error rather than a silent fallback.
+    """
+    forced = os.environ.get("DROPLAB_BACKEND", "")
+    # The common case first, with nothing more than these lookups: no forced
+    # path, a CPU tensor, Numba installed (numba_available is memoised; it is
+    # a global of this module, looked up each time, so tests can replace it).
+    if not forced and t.device.type == "cpu" and numba_available():
+        return _cpu_kernel()
+    forced = forced.strip()
+    if forced not in ("", *BACKENDS):
+        allowed = ", ".join(repr(name) for name in BACKENDS)
+        raise ValueError(
+            f"The DROPLAB_BACKEND environment variable must be unset or one of "
+            f"{allowed}; got {forced!r}."
+        )
+    if forced == "reference":
+        return reference_masked_scale
+    # kernel dispatch: faster implementations of the same contract are chosen
+    # here by device (cpu -> droplab.kernels.cpu when Numba imports; cuda ->
+    # droplab.kernels.gpu when Triton imports), falling back to the reference.
+    if forced in ("", "numba") and t.device.type == "cpu" and numba_available():
+        return _cpu_kernel()
+    if (forced == "triton" or t.device.type == "cuda") and triton_available():
+        from droplab.kernels import gpu
+
+        if gpu.runs_on(t):  # CUDA, or any device under TRITON_INTERPRET=1
+            return gpu.masked_scale
+    if forced:
+        raise RuntimeError(
+            f"DROPLAB_BACKEND={forced!r} was requested, but that kernel is not "
+            f"available for a tensor on {t.device.type!r}; unset it or use 'reference'."
+        )
+    return reference_masked_scale
+
+
+# The calls the C++ op covers: float32/float64, contiguous, on the CPU, small
+# (larger tensors take the usual path: its kernel runs on several threads).
+_CPP_DTYPES = (torch.float32, torch.float64)
+_CPP_LIMIT = 1 << 19
+
+
+@functools.lru_cache(maxsize=256)
+def _threshold_and_factor(p: float, scale: str) -> tuple[int, float]:
+    return keep_threshold(p), train_scale(p, scale)
+
+
+def select_fused(
+    x: torch.Tensor,
+    p: float,
+    scale: str,
+    sampler: str,
+    shared_dims: tuple[int, ...],
+    inplace: bool,
+) -> tuple[int, float] | None:
+    """Whether the C++ op covers this call: its ``(threshold, factor)``, or None.
+
+    The C++ op (:mod:`droplab.kernels.cpp`, when built) is forward *and*
+    backward without Python per call, so it replaces the engine's autograd
+    Function as a whole: run it with :func:`run_fused`. Every other call goes
+    through :func:`select`. Any ``DROPLAB_BACKEND`` turns it off.
+    """
+    if (
+        sampler == "bernoulli"
+        and not shared_dims
+        and not inplace
+        and scale != "realized"
+        and x.dtype in _CPP_DTYPES
+        and x.device.type == "cpu"
+        and 0 < x.numel() < _CPP_LIMIT
+        and x.is_contiguous()
+        and cpp.load() is not None
+        and not os.environ.get("DROPLAB_BACKEND")
+    ):
+        return _threshold_and_factor(p, scale)
+    return None
+
+
+def run_fused(
+    x: torch.Tensor, seed: int, offset: int, fused: tuple[int, float]
+) -> torch.Tensor:
+    """The C++ op on ``x``, for a call :func:`select_fused` said it covers."""
+    return cpp.dropout(x, seed, offset, *fused)
+
+
+def words_on_device(device: torch.device) -> bool:
+    """Whether :func:`stream_words` draws on ``device`` itself: a CUDA device with
+    Triton (unless ``DROPLAB_BACKEND=reference``). The CPU draws in NumPy."""
+    return (
+        device.type == "cuda"
+        and triton_available()
+        and os.environ.get("DROPLAB_BACKEND", "").strip() != "reference"
+    )
+
+
+def stream_words(n: int, *, seed: int, offset: int, device: Any) -> torch.Tensor:
+    """The ``n`` words of the stream from ``offset``, as int64 on ``device``.
+
+    The word source by device: drawn on a CUDA device by the Triton kernel
+    (:func:`droplab.kernels.gpu.stream_words`), else by
+    :func:`droplab.rng.random_words` in NumPy and moved; the same words either way.
+    """
+    device = torch.device(device)
+    if words_on_device(device):
+        from droplab.kernels import gpu
+
+        return gpu.stream_words(n, seed=seed, offset=offset, device=device)
+    words = random_words(seed, offset, n).astype(np.int64)
+    return torch.from_numpy(words).to(device)

@@ -18,7 +18,8 @@ parallel Python path is as fast) keeps the usual path.
 
 It is opt-in at build time. Compiling needs a C++ compiler, ``ninja`` and
 PyTorch's headers and takes about a minute, so droplab never compiles on its
-own: run ``droplab build-cpp`` (or :func:`build`) once. From then on every
+own: run ``droplab build-cpp`` (:mod:`droplab.cli.build_cpp`, or :func:`build`)
+once. From then on every
 process that finds the built library in the cache folder
 (``$DROPLAB_CPP_DIR``, default ``~/.cache/droplab/cpp``) uses it. Setting
 ``DROPLAB_CPP=0`` turns it off; ``DROPLAB_BACKEND`` (any value) bypasses it too.
@@ -26,13 +27,11 @@ process that finds the built library in the cache folder
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -235,44 +234,3 @@ def dropout(
         x, signed_seed, signed_offset, threshold, factor
     )
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser, name: str = "build-cpp") -> None:
-    """The options of ``droplab build-cpp``."""
-    parser.add_argument(
-        "--verbose", action="store_true", help="show the compiler's output"
-    )
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``droplab build-cpp``: compile, load, check against the Numba path."""
-    started = time.perf_counter()
-    try:
-        build(verbose=args.verbose)
-    except Exception as error:
-        print(
-            f"droplab build-cpp: could not build the C++ op: {error}", file=sys.stderr
-        )
-        return 1
-    from droplab import functional
-
-    x = torch.randn(1000, dtype=torch.float32)
-    fast = functional.dropout(x, 0.5, seed=1, offset=3)
-    os.environ["DROPLAB_CPP"] = "0"
-    try:
-        load.cache_clear()
-        slow = functional.dropout(x, 0.5, seed=1, offset=3)
-    finally:
-        del os.environ["DROPLAB_CPP"]
-        load.cache_clear()
-    if not torch.equal(fast, slow):  # pragma: no cover - a broken build
-        print(
-            "droplab build-cpp: the C++ op disagrees with the Numba path",
-            file=sys.stderr,
-        )
-        return 1
-    print(
-        f"built {library_path()} in {time.perf_counter() - started:.0f} s; "
-        "droplab uses it from now on (DROPLAB_CPP=0 turns it off)"
-    )
-    return 0

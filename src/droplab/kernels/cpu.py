@@ -1,6 +1,6 @@
-"""The CPU kernel of :func:`droplab._backend.masked_scale`, compiled with Numba.
+"""The CPU kernel of :mod:`droplab.kernels.reference`, compiled with Numba.
 
-Same contract as the reference path (see :mod:`droplab._backend`): the mask of
+Same contract as the reference path (see :mod:`droplab.kernels.reference`): the mask of
 :func:`droplab.masks.make_mask`, the factor rounded to the compute dtype (float64
 for float64 input, float32 otherwise), kept elements ``(t * factor)`` cast back
 to ``t``'s dtype, dropped elements ``+0.0``. The tests check equality bit for bit.
@@ -167,7 +167,7 @@ def masked_scale(
     shared_dims: tuple[int, ...],
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``t * mask * train-scale`` on the CPU; see :func:`droplab._backend.masked_scale`.
+    """``t * mask * train-scale`` on the CPU; see :mod:`droplab.kernels.reference`.
 
     Arguments are assumed valid (the callers validate them).
 

@@ -1,11 +1,11 @@
-"""The GPU kernel of :func:`droplab._backend.masked_scale`, written in Triton.
+"""The GPU kernel of ``masked_scale`` (:mod:`droplab.kernels.reference`), written in Triton.
 
 - Paper: Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as
   1, 2, 3", SC 2011 (Philox4x32-10, the generator of ``tl.philox``).
 - Kernel shape after Triton's "low-memory dropout" tutorial: the mask is
   regenerated from (seed, offset) and never stored.
 
-Same contract as the reference path (see :mod:`droplab._backend`), bit for bit.
+Same contract as the reference path (see :mod:`droplab.kernels.reference`), bit for bit.
 Each program draws ``BLOCK // 4`` Philox4x32-10 blocks on counters ``(block
 low 32 bits, block high 32 bits, 0, 0)`` under the key ``(seed low, seed
 high)`` and interleaves the four words into ``BLOCK`` consecutive stream
@@ -247,7 +247,7 @@ def masked_scale(
     shared_dims: tuple[int, ...],
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``t * mask * train-scale`` with Triton; see :func:`droplab._backend.masked_scale`."""
+    """``t * mask * train-scale`` with Triton; see :mod:`droplab.kernels.reference`."""
     shape = tuple(t.shape)
     compute = _COMPUTE[t.dtype]
     own = masks.mask_shape(shape, shared_dims)

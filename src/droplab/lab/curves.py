@@ -4,10 +4,10 @@
 history; the training questions (which rate, how many epochs, how long) need the
 whole curve: training and validation error after every epoch, the test error of
 the final model, and the seconds each epoch took. :func:`train_with_curves`
-records them with the same optimiser (Adam), the same seeded shuffling and the
-same models (:func:`droplab.lab.training.build_mlp`), so a curve and a
-``train_classifier`` run of the same seeds see the same batches.
-:func:`train_regressor` is its twin for a 1-D regression network (MSE loss).
+records them from an ``on_epoch`` callback of the lab's one training loop
+(:func:`droplab.lab.training.fit`), so a curve and a ``train_classifier`` run of
+the same seeds see the same batches. :func:`train_regressor` is the same loop
+for a 1-D regression network (MSE loss).
 
 Seconds are measured with ``time.perf_counter`` around the training steps only
 (evaluation excluded); they are the one output that is not reproducible.
@@ -16,7 +16,6 @@ Seconds are measured with ``time.perf_counter`` around the training steps only
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,25 +25,16 @@ import torch
 from torch import nn
 
 from droplab._validation import check_int
-from droplab.data import Dataset
-from droplab.lab.parallel import one_thread
-from droplab.lab.training import load_classification, predict
+from droplab.lab.data import Dataset
+from droplab.lab.training import fit, load_classification, predict
 
 __all__ = [
     "cross_entropy",
     "load_cached",
-    "serial_kernels",
     "train_regressor",
     "train_with_curves",
     "warm_up_kernels",
 ]
-
-
-# Training tasks run one per core (``parallel_map``); inside a task droplab's
-# CPU kernels follow torch's thread count, so one torch thread keeps them on
-# the task's thread. See droplab._workers.one_thread for why Numba's own
-# thread count is not touched.
-serial_kernels = one_thread
 
 
 def cross_entropy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
@@ -81,7 +71,7 @@ def train_with_curves(
 
     Args:
         model: the network (trained in place, left in evaluation mode).
-        data: a classification :class:`~droplab.data.Dataset`.
+        data: a classification :class:`~droplab.lab.data.Dataset`.
         epochs: passes over the training rows.
         seed: seed of the shuffling generator.
         batch_size, lr, weight_decay: the optimiser's settings.
@@ -106,9 +96,6 @@ def train_with_curves(
     x = torch.as_tensor(x_np).to(dtype)
     y_np = np.asarray(data.y_train, dtype=np.int64)[rows]
     y = torch.as_tensor(y_np)
-    rng = np.random.default_rng(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     curves: dict[str, Any] = {
         key: []
         for key in (
@@ -121,22 +108,10 @@ def train_with_curves(
     }
     if track_test:
         curves["test_error_curve"] = []
-    for _ in range(epochs):
-        model.train()
-        clock = time.perf_counter()
-        order = torch.as_tensor(rng.permutation(len(x)))
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            index = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(x[index]), y[index])
-            total += float(loss.detach()) * len(index)
-            if penalty is not None:
-                loss = loss + penalty()
-            loss.backward()
-            optimizer.step()
-        curves["epoch_seconds"].append(time.perf_counter() - clock)
-        curves["train_loss"].append(total / len(x))
+
+    def record(epoch: int, train_loss: float, seconds: float) -> None:
+        curves["epoch_seconds"].append(seconds)
+        curves["train_loss"].append(train_loss)
         curves["train_error"].append(_error(predict(model, x_np), y_np))
         val_logits = predict(model, data.x_val)
         curves["val_error"].append(_error(val_logits, data.y_val))
@@ -145,10 +120,13 @@ def train_with_curves(
             curves["test_error_curve"].append(
                 _error(predict(model, data.x_test), data.y_test)
             )
+
+    fit(model, x, y, nn.CrossEntropyLoss(), epochs=epochs, seed=seed,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, penalty=penalty,
+        on_epoch=record)  # fmt: skip
     test_logits = predict(model, data.x_test)
     curves["test_error"] = _error(test_logits, data.y_test)
     curves["test_loss"] = cross_entropy(test_logits, data.y_test)
-    model.eval()
     return curves
 
 
@@ -177,30 +155,19 @@ def train_regressor(
     dtype = next(model.parameters()).dtype
     inputs = torch.as_tensor(np.asarray(x, dtype=np.float32)).to(dtype)
     targets = torch.as_tensor(np.asarray(y, dtype=np.float32)).to(dtype)
-    rng = np.random.default_rng(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    losses = []
-    model.train()
-    for _ in range(epochs):
-        order = torch.as_tensor(rng.permutation(len(inputs)))
-        total = 0.0
-        for start in range(0, len(inputs), batch_size):
-            index = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = torch.mean((model(inputs[index]) - targets[index]) ** 2)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-        losses.append(total / len(inputs))
-    model.eval()
-    return losses
+
+    def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.mean((out - target) ** 2)
+
+    return fit(model, inputs, targets, mse, epochs=epochs, seed=seed,
+               batch_size=batch_size, lr=lr, weight_decay=weight_decay)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
 def load_cached(
     name: str, seed: int, experiment: str = "a training experiment"
 ) -> Dataset:
-    """A classification data set, :func:`droplab.data.load` ``(name, seed=seed)``,
+    """A classification data set, :func:`droplab.lab.data.load` ``(name, seed=seed)``,
     loaded once per process.
 
     Training tasks of one experiment share their data set; generating MNIST-1D

@@ -1,12 +1,12 @@
 """Which experiments exist, and what each experiment module must provide.
 
-An experiment is a module under :mod:`droplab.experiments` with:
+An experiment is a module under :mod:`droplab.lab.experiments` with:
 
 - ``NAME`` (str, also the results file name), ``QUESTION`` (the question in plain
   words), ``METHOD`` (how the numbers are produced, a few sentences);
 - ``Config``: a frozen dataclass, a comment on each field; ``Config()`` is the
   ``default`` preset (between quick and full), ``Config.quick()`` and
-  ``Config.full()`` the others. A field named ``data`` (a :func:`droplab.data.load`
+  ``Config.full()`` the others. A field named ``data`` (a :func:`droplab.lab.data.load`
   name) is replaced by ``droplab report --data``; a field ``seed`` is the root seed;
 - ``run(config, *, jobs=1) -> dict``: JSON-able numbers, the same for any ``jobs``;
 - ``figure(result) -> matplotlib.figure.Figure``;
@@ -38,21 +38,21 @@ __all__ = [
     "row_adder",
 ]
 
-# Report order. Later issues append here.
+# Report order: a new experiment goes where it reads best in the report.
 EXPERIMENTS: tuple[str, ...] = (
-    "droplab.experiments.masks",
-    "droplab.experiments.expectation",
-    "droplab.experiments.averaging",
-    "droplab.experiments.gradients",
-    "droplab.experiments.exact_count",
-    "droplab.experiments.smaller_network",
-    "droplab.experiments.convergence",
-    "droplab.experiments.rate",
-    "droplab.experiments.data_size",
-    "droplab.experiments.features",
-    "droplab.experiments.uncertainty_toy",
-    "droplab.experiments.variants",
-    "droplab.experiments.uci",
+    "droplab.lab.experiments.masks",
+    "droplab.lab.experiments.expectation",
+    "droplab.lab.experiments.averaging",
+    "droplab.lab.experiments.gradients",
+    "droplab.lab.experiments.exact_count",
+    "droplab.lab.experiments.smaller_network",
+    "droplab.lab.experiments.convergence",
+    "droplab.lab.experiments.rate",
+    "droplab.lab.experiments.data_size",
+    "droplab.lab.experiments.features",
+    "droplab.lab.experiments.uncertainty_toy",
+    "droplab.lab.experiments.variants",
+    "droplab.lab.experiments.uci",
 )
 
 PRESETS = ("quick", "default", "full")

@@ -17,9 +17,10 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from droplab.execution import write_json
 
 __all__ = [
     "FORMAT",
@@ -94,26 +95,10 @@ def result_path(results_dir: str | Path, name: str) -> Path:
 
 
 def save_result(path: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``record`` to ``path`` atomically (tmp file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(
-        {"format": FORMAT, "format_version": FORMAT_VERSION, **record}, indent=1
+    """Write ``record`` to ``path`` atomically (:func:`droplab.execution.write_json`)."""
+    return write_json(
+        path, {"format": FORMAT, "format_version": FORMAT_VERSION, **record}, indent=1
     )
-    handle, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_result(path: str | Path, name: str | None = None) -> dict[str, Any]:

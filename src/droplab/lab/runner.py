@@ -39,8 +39,8 @@ __all__ = ["Outcome", "progress_enabled", "run_experiment", "run_experiments"]
 Log = Callable[[str], None]
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _quiet(message: str) -> None:
+    """The default ``log``: say nothing (``droplab report`` passes its printer)."""
 
 
 def progress_enabled() -> bool:
@@ -73,7 +73,7 @@ def run_experiment(
     preset: str = "custom",
     force: bool = False,
     jobs: int = 1,
-    log: Log = _stderr,
+    log: Log = _quiet,
 ) -> Outcome:
     """Run one experiment module with ``config`` unless its result is already saved.
 
@@ -134,7 +134,7 @@ def run_experiments(
     data: str | None = None,
     force: bool = False,
     jobs: int = 1,
-    log: Log = _stderr,
+    log: Log = _quiet,
     progress: bool | None = None,
 ) -> list[Outcome]:
     """Run the named experiments in order, saving each as soon as it finishes.

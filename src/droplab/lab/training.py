@@ -1,16 +1,17 @@
-"""Small torch MLPs for the experiments: build, train, predict, with droplab's dropout.
+"""Small torch MLPs for the experiments: build, train (:func:`fit`, the one loop), predict.
 
 Every function is deterministic given its seeds and leaves torch's and NumPy's
 global random state untouched (initialisation runs under
 ``torch.random.fork_rng``; shuffling uses its own NumPy generator; dropout
 layers are :class:`droplab.nn.Dropout` with their own seeds). Run it under
-:func:`droplab.lab.parallel.one_thread` (``parallel_map`` does) for results that
+:func:`droplab.execution.one_thread` (``parallel_map`` does) for results that
 do not depend on the number of jobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,33 +19,22 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from droplab.data import Dataset, load
+from droplab.lab.data import Dataset, load
 from droplab.nn import Dropout
+from droplab.rng import derive_seed
 
 __all__ = [
     "accuracy",
     "build_mlp",
-    "derive_seed",
+    "fit",
     "load_classification",
     "predict",
     "train_classifier",
 ]
 
 
-def derive_seed(root: int, *keys: int) -> int:
-    """An independent 63-bit seed for task ``keys`` of run ``root`` (NumPy SeedSequence).
-
-    >>> derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(0, 2)
-    True
-    """
-    state = np.random.SeedSequence(root, spawn_key=tuple(keys)).generate_state(
-        2, np.uint32
-    )
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
 def load_classification(name: str, *, seed: int, experiment: str) -> Dataset:
-    """:func:`droplab.data.load`, refusing regression sets with a clear message.
+    """:func:`droplab.lab.data.load`, refusing regression sets with a clear message.
 
     >>> load_classification("toy", seed=0, experiment="averaging")
     Traceback (most recent call last):
@@ -135,6 +125,70 @@ def accuracy(logits: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     return float(np.mean(np.argmax(np.asarray(logits), axis=1) == np.asarray(labels)))
 
 
+EpochCallback = Callable[[int, float, float], None]
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[float]:
+    """The lab's one seeded training loop: Adam on mini-batches of a seeded shuffle.
+
+    Every experiment, the curves of :mod:`droplab.lab.curves` and the sweep
+    train through this loop, so runs with the same seeds see the same batches.
+    Epoch ``e`` visits the rows in the order of the ``e``-th permutation of
+    ``numpy.random.default_rng(seed)``, ``batch_size`` rows at a time, in
+    training mode.
+
+    Args:
+        model: trained in place; left in evaluation mode.
+        x, y: all training inputs and targets, as tensors of the model's dtype
+            (targets as the loss wants them).
+        loss_fn: ``loss_fn(model(x[rows]), y[rows])``, a scalar mean over the rows.
+        epochs, seed, batch_size, lr, weight_decay: the loop's and Adam's settings.
+        penalty: a term added to every mini-batch loss (not to the recorded loss),
+            e.g. the regulariser through which concrete dropout learns its rate.
+        on_epoch: called after every epoch with ``(epoch, mean training loss,
+            seconds of the epoch's steps)``: the place to record curves.
+
+    Returns:
+        The mean mini-batch loss (dropout on) of every epoch.
+    """
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    for epoch in range(epochs):
+        model.train()
+        clock = time.perf_counter()
+        order = torch.as_tensor(rng.permutation(len(x)))
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[index]), y[index])
+            total += float(loss.detach()) * len(index)
+            if penalty is not None:
+                loss = loss + penalty()
+            loss.backward()
+            optimizer.step()
+        seconds = time.perf_counter() - clock
+        losses.append(total / len(x))
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1], seconds)
+    model.eval()
+    return losses
+
+
 def train_classifier(
     model: nn.Module,
     data: Dataset,
@@ -151,24 +205,14 @@ def train_classifier(
         ``{"train_loss": [...], "val_accuracy": [...]}`` (one entry per epoch),
         the model trained in place and left in evaluation mode.
     """
-    rng = np.random.default_rng(seed)
     x = torch.as_tensor(data.x_train).to(_dtype(model))
     y = torch.as_tensor(np.asarray(data.y_train, dtype=np.int64))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     history: dict[str, list[float]] = {"train_loss": [], "val_accuracy": []}
-    for _ in range(epochs):
-        model.train()
-        order = torch.as_tensor(rng.permutation(len(x)))
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            index = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(x[index]), y[index])
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-        history["train_loss"].append(total / len(x))
+
+    def record(epoch: int, train_loss: float, seconds: float) -> None:
+        history["train_loss"].append(train_loss)
         history["val_accuracy"].append(accuracy(predict(model, data.x_val), data.y_val))
-    model.eval()
+
+    fit(model, x, y, nn.CrossEntropyLoss(), epochs=epochs, seed=seed,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, on_epoch=record)  # fmt: skip
     return history

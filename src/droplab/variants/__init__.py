@@ -1,14 +1,16 @@
 """The dropout family on droplab's (seed, offset) contract: one file per variant.
 
-A private package: the public names are re-exported by :mod:`droplab.nn`
-(modules), :mod:`droplab.functional` (functional twins) and ``droplab``
-(:func:`weight_scaled`). See docs/variants.md for the map to PyTorch, Keras and
-Flax and for which variants save nothing for backward.
+A private package, and the registry of the family: ``MODULES`` and
+``FUNCTIONS`` name what :mod:`droplab.nn` and :mod:`droplab.functional`
+re-export (tests/variants/test_exports.py holds the façades to this list).
+Adding a variant: its file here (function and module side by side, a header
+citing the paper), its names in the imports and tuples below, and the same
+re-export lines in the two façades. Model transforms (``weight_scaled``,
+``mc_dropout``) need no change: they ask the module. See docs/variants.md for
+the map to PyTorch, Keras and Flax and for which variants save nothing for
+backward.
 """
 
-# droplab.functional first: its last lines re-export the ops of this package, so
-# it must be complete before any of them imports it.
-import droplab.functional  # noqa: F401  (isort: keep before the submodules)
 from droplab.variants.alpha import AlphaDropout as AlphaDropout
 from droplab.variants.alpha import FeatureAlphaDropout as FeatureAlphaDropout
 from droplab.variants.alpha import alpha_dropout as alpha_dropout
@@ -36,7 +38,6 @@ from droplab.variants.gaussian import gaussian_dropout as gaussian_dropout
 from droplab.variants.locked import LockedDropout as LockedDropout
 from droplab.variants.locked import locked_dropout as locked_dropout
 from droplab.variants.weight_drop import WeightDropLSTM as WeightDropLSTM
-from droplab.variants.weight_scaling import weight_scaled as weight_scaled
 
 MODULES = (
     "AlphaDropout",
@@ -68,4 +69,4 @@ FUNCTIONS = (
     "shared_dims_from_noise_shape",
 )
 
-__all__ = [*MODULES, *FUNCTIONS, "weight_scaled"]
+__all__ = [*MODULES, *FUNCTIONS]

@@ -27,11 +27,18 @@ from typing import Any
 
 import torch
 
-from droplab import functional
-from droplab._backend import stream_elements
-from droplab._module import StochasticModule
-from droplab._validation import check_probability, check_shared_dims
-from droplab.variants._stream import compute_dtype, keep_mask, keep_scale, resolve_seed
+from droplab._core.module import StochasticModule
+from droplab._core.op import keep_scale
+from droplab._core.stream import compute_dtype, keep_mask
+from droplab._validation import (
+    check_bool,
+    check_floating_tensor,
+    check_probability,
+    check_shared_dims,
+    fail_ndim,
+)
+from droplab.masks import stream_elements
+from droplab.rng import resolve_seed
 
 __all__ = [
     "SELU_SATURATION",
@@ -126,21 +133,18 @@ def feature_alpha_dropout(
     along every later dimension. Arguments as :func:`alpha_dropout`.
     """
     owner = "feature_alpha_dropout"
-    x = functional.check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     if x.ndim < 2:
-        raise ValueError(
-            f"The 'x' argument of {owner} must have at least 2 dimensions (N, C, ...); "
-            f"got a {x.ndim}-d tensor."
-        )
+        raise fail_ndim(x.ndim, "have at least 2 dimensions (N, C, ...)", owner=owner)
     return _alpha_op(owner, x, p, training, seed, offset, tuple(range(2, x.ndim)))
 
 
 def _alpha_op(
     owner: str, x: Any, p: Any, training: Any, seed: Any, offset: Any, shared_dims: Any
 ) -> torch.Tensor:
-    x = functional.check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     p = check_probability(p, owner=owner)
-    training = functional.check_bool(training, "training", owner=owner)
+    training = check_bool(training, "training", owner=owner)
     shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
     if not training or p == 0.0:

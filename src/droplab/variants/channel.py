@@ -26,9 +26,16 @@ from typing import Any
 
 import torch
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_choice, check_probability, fail
+from droplab._core.dropout import dropout
+from droplab._core.module import StochasticModule
+from droplab._validation import (
+    check_bool,
+    check_choice,
+    check_floating_tensor,
+    check_probability,
+    fail,
+    fail_ndim,
+)
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
 
@@ -107,10 +114,12 @@ def _batched(x: torch.Tensor, name: str) -> bool:
     ndim = x.ndim
     if name == "dropout1d":
         if ndim not in (2, 3):
-            raise ValueError(
-                f"The 'x' argument of dropout1d must be a 2-d (C, L) or 3-d "
-                f"(N, C, L) tensor; got a {ndim}-d tensor. dropout1d drops whole "
-                f"channels of inputs with one spatial dimension."
+            raise fail_ndim(
+                ndim,
+                "be a 2-d (C, L) or 3-d (N, C, L) tensor",
+                owner="dropout1d",
+                note="dropout1d drops whole channels of inputs with one spatial "
+                "dimension.",
             )
         return ndim == 3
     if ndim not in (spatial + 1, spatial + 2):
@@ -134,9 +143,8 @@ def _batched(x: torch.Tensor, name: str) -> bool:
                 stacklevel=4,
             )
         if ndim < 2:
-            raise ValueError(
-                f"The 'x' argument of dropout2d must have at least 2 dimensions "
-                f"(N, C, ...); got a {ndim}-d tensor."
+            raise fail_ndim(
+                ndim, "have at least 2 dimensions (N, C, ...)", owner="dropout2d"
             )
         return True
     return ndim == spatial + 2
@@ -153,12 +161,12 @@ def _channel_dropout(
     sampler: Any,
     inplace: Any,
 ) -> torch.Tensor:
-    x = functional.check_floating_tensor(x, owner=name)
+    x = check_floating_tensor(x, owner=name)
     p = check_probability(p, owner=name)
     batched = _batched(x, name)
     work = x if batched else x.unsqueeze(0)  # a view: in-place writes reach x
     shared = tuple(range(2, work.ndim))
-    out = functional.dropout(
+    out = dropout(
         work,
         p,
         training,
@@ -279,7 +287,7 @@ class _ChannelDropout(StochasticModule):
         super().__init__(seed=seed)
         owner = type(self).__name__
         self.p = check_probability(p, owner=owner)
-        self.inplace = functional.check_bool(inplace, "inplace", owner=owner)
+        self.inplace = check_bool(inplace, "inplace", owner=owner)
         self.scale = check_choice(scale, "scale", SCALES, owner=owner)
         self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
 

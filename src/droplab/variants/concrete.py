@@ -37,10 +37,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_probability, fail
-from droplab.variants._stream import compute_dtype, resolve_seed, uniform_noise
+from droplab._core.module import StochasticModule
+from droplab._core.stream import compute_dtype, uniform_noise
+from droplab._validation import (
+    check_bool,
+    check_floating_tensor,
+    check_probability,
+    fail,
+)
+from droplab.rng import resolve_seed
 
 __all__ = ["ConcreteDropout", "concrete_dropout"]
 
@@ -111,7 +116,7 @@ def concrete_dropout(
         True
     """
     owner = "concrete_dropout"
-    x = functional.check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     p_t = (
         p
         if isinstance(p, torch.Tensor)
@@ -134,7 +139,7 @@ def concrete_dropout(
         or math.isinf(temperature)
     ):
         raise fail("temperature", temperature, "a finite real number > 0", owner=owner)
-    training = functional.check_bool(training, "training", owner=owner)
+    training = check_bool(training, "training", owner=owner)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training)
     if not training:
         return x
@@ -237,7 +242,7 @@ class ConcreteDropout(StochasticModule):
         return float(self.p_tensor().detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = functional.check_floating_tensor(x, owner=type(self).__name__)
+        x = check_floating_tensor(x, owner=type(self).__name__)
         self.input_features = math.prod(x.shape[1:]) if x.ndim > 1 else x.numel()
         if self.training:
             seed, offset = self.next_stream(x.numel())
@@ -268,6 +273,10 @@ class ConcreteDropout(StochasticModule):
         return (
             weight_term + self.dropout_regularizer * self.input_features * entropy_term
         )
+
+    def weight_scaled_form(self, where: str) -> tuple[nn.Module, float]:
+        """In a weight-scaled copy: the layer it wraps (or an identity)."""
+        return (self.layer if self.layer is not None else nn.Identity()), 1.0
 
     def extra_repr(self) -> str:
         parts = [

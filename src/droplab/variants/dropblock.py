@@ -31,10 +31,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from droplab import functional, masks
-from droplab._module import StochasticModule
-from droplab._validation import check_int, check_probability
-from droplab.variants._stream import compute_dtype, resolve_seed
+from droplab._core.module import StochasticModule
+from droplab._core.stream import compute_dtype, keep_mask
+from droplab._validation import (
+    check_bool,
+    check_floating_tensor,
+    check_int,
+    check_probability,
+    fail_ndim,
+)
+from droplab.rng import resolve_seed
 
 __all__ = ["DropBlock2d", "drop_block2d", "drop_block_gamma"]
 
@@ -63,9 +69,9 @@ def _keep_and_scale(
     bh, bw = min(block_size, h), min(block_size, w)
     gamma = drop_block_gamma(p, block_size, h, w)
     seed_shape = (n, 1 if shared_channels else c, h, w)
-    seeds = torch.from_numpy(
-        masks.bernoulli_mask(seed_shape, 1.0 - gamma, seed=seed, offset=offset)
-    ).to(device=device, dtype=torch.float32)
+    # the block seeds: a Bernoulli mask (drawn on the device where it can be)
+    seeds = keep_mask(seed_shape, 1.0 - gamma, seed=seed, offset=offset, device=device)
+    seeds = seeds.to(torch.float32)
     seeds[:, :, h - bh + 1 :, :] = 0.0  # a block must fit inside the map
     seeds[:, :, :, w - bw + 1 :] = 0.0
     # block [i, i + bh) x [j, j + bw) of seed (i, j): a max over the window
@@ -105,12 +111,9 @@ class _DropBlock(torch.autograd.Function):
 def _check(
     x: Any, p: Any, block_size: Any, owner: str
 ) -> tuple[torch.Tensor, float, int]:
-    x = functional.check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     if x.ndim != 4:
-        raise ValueError(
-            f"The 'x' argument of {owner} must be a 4-d (N, C, H, W) tensor; got a "
-            f"{x.ndim}-d tensor."
-        )
+        raise fail_ndim(x.ndim, "be a 4-d (N, C, H, W) tensor", owner=owner)
     return (
         x,
         check_probability(p, owner=owner),
@@ -156,8 +159,8 @@ def drop_block2d(
     """
     owner = "drop_block2d"
     x, p, block_size = _check(x, p, block_size, owner)
-    training = functional.check_bool(training, "training", owner=owner)
-    shared = functional.check_bool(shared_channels, "shared_channels", owner=owner)
+    training = check_bool(training, "training", owner=owner)
+    shared = check_bool(shared_channels, "shared_channels", owner=owner)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
     if not training or p == 0.0 or x.numel() == 0:
         return x
@@ -201,7 +204,7 @@ class DropBlock2d(StochasticModule):
         self.p = check_probability(p, owner=owner)
         self.block_size = check_int(block_size, "block_size", low=1, owner=owner)
         self.warmup_steps = check_int(warmup_steps, "warmup_steps", low=0, owner=owner)
-        self.shared_channels = functional.check_bool(
+        self.shared_channels = check_bool(
             shared_channels, "shared_channels", owner=owner
         )
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))

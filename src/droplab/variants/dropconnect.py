@@ -20,7 +20,7 @@ Inference (``DropConnectLinear(inference=...)``), for ``a`` the activation:
   variance, ``E[u] = q s x W^T + b`` and ``Var[u] = q (1 - q) s^2 (x^2) (W^2)^T``
   (``q = 1 - p``), and the output is the mean of ``a(u_k)`` over ``samples``
   draws ``u_k`` (normals from the stream, Box-Muller as in
-  :mod:`droplab.variants._stream`);
+  :mod:`droplab._core.stream`);
 - ``"mc"``: the mean of ``a`` over ``samples`` forward passes with fresh masks.
 
 The weight masks come from :func:`droplab.functional.dropout` applied to the
@@ -37,12 +37,20 @@ from typing import Any
 
 import torch
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_choice, check_int, check_probability, fail
+from droplab._core.dropout import dropout
+from droplab._core.module import StochasticModule
+from droplab._core.stream import normal_noise
+from droplab._validation import (
+    check_bool,
+    check_choice,
+    check_floating_tensor,
+    check_int,
+    check_probability,
+    fail,
+)
 from droplab.masks import SAMPLERS
+from droplab.rng import draw_seed
 from droplab.scaling import SCALES, eval_scale, train_scale
-from droplab.variants._stream import normal_noise
 
 __all__ = ["INFERENCE", "DropConnectLinear", "drop_connect_linear"]
 
@@ -52,7 +60,7 @@ INFERENCE = ("mean", "gaussian", "mc")
 def _masked_weight(w: torch.Tensor, batch: int, args: tuple[Any, ...]) -> torch.Tensor:
     p, seed, offset, scale, sampler, per_sample = args
     target = w.expand(batch, *w.shape) if per_sample else w
-    return functional.dropout(
+    return dropout(
         target, p, True, seed=seed, offset=offset, scale=scale, sampler=sampler
     )
 
@@ -80,7 +88,7 @@ class _DropConnect(torch.autograd.Function):
             grad_x = grad @ wm
             outer = grad.T @ x
         # d y / d W = the same mask and scale applied to the outer product
-        grad_w = functional.dropout(
+        grad_w = dropout(
             outer, p, True, seed=seed, offset=offset, scale=scale, sampler=sampler
         )
         if per_sample:
@@ -123,8 +131,8 @@ def drop_connect_linear(
         tensor([[2., 2.]])
     """
     owner = "drop_connect_linear"
-    x = functional.check_floating_tensor(x, owner=owner)
-    weight = functional.check_floating_tensor(weight, "weight", owner=owner)
+    x = check_floating_tensor(x, owner=owner)
+    weight = check_floating_tensor(weight, "weight", owner=owner)
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise fail(
             "weight",
@@ -134,16 +142,14 @@ def drop_connect_linear(
             owner=owner,
         )
     p = check_probability(p, owner=owner)
-    training = functional.check_bool(training, "training", owner=owner)
+    training = check_bool(training, "training", owner=owner)
     scale = check_choice(scale, "scale", SCALES, owner=owner)
     sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
-    per_sample = functional.check_bool(per_sample, "per_sample", owner=owner)
+    per_sample = check_bool(per_sample, "per_sample", owner=owner)
     if not training:
         w_eval = weight * eval_scale(p, scale) if scale == "classic" else weight
         return torch.nn.functional.linear(x, w_eval, bias)
     if seed is None:
-        from droplab._backend import draw_seed
-
         seed = draw_seed()
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
@@ -199,7 +205,7 @@ class DropConnectLinear(StochasticModule):
         self.in_features = check_int(in_features, "in_features", low=1, owner=owner)
         self.out_features = check_int(out_features, "out_features", low=1, owner=owner)
         self.p = check_probability(p, owner=owner)
-        self.per_sample = functional.check_bool(per_sample, "per_sample", owner=owner)
+        self.per_sample = check_bool(per_sample, "per_sample", owner=owner)
         self.scale = check_choice(scale, "scale", ("inverted", "classic"), owner=owner)
         self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
         self.inference = check_choice(inference, "inference", INFERENCE, owner=owner)
@@ -263,6 +269,17 @@ class DropConnectLinear(StochasticModule):
             device=mean.device,
         )
         return self._act(mean + var.sqrt() * z).mean(0)
+
+    def weight_scaled_form(self, where: str) -> tuple[torch.nn.Module, float]:
+        """Kept as it is in a weight-scaled copy; only the ``"mean"`` inference
+        is deterministic."""
+        if self.inference != "mean":
+            raise ValueError(
+                f"weight_scaled cannot make {where!r} deterministic: it is a "
+                f"DropConnectLinear with inference={self.inference!r}; use "
+                f"inference='mean'."
+            )
+        return self, 1.0
 
     def extra_repr(self) -> str:
         parts = [

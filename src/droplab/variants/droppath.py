@@ -18,9 +18,15 @@ from typing import Any
 
 import torch
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_choice, check_int, check_probability
+from droplab._core.dropout import dropout
+from droplab._core.module import StochasticModule
+from droplab._validation import (
+    check_choice,
+    check_floating_tensor,
+    check_int,
+    check_probability,
+    fail_ndim,
+)
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
 
@@ -39,12 +45,9 @@ def linear_drop_rates(p_last: float, depth: int) -> list[float]:
 
 
 def _check_input(x: Any, owner: str) -> torch.Tensor:
-    x = functional.check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     if x.ndim < 1:
-        raise ValueError(
-            f"The 'x' argument of {owner} must have a batch dimension (at least 1-d); "
-            f"got a 0-d tensor."
-        )
+        raise fail_ndim(x.ndim, "have a batch dimension (at least 1-d)", owner=owner)
     return x
 
 
@@ -85,7 +88,7 @@ def drop_path(
     if sampler == "fixed":
         # one row holding the whole batch: exactly round(N (1-p)) samples kept
         flat = x.reshape(1, x.shape[0], -1) if x.numel() else x.reshape(1, *x.shape)
-        out = functional.dropout(
+        out = dropout(
             flat,
             p,
             training,
@@ -96,7 +99,7 @@ def drop_path(
             shared_dims=tuple(range(2, flat.ndim)),
         )
         return out.reshape(x.shape)
-    return functional.dropout(
+    return dropout(
         x,
         p,
         training,

@@ -13,7 +13,7 @@ keeps those two moments and replaces the distribution by a normal:
 At evaluation it is the identity (the noise has mean 1).
 
 The standard normals ``z`` come from the Philox stream by Box-Muller, two stream
-elements per noise element (see :mod:`droplab.variants._stream`): element ``i``
+elements per noise element (see :mod:`droplab._core.stream`): element ``i``
 uses stream elements ``offset + 2i`` and ``offset + 2i + 1``. Backward
 regenerates the noise from ``(seed, offset)``: nothing is saved.
 """
@@ -25,10 +25,15 @@ from typing import Any
 
 import torch
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_probability, fail
-from droplab.variants._stream import compute_dtype, normal_noise, resolve_seed
+from droplab._core.module import StochasticModule
+from droplab._core.stream import compute_dtype, normal_noise
+from droplab._validation import (
+    check_bool,
+    check_floating_tensor,
+    check_probability,
+    fail,
+)
+from droplab.rng import resolve_seed
 
 __all__ = ["GaussianDropout", "gaussian_dropout", "gaussian_noise_std"]
 
@@ -111,9 +116,9 @@ def gaussian_dropout(
         True
     """
     owner = "gaussian_dropout"
-    x = functional.check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     p = _check_rate(p, owner)
-    training = functional.check_bool(training, "training", owner=owner)
+    training = check_bool(training, "training", owner=owner)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
     if not training or p == 0.0:
         return x

@@ -21,9 +21,15 @@ import math
 
 import torch
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_choice, check_probability
+from droplab._core.dropout import dropout
+from droplab._core.module import StochasticModule
+from droplab._validation import (
+    check_bool,
+    check_choice,
+    check_floating_tensor,
+    check_probability,
+    fail_ndim,
+)
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
 
@@ -31,13 +37,14 @@ __all__ = ["LockedDropout", "locked_dropout"]
 
 
 def _batch_major(x: torch.Tensor, batch_first: bool, owner: str) -> torch.Tensor:
-    x = functional.check_floating_tensor(x, owner=owner)
-    batch_first = functional.check_bool(batch_first, "batch_first", owner=owner)
+    x = check_floating_tensor(x, owner=owner)
+    batch_first = check_bool(batch_first, "batch_first", owner=owner)
     if x.ndim < 2:
         layout = "(N, T, ...)" if batch_first else "(T, N, ...)"
-        raise ValueError(
-            f"The 'x' argument of {owner} must be a sequence batch {layout} with at "
-            f"least 2 dimensions; got a {x.ndim}-d tensor."
+        raise fail_ndim(
+            x.ndim,
+            f"be a sequence batch {layout} with at least 2 dimensions",
+            owner=owner,
         )
     return x if batch_first else x.transpose(0, 1)  # (N, T, ...), a view
 
@@ -72,7 +79,7 @@ def locked_dropout(
         True
     """
     work = _batch_major(x, batch_first, "locked_dropout")
-    out = functional.dropout(
+    out = dropout(
         work,
         p,
         training,
@@ -114,9 +121,7 @@ class LockedDropout(StochasticModule):
         super().__init__(seed=seed)
         owner = type(self).__name__
         self.p = check_probability(p, owner=owner)
-        self.batch_first = functional.check_bool(
-            batch_first, "batch_first", owner=owner
-        )
+        self.batch_first = check_bool(batch_first, "batch_first", owner=owner)
         self.scale = check_choice(scale, "scale", SCALES, owner=owner)
         self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
 

@@ -31,9 +31,16 @@ from typing import cast
 import torch
 from torch import nn
 
-from droplab import functional
-from droplab._module import StochasticModule
-from droplab._validation import check_choice, check_int, check_probability, fail
+from droplab._core.dropout import dropout
+from droplab._core.module import StochasticModule
+from droplab._validation import (
+    check_bool,
+    check_choice,
+    check_floating_tensor,
+    check_int,
+    check_probability,
+    fail,
+)
 from droplab.variants.locked import locked_dropout
 
 __all__ = ["WeightDropLSTM"]
@@ -89,15 +96,13 @@ class WeightDropLSTM(StochasticModule):
         self.input_size = check_int(input_size, "input_size", low=1, owner=owner)
         self.hidden_size = check_int(hidden_size, "hidden_size", low=1, owner=owner)
         self.num_layers = check_int(num_layers, "num_layers", low=1, owner=owner)
-        self.batch_first = functional.check_bool(
-            batch_first, "batch_first", owner=owner
-        )
+        self.batch_first = check_bool(batch_first, "batch_first", owner=owner)
         self.weight_p = check_probability(weight_p, "weight_p", owner=owner)
         self.input_p = check_probability(input_p, "input_p", owner=owner)
         self.hidden_p = check_probability(hidden_p, "hidden_p", owner=owner)
         self.output_p = check_probability(output_p, "output_p", owner=owner)
         self.scale = check_choice(scale, "scale", ("inverted", "classic"), owner=owner)
-        bias = functional.check_bool(bias, "bias", owner=owner)
+        bias = check_bool(bias, "bias", owner=owner)
         self.layers = nn.ModuleList(
             nn.LSTM(
                 input_size if i == 0 else hidden_size,
@@ -126,9 +131,9 @@ class WeightDropLSTM(StochasticModule):
 
     def _weight_hh(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return functional.dropout(raw, self.weight_p, False, scale=self.scale)
+            return dropout(raw, self.weight_p, False, scale=self.scale)
         seed, offset = self.next_stream(raw.numel())
-        return functional.dropout(
+        return dropout(
             raw, self.weight_p, True, seed=seed, offset=offset, scale=self.scale
         )
 
@@ -136,7 +141,7 @@ class WeightDropLSTM(StochasticModule):
         self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         owner = type(self).__name__
-        x = functional.check_floating_tensor(x, owner=owner)
+        x = check_floating_tensor(x, owner=owner)
         if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             raise fail(
                 "x",

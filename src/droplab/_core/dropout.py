@@ -1,0 +1,247 @@
+"""Dropout: the function and its module, side by side (as ``torch.nn.functional``).
+
+- Paper: Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout:
+  a simple way to prevent neural networks from overfitting", JMLR 15, 2014.
+  https://jmlr.org/papers/v15/srivastava14a.html
+
+:func:`dropout` multiplies the kept units by a training scale and zeroes the
+others, with the mask of :mod:`droplab.masks` drawn from ``(seed, offset)``. Its
+backward pass draws the same mask again, so unlike ``torch.nn.functional.dropout``
+it keeps nothing of the input's size for backward (no mask, no input): only the
+handful of Python numbers that name the mask.
+
+:class:`Dropout` takes the same positional arguments as ``torch.nn.Dropout``
+(``p``, ``inplace``) and behaves the same in ``train()`` and ``eval()``; the
+keyword-only extras choose the seed, the scaling rule, the sampler and the
+dimensions along which the mask is shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from droplab import kernels
+from droplab._core.module import StochasticModule
+from droplab._core.op import MaskedScale
+from droplab._validation import (
+    OFFSET_LIMIT,
+    SEED_LIMIT,
+    check_bool,
+    check_choice,
+    check_dims_type,
+    check_floating_tensor,
+    check_offset,
+    check_probability,
+    check_seed,
+    check_shared_dims,
+)
+from droplab.masks import SAMPLERS, stream_elements
+from droplab.rng import draw_seed
+from droplab.scaling import SCALES, compute_dtype, eval_scale
+
+__all__ = ["Dropout", "dropout"]
+
+
+def _scale_for_eval(x: torch.Tensor, factor: float, inplace: bool) -> torch.Tensor:
+    # Same numerics as training: factor rounded to the compute dtype, one multiply.
+    compute = compute_dtype(x.dtype)
+    factor_t = torch.tensor(factor, dtype=compute, device=x.device)
+    scaled = (x.to(compute) * factor_t).to(x.dtype)
+    return x.copy_(scaled) if inplace else scaled
+
+
+def dropout(
+    x: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    offset: int = 0,
+    scale: str = "inverted",
+    sampler: str = "bernoulli",
+    shared_dims: Any = (),
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Zero each unit with probability ``p`` and scale the kept ones.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 tensor of any shape and strides.
+        p: probability of *dropping* a unit (not the keep probability!), in [0, 1].
+            ``p = 1`` gives zeros and zero gradients, never a division by zero.
+        training: draw a mask if True; otherwise apply the evaluation rule.
+        seed: the stream, an int in [0, 2**64). None takes a fresh seed from
+            torch's default generator, so ``torch.manual_seed`` reproduces a run.
+        offset: the stream element used by the mask's first element. To get a
+            fresh mask from the same seed, advance it by
+            ``droplab.masks.stream_elements(x.shape, shared_dims)`` (what
+            :class:`droplab.nn.Dropout` does).
+        scale: ``"inverted"`` (kept units x 1/(1-p)), ``"classic"`` (x 1 in
+            training, every unit x (1-p) at evaluation), ``"realized"`` (kept
+            units x n/k, k the number kept in that row) or ``"none"``.
+        sampler: ``"bernoulli"`` (each unit independently) or ``"fixed"``
+            (exactly round(n(1-p)) units kept per row).
+        shared_dims: dimensions along which the mask is shared, e.g. ``(2, 3)``
+            drops whole channels of an (N, C, H, W) input.
+        inplace: write the result into ``x``.
+
+    Returns:
+        A tensor of ``x``'s shape and dtype. At evaluation every rule except
+        ``classic`` returns ``x`` itself, as ``torch.nn.functional.dropout`` does.
+
+    Shape:
+        Input: any. Output: the same. A row (for ``realized`` and ``fixed``) is
+        one index of the first dimension; a 0-d or 1-d input is a single row.
+
+    Examples:
+        >>> x = torch.ones(2, 4)
+        >>> dropout(x, 0.5, seed=0)
+        tensor([[2., 0., 0., 0.],
+                [0., 2., 0., 2.]])
+        >>> dropout(x, 0.5, seed=0, scale="realized")  # row 0 kept 1 of 4: x 4
+        tensor([[4., 0., 0., 0.],
+                [0., 2., 0., 2.]])
+        >>> dropout(x, 0.5, training=False) is x
+        True
+    """
+    owner = "dropout"
+    # Every argument is checked on every call. Each test below first accepts,
+    # cheaply, exactly the values its check would return unchanged (a float in
+    # [0, 1], an int in range, a known word, no shared dims); anything else goes
+    # through the check, which converts it or raises its usual error.
+    x = check_floating_tensor(x, owner=owner)
+    if type(p) is not float or not 0.0 <= p <= 1.0:
+        p = check_probability(p, owner=owner)
+    if training is not True and training is not False:
+        training = check_bool(training, "training", owner=owner)
+    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
+        seed = check_seed(seed, owner=owner)
+    if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
+        offset = check_offset(offset, owner=owner)
+    if type(scale) is not str or scale not in SCALES:
+        scale = check_choice(scale, "scale", SCALES, owner=owner)
+    if type(sampler) is not str or sampler not in SAMPLERS:
+        sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
+    if type(shared_dims) is tuple and not shared_dims:
+        dims: tuple[int, ...] = ()
+    else:
+        dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
+    if inplace is not True and inplace is not False:
+        inplace = check_bool(inplace, "inplace", owner=owner)
+
+    if not training:
+        factor = eval_scale(p, scale)
+        return x if factor == 1.0 else _scale_for_eval(x, factor, inplace)
+    if seed is None:
+        seed = draw_seed()
+    # droplab.kernels chooses the implementation: the C++ op (its own autograd,
+    # when built and it covers the call) or MaskedScale on select(x)'s kernel.
+    fused = kernels.select_fused(x, p, scale, sampler, dims, inplace)
+    if fused is not None:
+        return kernels.run_fused(x, seed, offset, fused)
+    result: torch.Tensor = MaskedScale.apply(
+        x, (p, seed, offset, scale, sampler, dims), inplace
+    )
+    return result
+
+
+class Dropout(StochasticModule):
+    """Zero each unit with probability ``p`` during training and scale the rest.
+
+    A drop-in for ``torch.nn.Dropout``: the same positional arguments, identity in
+    ``eval()`` for the default ``inverted`` rule. With an int ``seed`` the module
+    owns that stream: every training call uses the next
+    ``masks.stream_elements(x.shape, shared_dims)`` elements of it, and
+    ``(seed, offset)`` are saved in ``state_dict``, so a resumed run draws the
+    same masks. Nothing of the input's size is saved for backward.
+
+    Args:
+        p: probability of *dropping* a unit (not the keep probability!), in [0, 1].
+        inplace: overwrite the input.
+        seed: an int in ``[0, 2**64)``, or None for a fresh seed from torch's
+            default generator on every call.
+        scale: ``"inverted"``, ``"classic"``, ``"realized"`` or ``"none"``
+            (see :mod:`droplab.scaling`).
+        sampler: ``"bernoulli"`` or ``"fixed"`` (see :mod:`droplab.masks`).
+        shared_dims: dimensions along which the mask is shared (negative ones count
+            from the end), e.g. ``(2, 3)`` drops whole channels of (N, C, H, W).
+
+    Shape:
+        Input: any. Output: the same as the input.
+
+    Examples:
+        >>> m = Dropout(0.5, seed=0)
+        >>> m
+        Dropout(p=0.5, inplace=False, seed=0, offset=0)
+        >>> m(torch.ones(2, 4))
+        tensor([[2., 0., 0., 0.],
+                [0., 2., 0., 2.]])
+        >>> m.offset
+        8
+        >>> _ = m.eval(); m(torch.ones(2, 4)).sum().item()
+        8.0
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        seed: int | None = None,
+        scale: str = "inverted",
+        sampler: str = "bernoulli",
+        shared_dims: Any = (),
+    ) -> None:
+        super().__init__(seed=seed)
+        owner = type(self).__name__
+        self.p = check_probability(p, owner=owner)
+        self.inplace = check_bool(inplace, "inplace", owner=owner)
+        self.scale = check_choice(scale, "scale", SCALES, owner=owner)
+        self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
+        self.shared_dims = check_dims_type(shared_dims, owner=owner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return dropout(
+                x,
+                self.p,
+                False,
+                scale=self.scale,
+                sampler=self.sampler,
+                shared_dims=self.shared_dims,
+                inplace=self.inplace,
+            )
+        owner = type(self).__name__
+        x = check_floating_tensor(x, owner=owner)
+        shared_dims = self.shared_dims
+        if type(shared_dims) is tuple and not shared_dims:  # the common case
+            dims: tuple[int, ...] = ()
+            n = x.numel()  # = stream_elements(x.shape, ()), the mask covers x
+        else:
+            dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
+            n = stream_elements(x.shape, dims)
+        seed, offset = self.next_stream(n)
+        return dropout(
+            x,
+            self.p,
+            True,
+            seed=seed,
+            offset=offset,
+            scale=self.scale,
+            sampler=self.sampler,
+            shared_dims=dims,
+            inplace=self.inplace,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"p={self.p}", f"inplace={self.inplace}"]
+        if self.stream_repr():
+            parts.append(self.stream_repr())
+        if self.scale != "inverted":
+            parts.append(f"scale={self.scale!r}")
+        if self.sampler != "bernoulli":
+            parts.append(f"sampler={self.sampler!r}")
+        if self.shared_dims:
+            parts.append(f"shared_dims={self.shared_dims}")
+        return ", ".join(parts)

@@ -1,0 +1,456 @@
+"""``droplab bench``: time droplab's dropout against PyTorch's, in one process.
+
+Everything is measured in the same process, interleaved, so ratios are fair on
+a machine whose load changes: for each size, droplab's dropout, PyTorch's
+``torch.nn.functional.dropout`` and a plain ``x.clone()`` (the cost of reading
+and writing the tensor once), forward and forward+backward, as nanoseconds per
+element and as ratios. Also: bytes saved for backward (counted with
+``torch.autograd.graph.saved_tensors_hooks``), a training step of a
+40-512-512-10 MLP, and the first-call cost of the Numba kernels (in fresh
+processes, with a cold and a warm on-disk cache).
+
+Timings are the best of several repeats (the least disturbed by other work);
+no timing is ever asserted in a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from droplab import functional, nn
+
+__all__ = [
+    "add_arguments",
+    "format_table",
+    "jit_warmup",
+    "mlp_step",
+    "run_cli",
+    "saved_bytes",
+    "size_sweep",
+]
+
+
+def best_seconds(
+    fns: dict[str, Callable[[], Any]], repeats: int = 5
+) -> dict[str, float]:
+    """Best time per call of each function, measured round-robin.
+
+    Each repeat runs every function in turn for enough calls to last ~20 ms,
+    so slow drifts of the machine's load hit all of them alike.
+    """
+    loops = {}
+    for name, fn in fns.items():
+        fn()  # warm-up (and JIT compilation)
+        start = time.perf_counter()
+        fn()
+        loops[name] = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / loops[name])
+    return best
+
+
+def _forward(
+    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    return lambda: op(x)
+
+
+def _forward_backward(
+    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor
+) -> Callable[[], None]:
+    def step() -> None:
+        x.grad = None
+        op(x).backward(grad)
+
+    return step
+
+
+def size_sweep(
+    exponents: range, p: float = 0.5, repeats: int = 5
+) -> list[dict[str, Any]]:
+    """ns/element of droplab, torch and clone, forward and forward+backward, float32."""
+    ops: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "droplab": lambda v: functional.dropout(v, p, seed=1234),
+        "torch": lambda v: torch.nn.functional.dropout(v, p),
+        "clone": lambda v: v.clone(),
+    }
+    rows = []
+    for e in exponents:
+        n = 1 << e
+        x = torch.randn(n)
+        xg = x.clone().requires_grad_()
+        grad = torch.randn(n)
+        fns: dict[str, Callable[[], Any]] = {}
+        for name, op in ops.items():
+            fns[f"fwd_{name}"] = _forward(op, x)
+            fns[f"fb_{name}"] = _forward_backward(op, xg, grad)
+        seconds = best_seconds(fns, repeats)
+        row: dict[str, Any] = {"n": n, "log2n": e}
+        row.update({k: v / n * 1e9 for k, v in seconds.items()})
+        rows.append(row)
+    return rows
+
+
+def saved_bytes(
+    n: int = 1 << 20, p: float = 0.5, device: str = "cpu"
+) -> dict[str, int]:
+    """Bytes each dropout saves for backward on a float32 input of ``n`` elements."""
+
+    def count(op: Callable[[torch.Tensor], torch.Tensor]) -> int:
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        x = torch.randn(n, device=device, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = op(x)
+        y.sum().backward()
+        return total
+
+    return {
+        "droplab": count(lambda v: functional.dropout(v, p, seed=1)),
+        "torch": count(lambda v: torch.nn.functional.dropout(v, p)),
+    }
+
+
+def mlp_step(steps: int = 200, repeats: int = 5, p: float = 0.5) -> dict[str, float]:
+    """Seconds per SGD step of a 40-512-512-10 ReLU MLP, batch 64.
+
+    Dropout after each hidden layer: none, ``torch.nn.Dropout`` or
+    ``droplab.nn.Dropout`` (default arguments: a fresh seed per call). Row
+    ``multiply`` puts ``x * (1 / (1 - p))`` there instead: one out-of-place
+    element-wise op with its C++ backward and no mask, the floor for any
+    dropout that writes a new tensor.
+    """
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(64, 40, generator=gen)
+    labels = torch.randint(0, 10, (64,), generator=gen)
+
+    def model(drop: Callable[[], torch.nn.Module]) -> Callable[[], None]:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(40, 512),
+            torch.nn.ReLU(),
+            drop(),
+            torch.nn.Linear(512, 512),
+            torch.nn.ReLU(),
+            drop(),
+            torch.nn.Linear(512, 10),
+        )
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(inputs), labels).backward()
+            opt.step()
+
+        return step
+
+    fns = {
+        "none": model(torch.nn.Identity),
+        "multiply": model(lambda: _Multiply(1.0 / (1.0 - p))),
+        "torch": model(lambda: torch.nn.Dropout(p)),
+        "droplab": model(lambda: nn.Dropout(p)),
+    }
+    return best_seconds({k: _repeat(f, steps) for k, f in fns.items()}, repeats) | {
+        "steps": float(steps)
+    }
+
+
+class _Multiply(torch.nn.Module):
+    """``x * factor``: an element-wise op of dropout's size, without a mask."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def _repeat(fn: Callable[[], None], times: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(times):
+            fn()
+
+    return run
+
+
+_WARMUP_PROBE = """
+import time
+start = time.perf_counter()
+import torch
+from droplab import functional
+x = torch.randn(1 << 16)
+imported = time.perf_counter()
+functional.dropout(x, 0.5, seed=1)
+first = time.perf_counter()
+functional.dropout(x, 0.5, seed=1, sampler="fixed", scale="realized")
+other = time.perf_counter()
+functional.dropout(x, 0.5, seed=1)
+again = time.perf_counter()
+print(imported - start, first - imported, other - first, again - other)
+"""
+
+
+def jit_warmup() -> dict[str, dict[str, float]]:
+    """First-call costs in fresh processes: a cold Numba cache, then a warm one.
+
+    Returns, per case, seconds for: importing droplab and torch, the first
+    Bernoulli call (compiles or loads the fused kernels), the first
+    fixed/realized call (the other kernels), and a call after that.
+    """
+    result = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env.pop("DROPLAB_BACKEND", None)
+        for case in ("cold cache", "warm cache"):
+            done = subprocess.run(
+                [sys.executable, "-c", _WARMUP_PROBE],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            values = [float(v) for v in done.stdout.split()]
+            result[case] = dict(
+                zip(("import", "first", "other kernels", "again"), values, strict=True)
+            )
+    return result
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`size_sweep` rows.
+
+    >>> row = {"log2n": 12, "fwd_droplab": 1.0, "fwd_torch": 10.0, "fwd_clone": 0.5,
+    ...        "fb_droplab": 2.0, "fb_torch": 30.0, "fb_clone": 1.0}
+    >>> print(format_table([row]).splitlines()[-1])
+    | 2^12 | 1.00 | 10.00 | 0.50 | 10.0x | 2.00 | 2.00 | 30.00 | 1.00 | 15.0x | 2.00 |
+    """
+    head = (
+        "| n | fwd droplab | fwd torch | fwd clone | torch/droplab | droplab/clone "
+        "| f+b droplab | f+b torch | f+b clone | torch/droplab | droplab/clone |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| 2^{r['log2n']} | {r['fwd_droplab']:.2f} | {r['fwd_torch']:.2f} "
+            f"| {r['fwd_clone']:.2f} | {r['fwd_torch'] / r['fwd_droplab']:.1f}x "
+            f"| {r['fwd_droplab'] / r['fwd_clone']:.2f} | {r['fb_droplab']:.2f} "
+            f"| {r['fb_torch']:.2f} | {r['fb_clone']:.2f} "
+            f"| {r['fb_torch'] / r['fb_droplab']:.1f}x "
+            f"| {r['fb_droplab'] / r['fb_clone']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """Options of ``droplab bench``."""
+    del name  # one command
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where to time (cpu); cuda times with CUDA events, see "
+        "droplab.cli.bench_cuda",
+    )
+    parser.add_argument(
+        "--min-log2", type=int, help="smallest size, 2^k (12 on cpu, 20 on cuda)"
+    )
+    parser.add_argument(
+        "--max-log2", type=int, help="largest size, 2^k (26 on cpu, 28 on cuda)"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="dtypes of the cuda size sweep (all three; the cpu sweep is float32)",
+    )
+    parser.add_argument("--p", type=float, default=0.5, help="drop probability (0.5)")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per timing (5)")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["sizes", "saved", "mlp", "jit", "mc", "graph", "compiled"],
+        help="parts to leave out (cpu: sizes saved mlp jit; "
+        "cuda: sizes saved mc graph compiled)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads first (droplab follows it)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run the benchmarks and print Markdown tables; 2 on bad options or no CUDA."""
+    cuda = args.device == "cuda"
+    if args.min_log2 is None:
+        args.min_log2 = 20 if cuda else 12
+    if args.max_log2 is None:
+        args.max_log2 = 28 if cuda else 26
+    if not 1 <= args.min_log2 <= args.max_log2 <= 30:
+        print(
+            "droplab bench: need 1 <= --min-log2 <= --max-log2 <= 30; got "
+            f"--min-log2 {args.min_log2} and --max-log2 {args.max_log2}",
+            file=sys.stderr,
+        )
+        return 2
+    if cuda:
+        return _run_cuda(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            print("droplab bench: --threads must be at least 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        "ns per element, float32, best of repeats"
+    )
+    if "sizes" not in args.skip:
+        rows = size_sweep(range(args.min_log2, args.max_log2 + 1), args.p, args.repeats)
+        results["sizes"] = rows
+        print(format_table(rows), flush=True)
+    if "saved" not in args.skip:
+        results["saved"] = saved_bytes(p=args.p)
+        print("bytes saved for backward, 2^20 float32 elements:", results["saved"])
+    if "mlp" not in args.skip:
+        mlp = mlp_step(repeats=args.repeats, p=args.p)
+        results["mlp"] = mlp
+        steps = mlp.pop("steps")
+        base = mlp["none"]
+        for key, seconds in mlp.items():
+            print(
+                f"MLP step ({key}{'' if key == 'multiply' else ' dropout'}): "
+                f"{seconds / steps * 1e3:.3f} ms "
+                f"({(seconds / base - 1) * 100:+.1f} % over none)"
+            )
+    if "jit" not in args.skip:
+        results["jit"] = jit_warmup()
+        for case, parts in results["jit"].items():
+            print(
+                f"JIT, {case}: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())
+            )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+def _run_cuda(args: argparse.Namespace) -> int:
+    """``droplab bench --device cuda``: CUDA-event timings, one part after another.
+
+    A part that fails (a capture the op does not support, a compile error) is
+    reported with its error and the others still run.
+    """
+    if not torch.cuda.is_available():
+        print(
+            "droplab bench: --device cuda needs a CUDA device, and torch sees none "
+            f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+            "run it on a machine with an NVIDIA GPU, or use --device cpu",
+            file=sys.stderr,
+        )
+        return 2
+    from droplab import kernels
+    from droplab.cli import bench_cuda as cuda_bench
+
+    if not kernels.triton_available():
+        print(
+            "droplab bench: --device cuda needs Triton (pip install 'droplab[gpu]'); "
+            "without it droplab runs its reference path on the GPU",
+            file=sys.stderr,
+        )
+        return 2
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0),
+        "memory_gib": props.total_memory / 2**30,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton.__version__,
+        "p": args.p,
+    }
+    print(
+        f"{results['device']} ({results['memory_gib']:.0f} GiB), torch "
+        f"{torch.__version__}, CUDA {torch.version.cuda}, Triton {triton.__version__}; "
+        f"p = {args.p}; medians of {args.repeats} repeats timed with CUDA events",
+        flush=True,
+    )
+
+    def part(name: str, run: Callable[[], Any]) -> None:
+        if name in args.skip:
+            return
+        try:
+            results[name] = run()
+        except Exception as error:  # one failing part must not hide the others
+            results[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            print(f"{name}: failed: {results[name]['error']}", flush=True)
+        torch.cuda.synchronize()
+
+    dtypes = [cuda_bench.DTYPES[d] for d in (args.dtypes or cuda_bench.DTYPES)]
+
+    def sizes() -> list[dict[str, Any]]:
+        print(cuda_bench.format_size_table([]), flush=True)
+
+        def show(row: dict[str, Any]) -> None:
+            print(cuda_bench.format_size_table([row]).splitlines()[-1], flush=True)
+
+        return cuda_bench.size_sweep(
+            range(args.min_log2, args.max_log2 + 1),
+            dtypes,
+            p=args.p,
+            repeats=args.repeats,
+            on_row=show,
+        )
+
+    part("sizes", sizes)
+    part("saved", lambda: saved_bytes(p=args.p, device="cuda"))
+    if isinstance(results.get("saved"), dict) and "error" not in results["saved"]:
+        print("bytes saved for backward, 2^20 float32 elements:", results["saved"])
+    part("mc", lambda: cuda_bench.mc_replicated(p=args.p, repeats=args.repeats))
+    if "mc" in results and "error" not in results["mc"]:
+        mc = results["mc"]
+        print(
+            f"MC dropout, T = {mc['samples']} on a batch of {mc['batch']} "
+            f"(width {mc['width']}): droplab mc_predict {mc['droplab_ms']:.2f} ms, "
+            f"torch replicated batch {mc['torch_ms']:.2f} ms "
+            f"(torch/droplab {mc['torch_over_droplab']:.2f}x)",
+            flush=True,
+        )
+    part("compiled", cuda_bench.compiled_path)
+    if "compiled" in results:
+        print("compiled path:", results["compiled"], flush=True)
+    # Last: a failed capture can leave the CUDA context unusable.
+    part("graph", lambda: cuda_bench.graph_step(p=args.p))
+    if "graph" in results:
+        print("CUDA graph of a training step:", results["graph"], flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0

@@ -1,0 +1,322 @@
+"""The Numba CPU kernel against the NumPy reference: the same bits, every case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from droplab import functional, kernels, masks, rng
+from droplab.kernels.reference import reference_masked_scale
+from droplab.scaling import SCALES
+
+pytest.importorskip("numba")
+
+from droplab.kernels import _numba_philox as nk
+from droplab.kernels import cpu
+
+BITS = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+# Seeds and offsets at the edges of the contract: 64-bit keys, offsets not a
+# multiple of 4, counters whose block number crosses 2**32.
+SEEDS = (0, 1, 2**32 - 1, 2**32, 2**63 + 12345, 2**64 - 1)
+OFFSETS = (0, 1, 2, 3, 4 * 2**32 - 5, 4 * 2**32 + 2, 2**62 + 7)
+PS = (0.0, 0.1, 0.5, 0.7, 1.0 - 2**-30, 1.0)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit (so +0.0 and -0.0 differ, and equal NaNs are equal)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    view = BITS[a.dtype]
+    return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
+
+
+def both(x: torch.Tensor, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+    args = {"p": 0.5, "seed": 0, "offset": 0, "scale": "inverted"}
+    args.update(sampler="bernoulli", shared_dims=())
+    args.update(kw)
+    return cpu.masked_scale(x, **args), reference_masked_scale(x, **args)
+
+
+def test_philox_known_answer_and_stream() -> None:
+    # DESIGN.md's first vector: counter 0, key 0.
+    words = nk.philox_block(np.uint64(0), np.uint64(0), np.uint64(0))
+    assert [f"{int(w):08x}" for w in words] == [
+        "6627e8d5",
+        "e169c58d",
+        "bc57ac4c",
+        "9b00dbd8",
+    ]
+    for seed in SEEDS:
+        for first in (0, 2**32 - 3, 2**64 - 2):  # crossing 2**32 and wrapping 2**64
+            out = np.empty(24, np.uint32)
+            k0, k1 = rng.seed_to_key(seed)
+            nk.fill_words(np.uint64(first), np.uint64(k0), np.uint64(k1), out)
+            expected = rng.random_words(seed, 4 * first, 24)
+            if first == 2**64 - 2:  # the reference's block numbers wrap the same way
+                expected = np.concatenate(
+                    [
+                        rng.random_words(seed, 4 * first, 8),
+                        rng.random_words(seed, 0, 16),
+                    ]
+                )
+            np.testing.assert_array_equal(out, expected)
+
+
+@settings(derandomize=True, deadline=None, max_examples=120)
+@given(
+    shape=st.lists(st.integers(0, 7), min_size=0, max_size=4),
+    p=st.sampled_from(PS),
+    seed=st.sampled_from(SEEDS),
+    offset=st.sampled_from(OFFSETS),
+    sampler=st.sampled_from(masks.SAMPLERS),
+    scale=st.sampled_from(SCALES),
+    dtype=st.sampled_from(tuple(BITS)),
+    shared=st.sets(st.integers(0, 3), max_size=2),
+)
+def test_matches_reference_bit_for_bit(
+    shape: list[int],
+    p: float,
+    seed: int,
+    offset: int,
+    sampler: str,
+    scale: str,
+    dtype: torch.dtype,
+    shared: set[int],
+) -> None:
+    dims = tuple(sorted(d for d in shared if d < len(shape)))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape)))
+    x = x.to(dtype)
+    got, want = both(
+        x, p=p, seed=seed, offset=offset, sampler=sampler, scale=scale, shared_dims=dims
+    )
+    assert same_bits(got, want)
+
+
+@pytest.mark.parametrize("sampler", masks.SAMPLERS)
+@pytest.mark.parametrize("scale", ["inverted", "realized"])
+@pytest.mark.parametrize("head", [0, 3])
+def test_many_chunks_and_long_rows(sampler: str, scale: str, head: int) -> None:
+    # Several chunks per call, rows that straddle chunks, the parallel kernels.
+    x = torch.randn(3, 2 * nk.CHUNK + 7, dtype=torch.float32)
+    got, want = both(
+        x, p=0.3, seed=99, offset=4 * 2**32 - 8 + head, sampler=sampler, scale=scale
+    )
+    assert same_bits(got, want)
+
+
+def test_ranges_agree_with_one_call() -> None:
+    # A kernel run over [0, n) in one go or in uneven pieces writes the same bits.
+    n = 3 * nk.CHUNK + 5
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    one, pieces = np.empty_like(x), np.empty_like(x)
+    args = (
+        np.uint64(7),
+        3,
+        np.uint64(5),
+        np.uint64(6),
+        np.uint64(2**31),
+        np.float32(2),
+    )
+    nk.bernoulli_scale(x, one, 0, n, *args)
+    for lo, hi in [(0, 1), (1, 4099), (4099, nk.CHUNK + 2), (nk.CHUNK + 2, n)]:
+        nk.bernoulli_scale(x, pieces, lo, hi, *args)
+    np.testing.assert_array_equal(one.view(np.int32), pieces.view(np.int32))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scale", "dims"),
+    [
+        ("bernoulli", "inverted", ()),
+        ("bernoulli", "realized", ()),
+        ("fixed", "inverted", ()),
+        ("bernoulli", "classic", (2,)),
+    ],
+)
+def test_same_result_on_any_thread_count(
+    sampler: str, scale: str, dims: tuple[int, ...]
+) -> None:
+    # Big enough to be split over threads (cpu.PER_THREAD elements each).
+    x = torch.randn(16, 9, 4096)
+    assert x.numel() >= 2 * cpu.PER_THREAD
+    kw = dict(
+        p=0.4, seed=2**64 - 3, offset=6, scale=scale, sampler=sampler, shared_dims=dims
+    )
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu.masked_scale(x, **kw)
+        torch.set_num_threads(3)  # more threads than this machine may have cores
+        many = cpu.masked_scale(x, **kw)
+    finally:
+        torch.set_num_threads(before)
+    assert same_bits(one, many)
+    assert same_bits(one, reference_masked_scale(x, **kw))
+
+
+def test_any_layout_and_out() -> None:
+    base = torch.randn(6, 40, 8, dtype=torch.float64)
+    kw = dict(
+        p=0.25, seed=5, offset=1, scale="inverted", sampler="bernoulli", shared_dims=()
+    )
+    for x in (base.transpose(0, 2), base[:, ::3, 1:], base.permute(1, 2, 0)):
+        assert not x.is_contiguous()
+        assert same_bits(cpu.masked_scale(x, **kw), reference_masked_scale(x, **kw))
+    want = reference_masked_scale(base, **kw)
+    out = torch.empty_like(base)
+    assert cpu.masked_scale(base, out=out, **kw) is out and same_bits(out, want)
+    strided = torch.empty(8, 40, 6, dtype=torch.float64).transpose(0, 2)
+    assert cpu.masked_scale(base, out=strided, **kw) is strided
+    assert same_bits(strided, want)
+    inplace = base.clone()
+    assert cpu.masked_scale(inplace, out=inplace, **kw) is inplace
+    assert same_bits(inplace, want)
+    half = base.to(torch.bfloat16)
+    half_out = torch.empty_like(half)
+    cpu.masked_scale(half, out=half_out, **kw)
+    assert same_bits(half_out, reference_masked_scale(half, **kw))
+
+
+def test_dropped_specials_are_plus_zero_and_kept_ones_scale() -> None:
+    x = torch.tensor([math.inf, -math.inf, math.nan, -0.0, -1.0] * 400)
+    got, want = both(x, p=0.5, seed=3)
+    assert same_bits(got, want)
+    dropped = ~masks.bernoulli_mask((2000,), 0.5, seed=3)
+    assert (got[torch.from_numpy(dropped)].view(torch.int32) == 0).all()  # +0.0
+
+
+def test_backward_is_the_same_op_on_the_gradient() -> None:
+    x = torch.randn(32, 300, requires_grad=True)
+    grad = torch.randn(32, 300)
+    kw = dict(p=0.3, seed=11, offset=5, scale="realized", sampler="fixed")
+    y = functional.dropout(x, **kw)
+    y.backward(grad)
+    assert x.grad is not None
+    op = dict(kw, shared_dims=())
+    assert same_bits(x.grad, cpu.masked_scale(grad, **op))
+    assert same_bits(y.detach(), cpu.masked_scale(x.detach(), **op))
+
+
+def test_dispatch_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.zeros(3)
+    monkeypatch.delenv("DROPLAB_BACKEND", raising=False)
+    assert kernels.select(x) is cpu.masked_scale
+    monkeypatch.setenv("DROPLAB_BACKEND", "numba")
+    assert kernels.select(x) is cpu.masked_scale
+    monkeypatch.setenv("DROPLAB_BACKEND", "reference")
+    assert kernels.select(x) is reference_masked_scale
+    # Without Numba the reference path takes over, unless Numba was demanded.
+    monkeypatch.setattr(kernels, "numba_available", lambda: False)
+    monkeypatch.delenv("DROPLAB_BACKEND")
+    assert kernels.select(x) is reference_masked_scale
+    monkeypatch.setenv("DROPLAB_BACKEND", "numba")
+    with pytest.raises(RuntimeError, match="DROPLAB_BACKEND='numba' was requested"):
+        kernels.select(x)
+
+
+def test_functional_dropout_uses_the_kernel_and_matches_the_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = torch.randn(64, 512)
+    kw = dict(p=0.2, seed=2**63, offset=3, shared_dims=1)
+    monkeypatch.delenv("DROPLAB_BACKEND", raising=False)
+    fast = functional.dropout(x, **kw)
+    monkeypatch.setenv("DROPLAB_BACKEND", "reference")
+    assert same_bits(fast, functional.dropout(x, **kw))
+
+
+def test_masks_are_the_documented_ones() -> None:
+    # Known answer from masks.bernoulli_mask's docstring, through the kernel.
+    got = cpu.masked_scale(
+        torch.ones(2, 3),
+        p=0.5,
+        seed=0,
+        offset=0,
+        scale="none",
+        sampler="bernoulli",
+        shared_dims=(),
+    )
+    assert got.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    # The fixed sampler keeps exactly round(n (1 - p)) per row.
+    kept = cpu.masked_scale(
+        torch.ones(50, 33),
+        p=0.3,
+        seed=1,
+        offset=0,
+        scale="none",
+        sampler="fixed",
+        shared_dims=(),
+    )
+    assert (kept.sum(dim=1) == masks.fixed_keep_count(33, 0.3)).all()
+
+
+def test_supports() -> None:
+    assert cpu.supports(torch.zeros(2, dtype=torch.float16))
+    assert not cpu.supports(torch.zeros(2, dtype=torch.int32))
+    assert not cpu.supports(torch.zeros(2, dtype=torch.complex64))
+
+
+def test_nothing_of_the_input_size_is_saved_for_backward() -> None:
+    from droplab.cli import bench
+
+    saved = bench.saved_bytes(n=4096)
+    assert saved["droplab"] == 0
+    assert saved["torch"] >= 4096  # torch keeps a mask of at least a byte each
+
+
+def test_bench_cli_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from droplab import cli
+
+    code = cli.main(
+        [
+            "bench",
+            "--min-log2",
+            "8",
+            "--max-log2",
+            "9",
+            "--repeats",
+            "1",
+            "--skip",
+            "mlp",
+            "jit",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| 2^8 |" in printed and "| 2^9 |" in printed
+    assert "'droplab': 0" in printed
+    assert cli.main(["bench", "--min-log2", "9", "--max-log2", "8"]) == 2
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_split_work_after_fork() -> None:
+    # A forked child (e.g. a DataLoader worker) must not wait on the parent's
+    # worker threads, which it does not have.
+    import multiprocessing
+
+    x = torch.randn(4 * cpu.PER_THREAD)
+    kw = dict(
+        p=0.5, seed=8, offset=0, scale="inverted", sampler="bernoulli", shared_dims=()
+    )
+    want = cpu.masked_scale(x, **kw)  # the parent's pool now exists
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        # NumPy arrays, not tensors, cross the pipe: torch's pickling of tensors
+        # (shared memory) is not what this test is about.
+        job = pool.apply_async(_child_masked_scale, (x.numpy(), kw))
+        got = torch.from_numpy(job.get(timeout=60))
+    assert same_bits(got, want)
+
+
+def _child_masked_scale(x: np.ndarray, kw: dict[str, object]) -> np.ndarray:
+    torch.set_num_threads(2)  # big enough to be split: the child's own pool
+    return cpu.masked_scale(torch.from_numpy(x), **kw).numpy()
