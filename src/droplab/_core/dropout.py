@@ -25,6 +25,7 @@ import torch
 from droplab import kernels
 from droplab._core.module import StochasticModule
 from droplab._core.op import MaskedScale
+from droplab._core.registered import masked_scale_op, state_tensor
 from droplab._validation import (
     OFFSET_LIMIT,
     SEED_LIMIT,
@@ -133,6 +134,17 @@ def dropout(
     if not training:
         factor = eval_scale(p, scale)
         return x if factor == 1.0 else _scale_for_eval(x, factor, inplace)
+    if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
+        if seed is None:
+            state = torch.cat(
+                [
+                    torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64),
+                    torch.tensor([offset], dtype=torch.int64),
+                ]
+            )
+        else:
+            state = state_tensor(seed, offset)
+        return _through_op(x, state, p, scale, sampler, dims, inplace)
     if seed is None:
         seed = draw_seed()
     # droplab.kernels chooses the implementation: the C++ op (its own autograd,
@@ -144,6 +156,20 @@ def dropout(
         x, (p, seed, offset, scale, sampler, dims), inplace
     )
     return result
+
+
+def _through_op(
+    x: torch.Tensor,
+    state: torch.Tensor,
+    p: float,
+    scale: str,
+    sampler: str,
+    dims: tuple[int, ...],
+    inplace: bool,
+) -> torch.Tensor:
+    """``torch.ops.droplab.masked_scale`` on ``state``, the path a graph records."""
+    y: torch.Tensor = masked_scale_op(x, state, p, scale, sampler, list(dims))
+    return x.copy_(y) if inplace else y
 
 
 class Dropout(StochasticModule):
@@ -221,6 +247,11 @@ class Dropout(StochasticModule):
         else:
             dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
             n = stream_elements(x.shape, dims)
+        if torch.compiler.is_compiling():  # the stream as a tensor, in the graph
+            state = self.next_state(n)
+            return _through_op(
+                x, state, self.p, self.scale, self.sampler, dims, self.inplace
+            )
         seed, offset = self.next_stream(n)
         return dropout(
             x,

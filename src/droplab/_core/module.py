@@ -8,6 +8,10 @@ draw goes through :meth:`StochasticModule.next_stream`, which hands out the
 - consecutive calls draw fresh, non-overlapping parts of the stream;
 - a run can be replayed from ``(seed, offset)``, which travel in the module's
   ``state_dict`` (as Python ints, so every seed in ``[0, 2**64)`` survives);
+- the pair itself is held in ``rng_state``, a 2-element int64 CPU buffer
+  (two's complement of ``[seed, offset]``), so a compiled graph can read and
+  advance it without Dynamo guarding on a Python int
+  (:meth:`StochasticModule.next_state`, docs/compile.md);
 - with ``seed=None`` every call takes a fresh seed from torch's default
   generator (offset 0), so ``torch.manual_seed`` reproduces a run as it does
   for ``torch.nn.Dropout``.
@@ -33,13 +37,15 @@ Other code (Monte-Carlo prediction, checkpointing) may read and set the public
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import torch
 from torch import nn
 
+from droplab._core.registered import snapshot
 from droplab._validation import (
-    OFFSET_LIMIT,
     check_int,
     check_offset,
     check_seed,
@@ -48,7 +54,15 @@ from droplab._validation import (
 from droplab.rng import draw_seed
 from droplab.scaling import eval_scale
 
+_MASK64 = 2**64 - 1
+# The golden-ratio constant of droplab.distributed.fold_rank.
+_FOLD = 0x9E3779B97F4A7C15
+
 __all__ = ["StochasticModule"]
+
+# Offsets a module holds: rng_state keeps them in 64 bits (the functions take
+# offsets up to OFFSET_LIMIT = 2**66; no run comes near either).
+_STATE_LIMIT = 2**64
 
 
 @functools.cache
@@ -57,6 +71,19 @@ def _distributed() -> ModuleType:
     from droplab import distributed
 
     return distributed
+
+
+def _as_int64(value: int) -> int:
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _current_rank() -> int:
+    return int(_distributed().current_rank())
+
+
+# Dynamo cannot trace a ContextVar: in a graph the rank is read once, when the
+# graph is traced, and treated as a constant (a process keeps its rank).
+_traced_rank: Callable[[], int] = torch.compiler.assume_constant_result(_current_rank)
 
 
 class StochasticModule(nn.Module):
@@ -81,26 +108,55 @@ class StochasticModule(nn.Module):
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
-        self._seed: int | None = None
-        self._offset = 0
+        # [seed, offset] as int64 two's complement, on the CPU whatever the
+        # module's device (see _apply); not persistent: the state_dict keeps
+        # the plain ints of get_extra_state, as before.
+        self.register_buffer(
+            "rng_state", torch.zeros(2, dtype=torch.int64), persistent=False
+        )
+        self._owns_seed = False
         self.seed = seed
+
+    rng_state: torch.Tensor
 
     @property
     def seed(self) -> int | None:
-        return self._seed
+        if not self._owns_seed:
+            return None
+        return int(self.rng_state[0]) & _MASK64
 
     @seed.setter
     def seed(self, value: int | None) -> None:
         owner = type(self).__name__
-        self._seed = None if value is None else check_seed(value, owner=owner)
+        if value is None:
+            self._owns_seed = False
+            return
+        value = check_seed(value, owner=owner)
+        with torch.no_grad():
+            self.rng_state[0] = _as_int64(value)
+        self._owns_seed = True
 
     @property
     def offset(self) -> int:
-        return self._offset
+        return int(self.rng_state[1]) & _MASK64
 
     @offset.setter
     def offset(self, value: int) -> None:
-        self._offset = check_offset(value, owner=type(self).__name__)
+        owner = type(self).__name__
+        value = check_offset(value, owner=owner)
+        if value >= 2**64:  # what the int64 state holds
+            raise fail("offset", value, "an int in [0, 2**64)", owner=owner)
+        with torch.no_grad():
+            self.rng_state[1] = _as_int64(value)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # .to(device), .cuda(), .half() ... move parameters and buffers; the
+        # stream stays on the CPU, where the kernels read it without a device
+        # synchronisation (docs/compile.md).
+        state = self.rng_state
+        result = super()._apply(fn, recurse)
+        self._buffers["rng_state"] = state
+        return result
 
     def _effective_seed(self, seed: int) -> int:
         """The key a draw actually uses, from the module's (or a drawn) seed.
@@ -129,17 +185,51 @@ class StochasticModule(nn.Module):
             n: stream elements the call uses (for masks:
                 ``droplab.masks.stream_elements(shape, shared_dims)``).
         """
+        if torch.compiler.is_compiling():
+            return _next_stream_outside_graph(self, n)
         if type(n) is not int or n < 0:  # else check_int would return n as is
             n = check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
-        if self._seed is None:
+        if not self._owns_seed:
             return self._effective_seed(draw_seed()), 0
-        offset = self._offset
+        words = self.rng_state.numpy()  # a view: read and advance in place
+        seed = int(words[0]) & _MASK64
+        offset = int(words[1]) & _MASK64
         end = offset + n
-        if end < OFFSET_LIMIT:  # what the offset setter accepts, without the call
-            self._offset = end
+        if end < _STATE_LIMIT:  # what the offset setter accepts, without the call
+            words[1] = _as_int64(end)
         else:
             self.offset = end  # raises: the stream is finite
-        return self._effective_seed(self._seed), offset
+        return self._effective_seed(seed), offset
+
+    def next_state(self, n: Any) -> torch.Tensor:
+        """:meth:`next_stream` as a tensor, for a graph: ``[key, offset]`` (int64).
+
+        What ``torch.compile`` and ``torch.export`` trace (the module's
+        ``forward`` calls it when ``torch.compiler.is_compiling()``): a copy of
+        ``rng_state`` with the rank folded into the key, after which the offset
+        advances by ``n`` in the graph itself. With ``seed=None`` the key is
+        drawn in the graph from torch's default generator (``torch.randint``;
+        compiled code draws it with Inductor's own generator, so such masks
+        follow ``torch.manual_seed`` but differ from eager ones).
+
+        Args:
+            n: stream elements the call uses (an int, or a SymInt when shapes
+                are dynamic).
+        """
+        if self._owns_seed:
+            state = snapshot(self.rng_state)
+            self.rng_state[1] += n
+        else:
+            state = torch.cat(
+                [
+                    torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64),
+                    torch.zeros(1, dtype=torch.int64),
+                ]
+            )
+        rank = _traced_rank()
+        if rank:  # fold_rank: the key XOR (rank * golden ratio mod 2**64)
+            state[0] ^= _as_int64((rank * _FOLD) & _MASK64)
+        return state
 
     def weight_scaled_form(self, where: str) -> tuple[nn.Module, float]:
         """What :func:`droplab.weight_scaled` puts in this module's place.
@@ -159,11 +249,11 @@ class StochasticModule(nn.Module):
 
     def stream_repr(self) -> str:
         """``"seed=..., offset=..."`` for ``extra_repr``, or ``""`` without a seed."""
-        return "" if self._seed is None else f"seed={self._seed}, offset={self._offset}"
+        return "" if not self._owns_seed else f"seed={self.seed}, offset={self.offset}"
 
     def get_extra_state(self) -> dict[str, Any]:
         """The stream position, saved in ``state_dict`` as plain Python ints."""
-        return {"seed": self._seed, "offset": self._offset}
+        return {"seed": self.seed, "offset": self.offset}
 
     def set_extra_state(self, state: Any) -> None:
         """Restore the stream position saved by :meth:`get_extra_state`."""
@@ -202,3 +292,11 @@ class StochasticModule(nn.Module):
         key = prefix + "_extra_state"
         if key in missing_keys:
             missing_keys.remove(key)
+
+
+@torch.compiler.disable
+def _next_stream_outside_graph(module: StochasticModule, n: int) -> tuple[int, int]:
+    # A module that draws through Python ints (a variant not on the registered
+    # op yet) inside a compiled region: Dynamo breaks the graph here and runs
+    # the draw eagerly, on the same rng_state, so masks stay the eager ones.
+    return StochasticModule.next_stream(module, n)
