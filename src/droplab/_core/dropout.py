@@ -107,6 +107,11 @@ def dropout(
         True
     """
     owner = "dropout"
+    if isinstance(seed, torch.Tensor):  # a module's stream in a graph (next_state)
+        state: torch.Tensor | None = seed
+        seed = None
+    else:
+        state = None
     # Every argument is checked on every call. Each test below first accepts,
     # cheaply, exactly the values its check would return unchanged (a float in
     # [0, 1], an int in range, a known word, no shared dims); anything else goes
@@ -135,7 +140,9 @@ def dropout(
         factor = eval_scale(p, scale)
         return x if factor == 1.0 else _scale_for_eval(x, factor, inplace)
     if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
-        if seed is None:
+        if state is not None:
+            pass  # [key, offset] from the module, already advanced in the graph
+        elif seed is None:
             state = torch.cat(
                 [
                     torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64),
@@ -209,6 +216,8 @@ class Dropout(StochasticModule):
         8.0
     """
 
+    traceable = True  # draws only through dropout(): compiles into the graph
+
     def __init__(
         self,
         p: float = 0.5,
@@ -247,11 +256,7 @@ class Dropout(StochasticModule):
         else:
             dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
             n = stream_elements(x.shape, dims)
-        if torch.compiler.is_compiling():  # the stream as a tensor, in the graph
-            state = self.next_state(n)
-            return _through_op(
-                x, state, self.p, self.scale, self.sampler, dims, self.inplace
-            )
+        # In a graph, seed is the module's stream as a tensor (next_stream).
         seed, offset = self.next_stream(n)
         return dropout(
             x,

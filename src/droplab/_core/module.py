@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -105,6 +105,17 @@ class StochasticModule(nn.Module):
         >>> StochasticModule(seed=1).get_extra_state()
         {'seed': 1, 'offset': 0}
     """
+
+    # Whether forward draws only through droplab.dropout (which takes the
+    # tensor stream of next_state in a graph): then it compiles into the graph.
+    # A subclass that defines forward without setting it runs its training
+    # forward eagerly inside compiled code (a graph break, the eager masks).
+    traceable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__ and not cls.__dict__.get("traceable", False):
+            cls.forward = _eager_when_compiled(cls.__dict__["forward"])
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
@@ -186,6 +197,11 @@ class StochasticModule(nn.Module):
                 ``droplab.masks.stream_elements(shape, shared_dims)``).
         """
         if torch.compiler.is_compiling():
+            if type(self).traceable:
+                # In a graph the stream is a tensor: (next_state(n), 0), which
+                # droplab.dropout takes in place of (seed, offset).
+                traced: Any = (self.next_state(n), 0)
+                return traced
             return _next_stream_outside_graph(self, n)
         if type(n) is not int or n < 0:  # else check_int would return n as is
             n = check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
@@ -300,3 +316,16 @@ def _next_stream_outside_graph(module: StochasticModule, n: int) -> tuple[int, i
     # op yet) inside a compiled region: Dynamo breaks the graph here and runs
     # the draw eagerly, on the same rng_state, so masks stay the eager ones.
     return StochasticModule.next_stream(module, n)
+
+
+def _eager_when_compiled(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward``, run outside the graph when training inside compiled code."""
+    eager = torch.compiler.disable(forward)
+
+    @functools.wraps(forward)
+    def wrapper(self: StochasticModule, *args: Any, **kwargs: Any) -> Any:
+        if self.training and torch.compiler.is_compiling():
+            return eager(self, *args, **kwargs)
+        return forward(self, *args, **kwargs)
+
+    return wrapper

@@ -274,6 +274,7 @@ def _stream_elements(shape: Sequence[int], name: str) -> int:
 
 class _ChannelDropout(StochasticModule):
     _name = "dropout1d"
+    traceable = True  # draws only through dropout(): compiles into the graph
 
     def __init__(
         self,

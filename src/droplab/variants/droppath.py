@@ -125,6 +125,8 @@ class DropPath(StochasticModule):
         8
     """
 
+    traceable = True  # draws only through dropout(): compiles into the graph
+
     def __init__(
         self,
         p: float = 0.0,
