@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("droplab.kernels",),
     ("droplab._core",),
     ("droplab.variants",),
+    ("droplab.interop",),  # torch's dropout -> droplab's: convert, intercept
     ("droplab.functional", "droplab.nn"),  # the public façades: re-exports only
     ("droplab.uncertainty",),
     ("droplab",),  # the root façade: it re-exports uncertainty's mc_predict too

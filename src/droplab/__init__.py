@@ -9,6 +9,9 @@ from droplab._core.dropout import dropout as dropout
 from droplab._core.modes import mc_dropout as mc_dropout
 from droplab._core.modes import weight_scaled as weight_scaled
 from droplab._core.module import StochasticModule as StochasticModule
+from droplab.interop import conversion_plan as conversion_plan
+from droplab.interop import convert as convert
+from droplab.interop import intercept as intercept
 from droplab.masks import bernoulli_mask as bernoulli_mask
 from droplab.masks import fixed_count_mask as fixed_count_mask
 from droplab.masks import keep_threshold as keep_threshold
@@ -23,8 +26,11 @@ __all__ = [
     "StochasticModule",
     "__version__",
     "bernoulli_mask",
+    "conversion_plan",
+    "convert",
     "dropout",
     "fixed_count_mask",
+    "intercept",
     "keep_threshold",
     "mc_dropout",
     "mc_predict",

@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from droplab.nn import Dropout
+import droplab
+from droplab.nn import Dropout, StochasticModule
 from droplab.rng import stream_seed
 from droplab.uncertainty import mc_predict, metrics
 
@@ -175,12 +176,26 @@ def test_classification_statistics_match_the_metric_functions() -> None:
     )
 
 
-def test_torch_dropout_is_refused_with_the_fix() -> None:
-    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Dropout(0.5)).double()
-    with pytest.raises(
-        ValueError, match=r"droplab.nn.Dropout.*torch.nn dropout module '1'"
-    ):
-        mc_predict(net, X, samples=2, seed=0)
+def test_torch_dropout_samples_as_the_converted_model_does() -> None:
+    # The model's torch dropouts draw, under the interception, the masks their
+    # droplab twins draw in droplab.convert(model): the same result, any chunk.
+    def make() -> torch.nn.Sequential:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Dropout(0.2),
+            torch.nn.Tanh(),
+            Dropout(0.5, seed=3),
+            torch.nn.Dropout(0.4),
+        ).double()
+
+    plain, converted = make(), droplab.convert(make())
+    assert all(isinstance(m, StochasticModule) for m in converted[::2])
+    a = mc_predict(plain, X, samples=9, seed=4, chunk=9, keep_samples=True)
+    b = mc_predict(converted, X, samples=9, seed=4, chunk=2, keep_samples=True)
+    assert a.samples is not None and b.samples is not None
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples[0], a.samples[1])
+    assert isinstance(plain[0], torch.nn.Dropout) and plain[0].training
 
 
 def test_mask_shared_along_the_batch_is_refused() -> None:

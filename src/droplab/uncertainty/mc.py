@@ -22,9 +22,19 @@ bit for bit where the model's arithmetic does not depend on the number of rows
 (element-wise layers); after a matrix product they agree to floating-point
 rounding, since BLAS may block a product differently for a different number of
 rows. The modules' own seeds and
-offsets are restored afterwards. ``torch.nn`` dropout modules draw from
-PyTorch's global generator, which cannot be replayed this way, so they are
-refused (replace them with :class:`droplab.nn.Dropout`).
+offsets are restored afterwards.
+
+Any model. The call runs under :func:`droplab.intercept`: a ``torch.nn``
+dropout module (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
+``FeatureAlphaDropout``) draws through droplab's function of the same name from
+the stream its place would have in the converted model, so ``mc_predict`` on a
+model equals ``mc_predict`` on ``droplab.convert(model)`` bit for bit.
+Dropout called functionally in a ``forward`` (``F.dropout(h, self.p,
+self.training)``) samples too, whatever its ``training`` argument (Monte-Carlo
+dropout keeps every dropout on), from the stream numbered after the modules.
+Attention dropout drawn inside ``scaled_dot_product_attention`` cannot be
+replayed: such a call with ``dropout_p > 0`` is an error (attention modules in
+eval mode, as ``mc_dropout`` leaves them, pass 0).
 
 The statistics are accumulated pass by pass in pass order, in float64, so they
 do not depend on the chunking either. The metrics of the classification and
@@ -43,7 +53,7 @@ from typing import Any
 import torch
 
 from droplab import masks
-from droplab._core.modes import DROPOUT_TYPES, mc_dropout
+from droplab._core.modes import TORCH_DROPOUTS, mc_dropout
 from droplab._core.module import StochasticModule
 from droplab._validation import (
     check_choice,
@@ -52,6 +62,7 @@ from droplab._validation import (
     check_shared_dims,
     fail,
 )
+from droplab.interop.intercept import Interception
 from droplab.rng import draw_seed, stream_seed
 
 __all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
@@ -91,52 +102,77 @@ class MCPrediction:
 
 
 def dropout_modules(model: torch.nn.Module) -> list[tuple[str, StochasticModule]]:
-    """The droplab dropout modules of ``model``, in registration order, by name.
+    """The droplab dropout modules of ``model``, in registration order, by name."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, StochasticModule)
+    ]
 
-    Raises:
-        ValueError: if ``model`` holds a ``torch.nn`` dropout module, whose draws
-            cannot be replayed per pass (the error names it and the fix).
-    """
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, DROPOUT_TYPES) and not isinstance(
-            module, StochasticModule
-        ):
-            raise fail(
-                "model",
-                f"a model with torch.nn dropout module {name or '<root>'!r} "
-                f"({type(module).__name__})",
-                "a model whose dropout modules are droplab's (droplab.nn.Dropout "
-                "takes the same arguments), so that every pass can be replayed",
-                owner="mc_predict",
-            )
-        if isinstance(module, StochasticModule):
-            found.append((name, module))
-    return found
+
+def _dropout_sites(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    # droplab's modules and torch's, in registration order: a torch module has
+    # the index its droplab twin has in droplab.convert(model).
+    kinds: tuple[type[torch.nn.Module], ...] = (StochasticModule, *TORCH_DROPOUTS)
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, kinds)
+    ]
 
 
 @dataclass
 class _Chunk:
-    """The chunk in flight, read by the hooks: its first pass and size, and the
-    number of calls each module has had in this forward pass."""
+    """The chunk in flight, read by the hooks: its first pass and size, the
+    number of calls each module (and, last, functional dropout) has had in this
+    forward pass, and the torch dropout module being called, if any."""
 
     first_pass: int
     size: int
     calls: list[int]
+    active: int | None = None
 
 
 @contextmanager
 def _pinned_streams(
-    modules: list[tuple[str, StochasticModule]], seed: int
-) -> Iterator[_Chunk]:
+    sites: list[tuple[str, torch.nn.Module]], seed: int
+) -> Iterator[tuple[_Chunk, Interception]]:
     """Point each module call at its derived stream while the context is open.
 
-    The caller updates the yielded :class:`_Chunk` before each forward call; the
-    modules' seeds and offsets are restored on exit, even after an error.
+    droplab's modules get their stream through hooks; torch's dropout modules
+    and functional dropout through the yielded interception, which the caller
+    enters around each forward call after updating the yielded :class:`_Chunk`.
+    The modules' seeds and offsets are restored on exit, even after an error.
     """
-    chunk = _Chunk(0, 1, [0] * len(modules))
-    saved = [(module, module.seed, module.offset) for _, module in modules]
+    modules = [(i, name, m) for i, (name, m) in enumerate(sites)]
+    ours = [(i, n, m) for i, n, m in modules if isinstance(m, StochasticModule)]
+    chunk = _Chunk(0, 1, [0] * (len(sites) + 1))
+    saved = [(module, module.seed, module.offset) for _, _, module in ours]
     handles = []
+
+    def stream(elements: int) -> tuple[int, int]:
+        # A torch dropout module's call, or functional dropout (index len(sites)).
+        index = len(sites) if chunk.active is None else chunk.active
+        if elements % chunk.size:
+            where = "functional dropout" if chunk.active is None else sites[index][0]
+            raise fail(
+                "model",
+                f"dropout ({where!r}) whose input does not hold the batch along dim 0",
+                "dropout applied to tensors whose dim 0 is the batch",
+                owner="mc_predict",
+            )
+        drawn = stream_seed(seed, index, chunk.calls[index])
+        chunk.calls[index] += 1
+        return drawn, chunk.first_pass * (elements // chunk.size)
+
+    def enter(index: int) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            chunk.active = index
+
+        return hook
+
+    def leave(module: torch.nn.Module, args: Any, output: Any) -> None:
+        chunk.active = None
 
     def make_hook(index: int, name: str) -> Any:
         def hook(module: StochasticModule, args: tuple[Any, ...]) -> None:
@@ -175,18 +211,23 @@ def _pinned_streams(
 
         return check
 
-    expected = [0] * len(modules)
-    for index, (name, module) in enumerate(modules):
-        handles.append(module.register_forward_pre_hook(make_hook(index, name)))
-        handles.append(module.register_forward_hook(make_check(index, name)))
+    expected = [0] * len(sites)
+    for index, name, module in modules:
+        if isinstance(module, StochasticModule):
+            handles.append(module.register_forward_pre_hook(make_hook(index, name)))
+            handles.append(module.register_forward_hook(make_check(index, name)))
+        else:
+            handles.append(module.register_forward_pre_hook(enter(index)))
+            handles.append(module.register_forward_hook(leave))
+    interception = Interception(attention="error", sample_all=True, streams=stream)
     try:
-        yield chunk
+        yield chunk, interception
     finally:
         for handle in handles:
             handle.remove()
-        for module, old_seed, old_offset in saved:
-            module.seed = old_seed
-            module.offset = old_offset
+        for stochastic, old_seed, old_offset in saved:
+            stochastic.seed = old_seed
+            stochastic.offset = old_offset
 
 
 def mc_predict(
@@ -203,7 +244,8 @@ def mc_predict(
 
     Args:
         model: a module that maps a batch to a batch row by row (dim 0 is the
-            batch), with droplab dropout modules (``torch.nn`` ones are refused).
+            batch), with droplab's or torch's dropout modules, or functional
+            dropout in its ``forward`` (see the module's docstring).
             Dropout is switched on and everything else set to eval for the call
             (``droplab.mc_dropout``);
             every module's mode, seed and offset are restored afterwards.
@@ -255,17 +297,18 @@ def mc_predict(
         chunk = max(1, DEFAULT_MAX_ROWS // max(batch, 1))
     chunk = min(check_int(chunk, "chunk", low=1, owner="mc_predict"), passes)
 
-    modules = dropout_modules(model)
+    sites = _dropout_sites(model)
     acc = _Accumulator(task, passes, keep_samples)
     reps = (1,) * (x.dim() - 1)
     with torch.no_grad(), mc_dropout(model):
-        with _pinned_streams(modules, seed) as state:
+        with _pinned_streams(sites, seed) as (state, interception):
             start = 0
             while start < passes:
                 size = min(chunk, passes - start)
                 state.first_pass, state.size = start, size
-                state.calls = [0] * len(modules)
-                out = model(x.repeat(size, *reps) if size > 1 else x)
+                state.calls = [0] * (len(sites) + 1)
+                with interception:
+                    out = model(x.repeat(size, *reps) if size > 1 else x)
                 acc.add(out.reshape(size, batch, *out.shape[1:]))
                 start += size
     return acc.result(seed)

@@ -1,0 +1,198 @@
+"""Swap a model's torch dropout modules for droplab's: :func:`convert`.
+
+A model you did not write (timm, Hugging Face, torchvision) builds its dropout
+from ``torch.nn.Dropout`` and its siblings. :func:`convert` replaces each, in
+place, by droplab's module of the same behaviour and arguments (``p``,
+``inplace``), so every mask comes from a ``(seed, offset)`` stream that
+replays, compiles bit-exact (docs/compile.md) and saves nothing of the input's
+size for backward. :func:`conversion_plan` says what it would do, without
+doing it: what maps, and what does not (dropout built into another module,
+such as the ``dropout`` argument of ``nn.MultiheadAttention`` or ``nn.LSTM``,
+or a dropout class droplab does not know). Nothing is left out silently:
+:func:`convert` logs every swap and warns about every module it could not map.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from droplab._core.dropout import Dropout
+from droplab._core.module import StochasticModule
+from droplab._validation import check_seed, fail
+from droplab.rng import derive_seed
+from droplab.variants import (
+    AlphaDropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+    DropPath,
+    FeatureAlphaDropout,
+)
+
+__all__ = ["ConversionPlan", "conversion_plan", "convert"]
+
+logger = logging.getLogger("droplab")
+
+# Exact classes (a subclass may have its own forward: it is reported, not swapped).
+_TORCH: dict[type[nn.Module], Callable[[nn.Module], StochasticModule]] = {
+    nn.Dropout: lambda m: Dropout(m.p, m.inplace),  # type: ignore[arg-type]
+    nn.Dropout1d: lambda m: Dropout1d(m.p, m.inplace),  # type: ignore[arg-type]
+    nn.Dropout2d: lambda m: Dropout2d(m.p, m.inplace),  # type: ignore[arg-type]
+    nn.Dropout3d: lambda m: Dropout3d(m.p, m.inplace),  # type: ignore[arg-type]
+    # droplab's alpha dropouts are out of place (the values are the same).
+    nn.AlphaDropout: lambda m: AlphaDropout(m.p),  # type: ignore[arg-type]
+    nn.FeatureAlphaDropout: lambda m: FeatureAlphaDropout(m.p),  # type: ignore[arg-type]
+}
+
+
+def _timm_drop_path(module: nn.Module) -> StochasticModule:
+    # timm.layers.DropPath(drop_prob, scale_by_keep): inverted scaling, or none.
+    scale = "inverted" if getattr(module, "scale_by_keep", True) else "none"
+    return DropPath(float(getattr(module, "drop_prob", 0.0)), scale=scale)
+
+
+def _is_timm_drop_path(module: nn.Module) -> bool:
+    # Recognised by name, so that timm need not be installed (or imported).
+    cls = type(module)
+    return cls.__name__ == "DropPath" and cls.__module__.split(".")[0] == "timm"
+
+
+# Modules that apply dropout inside their own forward, by an argument.
+_BUILT_IN = {nn.MultiheadAttention: "dropout", nn.RNNBase: "dropout"}
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    """What :func:`convert` swaps and what it cannot map, by qualified name.
+
+    Attributes:
+        swaps: ``(name, torch class, droplab module)`` for each swap, in
+            ``named_modules`` order; the droplab modules are new and unseeded.
+        unmapped: ``(name, reason)`` for each module that applies dropout that
+            :func:`convert` cannot reach.
+    """
+
+    swaps: list[tuple[str, str, StochasticModule]] = field(default_factory=list)
+    unmapped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line per swap and per unmapped module."""
+        lines = [
+            f"{name}: {cls} -> droplab {type(new).__name__}({new.extra_repr()})"
+            for name, cls, new in self.swaps
+        ]
+        lines += [f"{name}: not converted ({reason})" for name, reason in self.unmapped]
+        return "\n".join(lines)
+
+
+def conversion_plan(model: nn.Module) -> ConversionPlan:
+    """What :func:`convert` would do to ``model``, without changing it.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1),
+        ...                     nn.MultiheadAttention(4, 2, dropout=0.2))
+        >>> print(conversion_plan(net).summary())
+        1: Dropout -> droplab Dropout(p=0.1, inplace=False)
+        2: not converted (MultiheadAttention applies dropout=0.2 inside its forward; torch's attention function draws it, out of droplab's reach (droplab.intercept warns when it runs))
+    """
+    if not isinstance(model, nn.Module):
+        raise fail("model", model, "a torch.nn.Module", owner="convert", kind=TypeError)
+    plan = ConversionPlan()
+    for name, module in model.named_modules():
+        make = _TORCH.get(type(module))
+        if make is None and _is_timm_drop_path(module):
+            make = _timm_drop_path
+        where = name or "<root>"
+        if make is not None:
+            plan.swaps.append((where, type(module).__name__, make(module)))
+            continue
+        if isinstance(module, StochasticModule):
+            continue
+        for cls, arg in _BUILT_IN.items():
+            rate = getattr(module, arg, 0.0)
+            if isinstance(module, cls) and isinstance(rate, float) and rate > 0.0:
+                how = (
+                    "torch's attention function draws it, out of droplab's reach "
+                    "(droplab.intercept warns when it runs)"
+                    if cls is not nn.RNNBase
+                    else "the fused RNN kernel draws it, out of droplab's reach"
+                )
+                plan.unmapped.append(
+                    (
+                        where,
+                        f"{type(module).__name__} applies {arg}={rate} inside its "
+                        f"forward; {how}",
+                    )
+                )
+                break
+        else:
+            if isinstance(module, nn.modules.dropout._DropoutNd) or (
+                "drop" in type(module).__name__.lower() and not list(module.children())
+            ):
+                plan.unmapped.append(
+                    (where, f"{type(module).__name__} is not a class droplab maps")
+                )
+    return plan
+
+
+def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
+    """Swap, in place, every torch dropout module of ``model`` for droplab's.
+
+    ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.AlphaDropout``,
+    ``nn.FeatureAlphaDropout`` (exactly these classes) and timm's ``DropPath``
+    become :class:`droplab.nn.Dropout`, ``Dropout1d/2d/3d``, ``AlphaDropout``,
+    ``FeatureAlphaDropout`` and ``DropPath`` with the same ``p`` and
+    ``inplace`` (droplab's alpha dropouts compute out of place) and the same
+    ``training`` flag. Each swap is logged (logger ``"droplab"``, INFO); a
+    module that applies dropout and cannot be swapped is named in one
+    ``UserWarning`` (see :func:`conversion_plan`).
+
+    Args:
+        model: any ``nn.Module``; changed in place.
+        seed: None keeps torch's behaviour (a fresh seed per call from torch's
+            default generator, so ``torch.manual_seed`` reproduces a run); an
+            int in ``[0, 2**64)`` gives the ``i``-th swapped module the seed
+            ``droplab.rng.derive_seed(seed, i)``, so the whole model replays
+            from one number.
+
+    Returns:
+        ``model`` itself.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+        >>> convert(net, seed=0)[1]
+        Dropout(p=0.5, inplace=False, seed=8069282889424829228, offset=0)
+    """
+    plan = conversion_plan(model)
+    if seed is not None:
+        seed = check_seed(seed, owner="convert")
+    modules = dict(model.named_modules())
+    for index, (name, _, new) in enumerate(plan.swaps):
+        if name == "<root>":
+            raise fail(
+                "model",
+                f"a bare {type(model).__name__}",
+                "a model that holds its dropout modules (convert swaps children "
+                "in place; build droplab's module directly)",
+                owner="convert",
+            )
+        if seed is not None:
+            new.seed = derive_seed(seed, index)
+        new.train(modules[name].training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name], child, new)
+        logger.info("droplab.convert: %s", plan.summary().splitlines()[index])
+    if plan.unmapped:
+        listing = "; ".join(f"{name}: {reason}" for name, reason in plan.unmapped)
+        warnings.warn(
+            f"droplab.convert left {len(plan.unmapped)} dropout(s) as they are: "
+            f"{listing}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return model

@@ -1,0 +1,148 @@
+"""droplab.intercept, and mc_predict and compile on models droplab did not build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import droplab
+import droplab.functional as DF
+from droplab.uncertainty import mc_predict
+
+
+class Block(nn.Module):
+    """A ViT-like block as third-party code writes it: torch's modules, and
+    dropout called functionally in ``forward``."""
+
+    def __init__(self, width: int = 8, attention_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(
+            width, 2, dropout=attention_dropout, batch_first=True
+        )
+        self.drop = nn.Dropout(0.2)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 2 * width),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(2 * width, width),
+        )
+        self.p = 0.3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, width)
+        h = self.norm(x)
+        x = x + self.drop(self.attn(h, h, h, need_weights=False)[0])
+        return x + F.dropout(self.mlp(x), self.p, self.training)
+
+
+def block(**kwargs: float) -> Block:
+    torch.manual_seed(0)
+    return Block(**kwargs).double()
+
+
+X = torch.randn(
+    3, 5, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+)
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours", "shape", "kwargs"),
+    [
+        (F.dropout, DF.dropout, (2, 3, 4), {}),
+        (F.dropout1d, DF.dropout1d, (2, 3, 4), {}),
+        (F.dropout2d, DF.dropout2d, (2, 3, 4, 5), {}),
+        (F.dropout3d, DF.dropout3d, (2, 3, 4, 5, 6), {}),
+        (F.alpha_dropout, DF.alpha_dropout, (2, 3, 4), {"training": True}),
+        (
+            F.feature_alpha_dropout,
+            DF.feature_alpha_dropout,
+            (2, 3, 4),
+            {"training": True},
+        ),
+    ],
+)
+def test_each_function_draws_droplabs_mask_from_one_stream(
+    theirs, ours, shape, kwargs
+) -> None:
+    x = torch.randn(*shape)
+    with droplab.intercept(seed=9) as mode:
+        a = theirs(x, 0.4, **kwargs)
+        b = theirs(x, 0.4, **kwargs)
+    used = mode.offset // 2
+    assert mode.calls == 2 and used > 0
+    assert torch.equal(a, ours(x, 0.4, seed=9, offset=0, **kwargs))
+    assert torch.equal(b, ours(x, 0.4, seed=9, offset=used, **kwargs))
+
+
+def test_inplace_evaluation_and_torch_dropout() -> None:
+    x = torch.randn(4, 6)
+    with droplab.intercept(seed=1):
+        y = x.clone()
+        assert F.dropout(y, 0.5, inplace=True) is y
+        z = torch.dropout(x, 0.5, True)
+        assert F.dropout(x, 0.5, training=False) is x  # torch's evaluation path
+    assert torch.equal(y, DF.dropout(x, 0.5, seed=1))
+    assert torch.equal(z, DF.dropout(x, 0.5, seed=1, offset=24))
+
+
+def test_intercept_replays_functional_dropout_in_a_module_we_did_not_write() -> None:
+    model = block()
+    runs = []
+    for _ in range(2):
+        with droplab.intercept(seed=5) as mode:
+            runs.append(model(X))
+    assert mode.calls == 3  # two nn.Dropout modules and one F.dropout
+    assert torch.equal(runs[0], runs[1])
+    with droplab.intercept(seed=6):
+        assert not torch.equal(model(X), runs[0])
+    torch.manual_seed(0)
+    with droplab.intercept():  # seed=None: torch's generator, as nn.Dropout
+        c = model(X)
+    torch.manual_seed(0)
+    with droplab.intercept():
+        assert torch.equal(model(X), c)
+
+
+def test_attention_dropout_is_detected() -> None:
+    model = block(attention_dropout=0.1)
+    with pytest.warns(UserWarning, match="multi_head_attention_forward.*dropout_p=0.1"):
+        with droplab.intercept(seed=0):
+            model(X)
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.warns(UserWarning, match="scaled_dot_product_attention.*dropout_p=0.5"):
+        with droplab.intercept(seed=0):
+            F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+    with droplab.intercept(seed=0, attention="ignore"):
+        F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+
+    class Attention(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(x, x, x, dropout_p=0.2)
+
+    with pytest.raises(ValueError, match=r"mc_predict.*scaled_dot_product_attention"):
+        mc_predict(Attention(), q[0], samples=2, seed=0)
+
+
+def test_mc_predict_on_the_block_is_reproducible_and_equals_the_converted_block() -> (
+    None
+):
+    plain = mc_predict(block(), X, samples=6, seed=3, chunk=6, keep_samples=True)
+    again = mc_predict(block(), X, samples=6, seed=3, chunk=6, keep_samples=True)
+    assert plain.samples is not None and again.samples is not None
+    assert torch.equal(plain.samples, again.samples)
+    assert not torch.equal(plain.samples[0], plain.samples[1])
+    converted = droplab.convert(block())  # no warning: attention dropout is 0
+    other = mc_predict(converted, X, samples=6, seed=3, chunk=6, keep_samples=True)
+    assert other.samples is not None
+    assert torch.equal(plain.samples, other.samples)
+    # a functional call not on the batch dim is refused with the reason
+    with pytest.raises(ValueError, match="dim 0"):
+        mc_predict(nn.Sequential(_Transposed()), X, samples=4, seed=0, chunk=4)
+
+
+class _Transposed(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        F.dropout(x[:1, :1, :3], 0.5, self.training)  # 3 elements for 4 passes
+        return x
