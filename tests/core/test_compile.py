@@ -30,9 +30,16 @@ pytestmark = [
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
+    # No on-disk caches: Inductor's keys do not cover a custom op's Python
+    # (fake) implementation, so an entry written by an older droplab could
+    # be reused; compiling afresh keeps each run honest.
     torch._dynamo.reset()
     counters.clear()
-    yield
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        yield
     torch._dynamo.reset()
 
 
@@ -62,9 +69,10 @@ def test_the_op_is_the_eager_op_with_its_state_in_a_tensor() -> None:
         (grad,) = torch.autograd.grad(y.sum(), x)
         (ref_grad,) = torch.autograd.grad(ref.sum(), x)
         assert torch.equal(grad, ref_grad)
-    torch.library.opcheck(
-        masked_scale_op, (x, state_tensor(1, 2), 0.5, "realized", "fixed", [1])
-    )
+    for t in (x, x.detach().t().requires_grad_()):  # any strides: a contiguous result
+        torch.library.opcheck(
+            masked_scale_op, (t, state_tensor(1, 2), 0.5, "realized", "fixed", [1])
+        )
 
 
 def test_a_compiled_seeded_dropout_gives_the_eager_outputs_bit_for_bit() -> None:
@@ -203,3 +211,67 @@ def test_the_stream_stays_on_the_cpu_and_old_checkpoints_load() -> None:
     assert m.rng_state.tolist() == [2**63 + 7 - 2**64, 40]
     with pytest.raises(ValueError, match=r"'offset'.*\[0, 2\*\*64\)"):
         m.offset = 2**64
+
+
+def test_the_registered_op_reaches_the_triton_kernel_in_the_interpreter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The CUDA path goes through the same registration: select(x) picks the
+    # Triton kernel, run here by Triton's interpreter on CPU tensors.
+    pytest.importorskip("triton")
+    from droplab.kernels import gpu
+    from droplab.kernels.reference import reference_masked_scale
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("DROPLAB_BACKEND", "triton")
+    x = torch.randn(3, 700, requires_grad=True)
+    assert droplab.kernels.select(x) is gpu.masked_scale
+    for sampler, scale, dims in [
+        ("bernoulli", "inverted", []),
+        ("fixed", "realized", [1]),
+    ]:
+        y = masked_scale_op(
+            x, state_tensor(2**64 - 2, 4 * 2**32 - 3), 0.3, scale, sampler, dims
+        )
+        ref = reference_masked_scale(
+            x.detach(),
+            p=0.3,
+            seed=2**64 - 2,
+            offset=4 * 2**32 - 3,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=tuple(dims),
+        )
+        assert torch.equal(y, ref)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(
+            grad,
+            reference_masked_scale(
+                torch.ones_like(x),
+                p=0.3,
+                seed=2**64 - 2,
+                offset=4 * 2**32 - 3,
+                scale=scale,
+                sampler=sampler,
+                shared_dims=tuple(dims),
+            ),
+        )
+
+
+@pytest.mark.gpu
+def test_cuda_dropout_compiles_bit_exact_with_the_stream_on_the_host() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    eager = dnn.Dropout(0.3, seed=2**64 - 1).cuda()
+    twin = dnn.Dropout(0.3, seed=2**64 - 1).cuda()
+    assert twin.rng_state.device.type == "cpu"  # read without a device sync
+    compiled = torch.compile(twin, fullgraph=True)
+    x = torch.randn(64, 1000, device="cuda", requires_grad=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(5):
+            out_e, out_c = eager(x), compiled(x)
+            assert torch.equal(out_e, out_c)
+            (grad_e,) = torch.autograd.grad(out_e.sum(), x)
+            (grad_c,) = torch.autograd.grad(out_c.sum(), x)
+            assert torch.equal(grad_e, grad_c)
+    assert twin.offset == eager.offset == 5 * 64000

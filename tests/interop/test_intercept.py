@@ -146,3 +146,28 @@ class _Transposed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         F.dropout(x[:1, :1, :3], 0.5, self.training)  # 3 elements for 4 passes
         return x
+
+
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)
+@torch._inductor.config.patch(fx_graph_cache=False)  # see tests/core/test_compile.py
+@torch._functorch.config.patch(enable_autograd_cache=False)
+def test_a_converted_block_compiles_with_no_graph_break_torchs_has_not() -> None:
+    torch._dynamo.reset()
+    theirs = torch._dynamo.explain(block())(X)
+    ours = torch._dynamo.explain(droplab.convert(block(), seed=1))(X)
+    assert ours.graph_break_count == theirs.graph_break_count == 0
+    assert ours.graph_count == theirs.graph_count == 1
+    torch._dynamo.reset()
+    eager, twin = droplab.convert(block(), seed=1), droplab.convert(block(), seed=1)
+    eager.p = twin.p = 0.0  # the block's own F.dropout draws from torch's generator
+    compiled = torch.compile(twin, fullgraph=True)
+    for _ in range(3):
+        out_e, out_c = eager(X), compiled(X)
+        torch.testing.assert_close(out_c, out_e, rtol=1e-12, atol=1e-12)
+        assert torch.equal(out_e == 0, out_c == 0)
+        out_e.sum().backward()
+        out_c.sum().backward()
+    assert twin.drop.offset == eager.drop.offset == 3 * X.numel()
+    torch._dynamo.reset()

@@ -86,7 +86,7 @@ def masked_scale_op(
         shared_dims: normalised sorted dimensions the mask is shared along.
     """
     seed, offset = state.tolist()
-    return kernels.select(x)(
+    y = kernels.select(x)(
         x,
         p=p,
         seed=seed & MASK64,
@@ -95,6 +95,8 @@ def masked_scale_op(
         sampler=sampler,
         shared_dims=tuple(shared_dims),
     )
+    # The fake kernel promises a contiguous result, whatever x's strides.
+    return y.contiguous()
 
 
 @masked_scale_op.register_fake
@@ -106,7 +108,7 @@ def _masked_scale_fake(
     sampler: str,
     shared_dims: list[int],
 ) -> torch.Tensor:
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as every kernel writes it
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
