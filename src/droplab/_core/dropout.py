@@ -107,7 +107,9 @@ def dropout(
         True
     """
     owner = "dropout"
-    if isinstance(seed, torch.Tensor):  # a module's stream in a graph (next_state)
+    if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
+        # a module's stream in a graph (StochasticModule.next_state); outside
+        # a graph a tensor seed gets the usual check below
         state: torch.Tensor | None = seed
         seed = None
     else:
