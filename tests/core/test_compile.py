@@ -69,6 +69,10 @@ def test_the_op_is_the_eager_op_with_its_state_in_a_tensor() -> None:
         (grad,) = torch.autograd.grad(y.sum(), x)
         (ref_grad,) = torch.autograd.grad(ref.sum(), x)
         assert torch.equal(grad, ref_grad)
+    state = state_tensor(5, 6)
+    torch.autograd.gradgradcheck(
+        lambda t: masked_scale_op(t, state, 0.5, "inverted", "bernoulli", []), (x,)
+    )
     for t in (x, x.detach().t().requires_grad_()):  # any strides: a contiguous result
         torch.library.opcheck(
             masked_scale_op, (t, state_tensor(1, 2), 0.5, "realized", "fixed", [1])

@@ -356,3 +356,34 @@ def test_bald_between_zero_and_entropy(
 def test_metric_errors(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_torch_channel_and_alpha_dropouts_sample_as_converted() -> None:
+    def make() -> torch.nn.Sequential:
+        return torch.nn.Sequential(
+            torch.nn.Dropout1d(0.3),
+            torch.nn.AlphaDropout(0.2),
+            torch.nn.FeatureAlphaDropout(0.4),
+        ).double()
+
+    x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(3)).double()
+    a = mc_predict(make(), x, samples=5, seed=8, chunk=5, keep_samples=True)
+    b = mc_predict(
+        droplab.convert(make()), x, samples=5, seed=8, chunk=2, keep_samples=True
+    )
+    assert a.samples is not None and b.samples is not None
+    assert torch.equal(a.samples, b.samples)
+
+
+def test_drop_path_and_channel_dropout_are_chunk_invariant() -> None:
+    net = torch.nn.Sequential(droplab.nn.DropPath(0.5, seed=1), torch.nn.Tanh())
+    x3 = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(3)).double()
+    for model, inputs in [
+        (net, X),
+        (torch.nn.Sequential(droplab.nn.Dropout1d(0.5)), x3),
+    ]:
+        a = mc_predict(model, inputs, samples=6, seed=2, chunk=6, keep_samples=True)
+        b = mc_predict(model, inputs, samples=6, seed=2, chunk=4, keep_samples=True)
+        assert a.samples is not None and b.samples is not None
+        assert torch.equal(a.samples, b.samples)
+        assert not torch.equal(a.samples[0], a.samples[1])

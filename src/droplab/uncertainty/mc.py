@@ -177,8 +177,13 @@ def _pinned_streams(
     def make_hook(index: int, name: str) -> Any:
         def hook(module: StochasticModule, args: tuple[Any, ...]) -> None:
             x = args[0]
-            shared = check_shared_dims(getattr(module, "shared_dims", ()), x.dim())
-            elements = math.prod(masks.mask_shape(x.shape, shared))
+            own = getattr(module, "mask_elements", None)
+            if own is not None:  # channel dropout, DropPath: one draw per (N, C) / N
+                shared: tuple[int, ...] = ()
+                elements = own(x)
+            else:
+                shared = check_shared_dims(getattr(module, "shared_dims", ()), x.dim())
+                elements = math.prod(masks.mask_shape(x.shape, shared))
             if 0 in shared or elements % chunk.size:
                 # A mask shared along the batch would give every pass of a
                 # chunk the same mask: the replicated batch must run along dim 0.

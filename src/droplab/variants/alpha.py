@@ -185,3 +185,7 @@ class FeatureAlphaDropout(AlphaDropout):
     ``torch.nn.FeatureAlphaDropout`` (without ``inplace``)."""
 
     _feature = True
+
+    def mask_elements(self, x: torch.Tensor) -> int:
+        """Stream elements a training call on ``x`` draws: one per (sample, channel)."""
+        return stream_elements(tuple(x.shape), tuple(range(2, x.ndim)))

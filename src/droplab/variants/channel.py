@@ -310,6 +310,10 @@ class _ChannelDropout(StochasticModule):
             self.inplace,
         )
 
+    def mask_elements(self, x: torch.Tensor) -> int:
+        """Stream elements a training call on ``x`` draws: one per (sample, channel)."""
+        return _stream_elements(tuple(x.shape), self._name)
+
     def extra_repr(self) -> str:
         parts = [
             f"p={self.p}",

@@ -156,6 +156,10 @@ class DropPath(StochasticModule):
             sampler=self.sampler,
         )
 
+    def mask_elements(self, x: torch.Tensor) -> int:
+        """Stream elements a training call on ``x`` draws: one per sample."""
+        return int(x.shape[0])
+
     def extra_repr(self) -> str:
         parts = [f"p={self.p}", self.stream_repr(), f"scale={self.scale!r}"]
         return ", ".join(filter(None, parts))
