@@ -233,6 +233,7 @@ def train_trial(
 def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
     from droplab.lab.parallel import one_thread
     from droplab.lab.training import derive_seed
+    from droplab.progress import current as current_progress
 
     optuna = _optuna()
 
@@ -244,7 +245,13 @@ def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
             "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
         }
 
+        shown = current_progress()  # droplab.progress: the trial's epochs
+
         def report(epoch: int, curves: dict[str, list[float]]) -> None:
+            if shown is not None:
+                shown.step(
+                    epoch + 1, config.epochs, "epoch", label=f"trial {trial.number}"
+                )
             if not all(math.isfinite(c[-1]) for c in curves.values()):
                 trial.set_user_attr("diverged_at_epoch", epoch)
                 raise optuna.TrialPruned()  # a diverged trial is pruned
@@ -449,14 +456,20 @@ def run_cli(args: argparse.Namespace) -> int:
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print our own lines
 
+    from droplab.progress import Progress
+
     def say(study: Any, trial: Any) -> None:
         value = "-" if trial.value is None else f"{trial.value:.4g}"
         print(f"trial {trial.number}: {trial.state.name.lower()}, loss {value}, "
               f"{trial.params}", file=sys.stderr, flush=True)  # fmt: skip
+        finished = len(finished_trials(study))
+        shown.goto(finished, item=f"trial {trial.number} {trial.state.name.lower()}")
 
     try:
-        study = run_sweep(config, n_trials=n_trials, storage=storage,
-                          study_name=args.study_name, callbacks=[say])  # fmt: skip
+        with Progress("droplab sweep") as shown:  # a bar, or a heartbeat (not a TTY)
+            shown.stage("trials", n_trials, "trial")
+            study = run_sweep(config, n_trials=n_trials, storage=storage,
+                              study_name=args.study_name, callbacks=[say])  # fmt: skip
     except ValueError as error:
         print(f"droplab sweep: {error}", file=sys.stderr)
         return 2

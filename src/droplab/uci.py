@@ -37,7 +37,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,10 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from droplab._data import shipped_uci_datasets, uci_data_dir
 from droplab._validation import check_int, check_seed, fail
 from droplab._workers import one_thread, watch_parent
 from droplab.executors import EXECUTOR_HELP, Executor, make_executor
 from droplab.metrics import gaussian_log_likelihood, rmse
+from droplab.progress import Progress
+from droplab.progress import current as current_progress
 from droplab.uci_folder import UCIFolder, UCIFormatError, load_uci_folder
 from droplab.uci_summary import format_summary, read_published, summarize
 from droplab.uci_train import Job, build_network, slot, train_stacked
@@ -158,12 +161,25 @@ def _train(
     checkpoint: Path | None,
 ) -> list[torch.nn.Module]:
     epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
+    label = f"{_STAGES[stage]} of {len(fits)} networks"
     return train_stacked(
         [fit.job for fit in fits], epochs=epochs, n_hidden=folder.n_hidden,
         slots=slots, seed=stream_seed(settings.seed, stage, STAGE_TAG),
         batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         lengthscale=settings.lengthscale, checkpoint=checkpoint,
+        on_epoch=_reporter(label, "epoch"),
     )  # fmt: skip
+
+
+_STAGES = ("grid search (stage 1 of 2)", "retrain on all training rows (stage 2 of 2)")
+
+
+def _reporter(label: str, unit: str) -> Callable[[int, int], None] | None:
+    """``(done, total)`` -> the current progress (droplab.progress), if any."""
+    progress = current_progress()
+    if progress is None:
+        return None
+    return lambda done, total: progress.step(done, total, unit, label=label)
 
 
 def _grid_stage(
@@ -192,7 +208,10 @@ def _grid_stage(
     )  # fmt: skip
     cells = len(rates) * len(taus)
     grids: dict[int, list[dict[str, float]]] = {}
+    report = _reporter(f"validation scores, T = {settings.validation_samples}", "split")
     for k, split in enumerate(splits):
+        if report is not None:
+            report(k, len(splits))
         grids[split] = [
             {
                 "dropout_rate": fit.job.p,
@@ -259,10 +278,12 @@ def run_splits(
         checkpoint=workdir / _checkpoint_name("test", splits) if workdir else None,
     )  # fmt: skip
     epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
-    scores = [
-        _score(model, fit, settings.samples)
-        for fit, model in zip(fits, models, strict=True)
-    ]
+    report = _reporter(f"test scores, T = {settings.samples}", "split")
+    scores = []
+    for k, (fit, model) in enumerate(zip(fits, models, strict=True)):
+        if report is not None:
+            report(k, len(fits))
+        scores.append(_score(model, fit, settings.samples))
     share = (time.perf_counter() - started) / len(splits)
     results = []
     for split, fit, score in zip(splits, fits, scores, strict=True):
@@ -323,8 +344,10 @@ def _chunk_job(
     path: str, chunk: list[int], settings: ProtocolSettings, out: str
 ) -> list[dict[str, Any]]:
     """Splits trained together in a pool process; each result saved there."""
-    with one_thread():  # one process per core: threads would fight
-        results = run_splits(load_uci_folder(path), chunk, settings, workdir=Path(out))
+    folder = load_uci_folder(path)
+    what = f"droplab uci {folder.name}, splits {_spans(chunk)}"
+    with one_thread(), Progress(what, bar=False):  # a worker: heartbeat lines only
+        results = run_splits(folder, chunk, settings, workdir=Path(out))
     for result in results:
         _write_json_atomically(Path(out) / f"split_{result['split']}.json", result)
     return results
@@ -387,12 +410,18 @@ def run_protocol(
         (lambda text: print(text, file=log, flush=True)) if log else (lambda text: None)
     )
     say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
-    with one_thread():  # these networks are tiny: one thread per process is fastest
+    bar = None if jobs == 1 and executor is None else False  # one bar per terminal
+    with (
+        one_thread(),  # these networks are tiny: one thread per process is fastest
+        Progress(f"droplab uci {folder.name}", bar=bar) as progress,
+    ):
+        progress.stage("splits", len(todo), "split")
         if executor is not None:  # droplab.executors (issue 8)
             tasks = [(folder, split, settings) for split in todo]
             for _, result in executor.imap_unordered(_split_task, tasks):
                 _write_json_atomically(target / f"split_{result['split']}.json", result)
                 results[result["split"]] = result
+                progress.advance(item=f"split {result['split']} saved")
                 say(_progress(result))
         elif jobs == 1 or len(todo) <= 1:
             if todo:
@@ -401,6 +430,7 @@ def run_protocol(
                         target / f"split_{result['split']}.json", result
                     )
                     results[result["split"]] = result
+                    progress.advance(item=f"split {result['split']} saved")
                     say(_progress(result))
         else:
             context = multiprocessing.get_context("spawn")
@@ -416,6 +446,7 @@ def run_protocol(
                 for future in as_completed(futures):
                     for result in future.result():
                         results[result["split"]] = result
+                        progress.advance(item=f"split {result['split']} saved")
                         say(_progress(result))
     return [results[s] for s in splits]
 
@@ -427,6 +458,21 @@ def _progress(result: dict[str, Any]) -> str:
         f"{result['rmse_weight_scaling']:.3f}), LL {result['test_ll']:.3f}, "
         f"{result['seconds']:.0f} s"
     )
+
+
+def _spans(splits: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the inverse of :func:`parse_splits`).
+
+    >>> _spans([0, 1, 2, 5, 7, 8])
+    '0-2,5,7-8'
+    """
+    runs: list[list[int]] = []
+    for split in splits:
+        if runs and split == runs[-1][1] + 1:
+            runs[-1][1] = split
+        else:
+            runs.append([split, split])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def parse_splits(text: str, n_splits: int) -> list[int]:
@@ -450,19 +496,15 @@ def parse_splits(text: str, n_splits: int) -> list[int]:
 
 
 def default_data_dir() -> Path | None:
-    """``$DROPLAB_UCI_DATA``, else ``../shared/data/uci-gal2016`` beside the checkout.
+    """``$DROPLAB_UCI_DATA``, else the UCI folder shipped inside the package.
 
-    "Beside the checkout" is looked up from the working directory (a command run
-    in the repository, whatever the install) and from this file (an editable
-    install run from elsewhere).
+    The packaged folder (:mod:`droplab._data`) holds bostonHousing, concrete,
+    energy, wine-quality-red and yacht; ``--data DIR`` or the environment
+    variable select another folder of the same layout.
     """
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    relative = Path("shared") / "data" / "uci-gal2016"
-    for root in (Path.cwd().resolve().parent, Path(__file__).resolve().parents[3]):
-        if (root / relative).is_dir():
-            return root / relative
-    return None
+    return uci_data_dir()
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
@@ -472,10 +514,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
         type=Path,
         default=None,
         help=f"folder holding the data set folders (default: ${DATA_ENV}, "
-        "or ../shared/data/uci-gal2016 beside the checkout)",
+        "or the five data sets shipped with droplab)",
     )
     parser.add_argument(
-        "--dataset", required=True, help="data set folder name, e.g. yacht"
+        "--dataset", default=None, help="data set folder name, e.g. yacht (required)"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="name the data sets shipped with droplab"
     )
     parser.add_argument(
         "--splits", default=None, help="e.g. 0-19 or 0,3,5-7 (default: all)"
@@ -507,6 +552,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``droplab uci``: run or resume, then print the summary table."""
+    if args.list:
+        print("\n".join(shipped_uci_datasets()))
+        return 0
+    if not args.dataset:
+        print("droplab uci: --dataset NAME is required (see --list)", file=sys.stderr)
+        return 2
     data = args.data or default_data_dir()
     if data is None:
         print(

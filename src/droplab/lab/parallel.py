@@ -28,6 +28,22 @@ def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
+def _task_counter(total: int) -> Callable[[], None] | None:
+    from droplab.progress import current
+
+    shown = current()
+    if shown is None or total <= 1:
+        return None
+    done = [0]
+    shown.step(0, total, "task", label="training runs")
+
+    def tick() -> None:
+        done[0] += 1
+        shown.step(done[0], total, "task", label="training runs")
+
+    return tick
+
+
 def parallel_map(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -41,7 +57,9 @@ def parallel_map(
         fn: a module-level function (it is pickled to the workers).
         items: independent tasks (picklable), each with its own seed.
         jobs: number of processes; 1 runs in this process.
-        progress: called once per finished task (e.g. a progress bar's update).
+        progress: called once per finished task (e.g. a progress bar's update);
+            by default the tasks are counted on the current
+            :class:`droplab.progress.Progress`, if there is one.
 
     Returns:
         The results in the order of ``items``.
@@ -52,6 +70,8 @@ def parallel_map(
     """
     jobs = check_int(jobs, "jobs", low=1, owner="parallel_map")
     tasks: Sequence[T] = list(items)
+    if progress is None:  # tell the command's progress (droplab.progress), if any
+        progress = _task_counter(len(tasks))
     # --- droplab.executors (issue 8): `--executor` chose where tasks run, and a
     # checkpoint folder that keeps each finished task for a rerun.
     from droplab import executors
