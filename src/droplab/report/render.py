@@ -70,7 +70,8 @@ def _headline(
     module: Any, result: Any, rows: Sequence[Mapping[str, str]]
 ) -> Mapping[str, str] | None:
     """The number the summary shows: ``module.headline(result)`` (a row of
-    ``numbers``, or its index) where the module defines it, else the first row."""
+    ``numbers``, or its index) where the module defines it, else the first row
+    with an interval, else the first row."""
     chosen = getattr(module, "headline", None)
     if chosen is not None:
         pick = chosen(result)
@@ -84,7 +85,9 @@ def _headline(
             "interval": _interval(pick),
             "unit": pick.get("unit", ""),
         }
-    return rows[0] if rows else None
+    with_interval = [row for row in rows if row["interval"]]
+    chosen_rows = with_interval or list(rows)
+    return chosen_rows[0] if chosen_rows else None
 
 
 def _section(record: Mapping[str, Any]) -> dict[str, Any]:
