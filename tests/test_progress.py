@@ -169,3 +169,17 @@ def test_droplab_uci_with_output_to_a_file_writes_heartbeat_lines(
     assert any("retrain on all training rows" in b for b in beats)
     assert all("elapsed" in b for b in beats)
     assert "\r" not in text  # no bar drawn into a file
+
+
+def test_write_puts_a_line_of_its_own_in_both_modes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    terminal, log = FakeTerminal(), io.StringIO()
+    with Progress("demo", stream=terminal, interval=30) as shown:
+        shown.stage("splits", 2, "split")
+        shown.write("split 0: done")
+    assert "\nsplit 0: done\n" in terminal.getvalue().replace("\r", "\n")
+    with Progress("demo", stream=log, interval=30) as shown:
+        shown.write("split 0: done")
+    assert log.getvalue() == "split 0: done\n"

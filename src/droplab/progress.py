@@ -39,6 +39,7 @@ __all__ = [
 
 HEARTBEAT_ENV = "DROPLAB_HEARTBEAT_SECONDS"
 DEFAULT_INTERVAL = 30.0
+BAR_SECONDS = 0.1  # the bar redraws at most this often for step()
 
 _CURRENT: contextvars.ContextVar[Progress | None] = contextvars.ContextVar(
     "droplab_progress", default=None
@@ -147,6 +148,7 @@ class Progress:
         self._main: _Count | None = None
         self._sub: _Count | None = None
         self._item = ""
+        self._drawn = -math.inf  # when the bar was last redrawn
         self._token: contextvars.Token[Progress | None] | None = None
         self._bar: Any = None
         if interactive(self._stream) if bar is None else bar:
@@ -212,8 +214,21 @@ class Progress:
         if self._bar is not None:
             where = f"{self._item}: " if self._item else ""
             self._bar.set_postfix_str(f"{where}{sub.text()}", refresh=False)
-            self._bar.refresh()
+            # Redraw at most every BAR_SECONDS (tqdm's own mininterval).
+            if now - self._drawn >= BAR_SECONDS or done >= total:
+                self._drawn = now
+                self._bar.refresh()
         self._tick(now)
+
+    def write(self, text: str, stream: TextIO | None = None) -> None:
+        """Print a line of its own (to ``stream``, default the progress's),
+        lifting the bar out of the way while it does."""
+        target = self._stream if stream is None else stream
+        if self._bar is not None:
+            with self._bar.external_write_mode(file=target):
+                print(text, file=target, flush=True)
+        else:
+            print(text, file=target, flush=True)
 
     def line(self, now: float | None = None) -> str:
         """The heartbeat line for the state now."""

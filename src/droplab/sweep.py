@@ -460,8 +460,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     def say(study: Any, trial: Any) -> None:
         value = "-" if trial.value is None else f"{trial.value:.4g}"
-        print(f"trial {trial.number}: {trial.state.name.lower()}, loss {value}, "
-              f"{trial.params}", file=sys.stderr, flush=True)  # fmt: skip
+        shown.write(f"trial {trial.number}: {trial.state.name.lower()}, loss {value}, "
+                    f"{trial.params}")  # fmt: skip
         finished = len(finished_trials(study))
         shown.goto(finished, item=f"trial {trial.number} {trial.state.name.lower()}")
 

@@ -416,6 +416,11 @@ def run_protocol(
         Progress(f"droplab uci {folder.name}", bar=bar) as progress,
     ):
         progress.stage("splits", len(todo), "split")
+        if log:
+
+            def say(text: str) -> None:  # a line of its own, not over the bar
+                progress.write(text, log)
+
         if executor is not None:  # droplab.executors (issue 8)
             tasks = [(folder, split, settings) for split in todo]
             for _, result in executor.imap_unordered(_split_task, tasks):

@@ -151,6 +151,8 @@ def run_experiments(
     # loops inside (parallel_map, droplab uci) report their steps to it.
     with Progress(f"droplab {preset}", bar=bool(show)) as bar:
         bar.stage("experiments", len(names), "experiment")
+        if log is _stderr:
+            log = bar.write  # messages on lines of their own, not over the bar
         for name in names:
             bar.advance(0, item=name)
             module = get_experiment(name)
