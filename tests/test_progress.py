@@ -183,3 +183,21 @@ def test_write_puts_a_line_of_its_own_in_both_modes(
     with Progress("demo", stream=log, interval=30) as shown:
         shown.write("split 0: done")
     assert log.getvalue() == "split 0: done\n"
+
+
+@pytest.mark.slow
+def test_droplab_uci_workers_beat_too(tmp_path: Path) -> None:
+    """--jobs 2: each pool process writes its own heartbeat, named by its splits."""
+    env = {k: v for k, v in os.environ.items() if k != "DROPLAB_UCI_DATA"}
+    env[progress.HEARTBEAT_ENV] = "0"
+    run = subprocess.run(
+        [sys.executable, "-m", "droplab.cli", "uci", "--dataset", "yacht",
+         "--splits", "0,1", "--jobs", "2", "--epochs-multiplier", "0.05",
+         "--samples", "20", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    for split in (0, 1):
+        assert f"droplab uci yacht, splits {split} | grid search" in run.stderr
+    assert "droplab uci yacht | splits: 2/2 splits done" in run.stderr
