@@ -103,3 +103,15 @@ def test_droplab_uci_runs_from_an_empty_directory(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "yacht" in run.stdout
     assert (tmp_path / "out" / "yacht" / "split_0.json").is_file()
+
+
+def test_an_unknown_data_set_names_the_ones_there(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from droplab import cli
+
+    assert cli.main(["uci", "--dataset", "kin8nm"]) == 2
+    err = capsys.readouterr().err
+    assert "no data set 'kin8nm' in" in err
+    assert "bostonHousing, concrete, energy, wine-quality-red, yacht" in err
+    assert "--data DIR" in err

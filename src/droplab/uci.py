@@ -570,6 +570,14 @@ def run_cli(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not (Path(data) / args.dataset).is_dir():
+        found = sorted(p.name for p in Path(data).glob("*") if p.is_dir())
+        print(
+            f"droplab uci: no data set {args.dataset!r} in {data}; it has "
+            f"{', '.join(found) or 'none'} (pass --data DIR for another folder)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         folder = load_uci_folder(Path(data) / args.dataset)
         splits = (
