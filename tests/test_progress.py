@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,15 @@ def test_droplab_uci_workers_beat_too(tmp_path: Path) -> None:
     for split in (0, 1):
         assert f"droplab uci yacht, splits {split} | grid search" in run.stderr
     assert "droplab uci yacht | splits: 2/2 splits done" in run.stderr
+
+
+def test_the_heartbeat_beats_between_updates_on_the_real_clock() -> None:
+    """A step that takes long still gets lines: elapsed time goes on."""
+    out = io.StringIO()
+    with Progress("droplab quick", stream=out, interval=0.2) as shown:
+        shown.stage("experiments", 2, "experiment")
+        time.sleep(1.3)  # no update at all: the daemon thread beats
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2
+    assert all(line.startswith("droplab quick | experiments: 0/2") for line in lines)
+    assert lines[-1].endswith("s elapsed")  # no estimate before anything is done

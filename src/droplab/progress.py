@@ -22,6 +22,7 @@ import contextvars
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,8 @@ class Progress:
             :func:`heartbeat_interval`); 0 writes a line at every update.
         clock: monotonic seconds (injectable for tests).
         bar: force the tqdm bar on or off (default: :func:`interactive`).
+        background: also beat between updates, from a daemon thread (default:
+            with the real clock and an interval > 0).
 
     Examples:
         >>> import io
@@ -139,6 +142,7 @@ class Progress:
         interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         bar: bool | None = None,
+        background: bool | None = None,
     ) -> None:
         self.what = what
         self._stream = sys.stderr if stream is None else stream
@@ -157,6 +161,18 @@ class Progress:
             self._bar = tqdm(
                 total=None, desc=what, file=self._stream, dynamic_ncols=True
             )
+        # A heartbeat also beats between updates (one training step can take
+        # minutes): a daemon thread looks every second, on the real clock only.
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background is None:
+            background = clock is time.monotonic and self._interval > 0
+        if background and self._bar is None:
+            self._thread = threading.Thread(
+                target=self._beat, name="droplab-heartbeat", daemon=True
+            )
+            self._thread.start()
 
     def __enter__(self) -> Progress:
         self._token = _CURRENT.set(self)
@@ -171,7 +187,11 @@ class Progress:
         self.close()
 
     def close(self) -> None:
-        """Remove the bar and stop being :func:`current`."""
+        """Remove the bar, stop the heartbeat and stop being :func:`current`."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -256,7 +276,12 @@ class Progress:
     def _tick(self, now: float | None = None) -> None:
         if self._bar is not None:
             return
-        now = self._clock() if now is None else now
-        if now - self._last >= self._interval:
-            self._last = now
-            print(self.line(now), file=self._stream, flush=True)
+        with self._lock:
+            now = self._clock() if now is None else now
+            if now - self._last >= self._interval:
+                self._last = now
+                print(self.line(now), file=self._stream, flush=True)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(min(1.0, self._interval)):
+            self._tick()
