@@ -49,6 +49,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "droplab.lab.experiments.convergence",
     "droplab.lab.experiments.rate",
     "droplab.lab.experiments.data_size",
+    "droplab.lab.experiments.when_it_helps",
     "droplab.lab.experiments.features",
     "droplab.lab.experiments.uncertainty_toy",
     "droplab.lab.experiments.variants",
