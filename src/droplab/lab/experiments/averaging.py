@@ -59,7 +59,7 @@ METHOD = (
 class Config:
     """Settings of the averaging experiment (``Config()`` is the default preset)."""
 
-    data: str = "digits"  # built-in data set
+    data: str = "mnist1d"  # built-in data set (quick: digits)
     p: float = 0.5  # drop probability of every dropout layer
     small_units: int = 12  # n, the dropout layer of the small network (2^n masks)
     small_epochs: int = 30  # training epochs of the small network
@@ -75,7 +75,7 @@ class Config:
     def quick(cls) -> Config:
         """A 10-unit layer, a one-layer wide network, three seeds: a few seconds."""
         return cls(
-            small_units=10, small_epochs=15, small_ks=(1, 4, 16, 64), mc_repeats=10,
+            data="digits", small_units=10, small_epochs=15, small_ks=(1, 4, 16, 64), mc_repeats=10,
             large_hidden=(128,), large_epochs=8, large_ks=(1, 5, 20, 50), seeds=3,
         )  # fmt: skip
 

@@ -55,7 +55,7 @@ METHOD = (
 class Config:
     """Settings of the convergence experiment (``Config()`` is the default preset)."""
 
-    data: str = "digits"  # built-in data set
+    data: str = "mnist1d"  # built-in data set (quick: digits)
     hidden: tuple[int, ...] = (256, 256)  # hidden widths
     p: float = 0.5  # drop probability with dropout
     seeds: int = 3  # paired seeds
@@ -68,7 +68,7 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         """One layer, two seeds, a short horizon: seconds."""
-        return cls(hidden=(128,), seeds=2, epochs=8, slack=0.02)
+        return cls(data="digits", hidden=(128,), seeds=2, epochs=8, slack=0.02)
 
     @classmethod
     def full(cls) -> Config:

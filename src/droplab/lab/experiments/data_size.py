@@ -43,8 +43,8 @@ METHOD = (
 class Config:
     """Settings of the data-size experiment (``Config()`` is the default preset)."""
 
-    data: str = "digits"  # built-in data set
-    sizes: tuple[int, ...] = (50, 100, 200, 400, 1079)  # training-set sizes (capped)
+    data: str = "mnist1d"  # built-in data set (quick: digits)
+    sizes: tuple[int, ...] = (100, 300, 1000, 2400)  # training-set sizes (capped)
     hidden: tuple[int, ...] = (256, 256)  # hidden widths
     p: float = 0.5  # drop probability with dropout
     seeds: int = 3  # paired seeds (each with its own subsets)
@@ -56,13 +56,15 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         """Three sizes, one layer, two seeds: seconds."""
-        return cls(sizes=(50, 200, 1079), hidden=(128,), seeds=2, steps=60)
+        return cls(
+            data="digits", sizes=(50, 200, 1079), hidden=(128,), seeds=2, steps=60
+        )
 
     @classmethod
     def full(cls) -> Config:
         """Eight sizes, wider layers, ten seeds, more steps."""
         return cls(
-            sizes=(25, 50, 100, 200, 300, 500, 800, 1079), hidden=(1024, 1024),
+            sizes=(50, 100, 200, 400, 800, 1600, 2400), hidden=(1024, 1024),
             seeds=10, steps=600,
         )  # fmt: skip
 

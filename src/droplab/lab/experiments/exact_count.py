@@ -60,7 +60,7 @@ METRICS = ("accuracy", "loss")
 class Config:
     """Settings of the exact-count experiment (``Config()`` is the default preset)."""
 
-    data: str = "digits"  # built-in data set(s), comma-separated
+    data: str = "mnist1d"  # built-in data set(s), comma-separated (quick: digits)
     widths: tuple[int, ...] = (8, 32, 128, 512)  # units n of the dropout layer
     p: float = 0.5  # drop probability
     seeds: int = 5  # paired training seeds per (data, width)
@@ -73,7 +73,9 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         """Three widths, three seeds, a few epochs: seconds."""
-        return cls(widths=(8, 64, 256), seeds=3, epochs=4, mask_rows=1000)
+        return cls(
+            data="digits", widths=(8, 64, 256), seeds=3, epochs=4, mask_rows=1000
+        )
 
     @classmethod
     def full(cls) -> Config:

@@ -50,7 +50,7 @@ METHOD = (
 class Config:
     """Settings of the smaller-network experiment (``Config()`` is the default preset)."""
 
-    data: str = "digits"  # built-in data set
+    data: str = "mnist1d"  # built-in data set (quick: digits)
     width: int = 256  # n, units per hidden layer of the dropout network
     p: float = 0.5  # drop probability of the wide network
     steps: int = 5  # no-dropout widths from n(1-p) to n (inclusive), evenly spaced
@@ -64,7 +64,7 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         """Three widths, one layer, two seeds: seconds."""
-        return cls(width=128, steps=3, layers=1, seeds=2, epochs=6)
+        return cls(data="digits", width=128, steps=3, layers=1, seeds=2, epochs=6)
 
     @classmethod
     def full(cls) -> Config:
