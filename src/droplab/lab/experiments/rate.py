@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from droplab.execution import one_thread, parallel_map
-from droplab.lab.compare import detectable, holm, paired_difference, verdict
+from droplab.lab.compare import detectable, gap_clause, holm, paired_difference, verdict
 from droplab.lab.curves import load_cached, train_with_curves
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
@@ -331,4 +331,15 @@ def answer(result: dict[str, Any]) -> str:
                 higher_is_better=False,
             )  # fmt: skip
         sentences.append(text + ".")
+    if 0.0 in result["ps"]:
+        s = result["schemes"]["fixed_n"]
+        none = result["ps"].index(0.0)
+        gap = s["test_error"][none][0] - s["train_error"][none][0]
+        sentences.append(
+            gap_clause(
+                [gap, None, None],
+                who=f"without dropout, the {result['width']}-unit network on "
+                f"{result['data']}",
+            ).strip()
+        )
     return " ".join(sentences)

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from droplab.execution import one_thread, parallel_map
-from droplab.lab.compare import detectable, holm, paired_difference, verdict
+from droplab.lab.compare import (
+    detectable,
+    gap_clause,
+    holm,
+    paired_difference,
+    train_test_gap,
+    verdict,
+)
 from droplab.lab.curves import (
     load_cached,
     train_with_curves,
@@ -154,6 +161,7 @@ def _task(task: tuple[Config, int, str]) -> dict[str, Any]:
         )  # fmt: skip
     return {
         "accuracy": 1.0 - curves["test_error"],
+        "train_error": curves["train_error"][-1],
         "epoch_seconds": float(np.median(curves["epoch_seconds"])),
         "learned_p": [m.p for m in concrete],
     }
@@ -182,6 +190,10 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
         },
         "minus_dropout": diffs,
         "learned_p": list(mean_ci([np.mean(r["learned_p"]) for r in runs["concrete"]])),
+        "gap_none": train_test_gap(
+            [r["train_error"] for r in runs["none"]],
+            [1.0 - r["accuracy"] for r in runs["none"]],
+        ),
     }
 
 
@@ -252,4 +264,5 @@ def answer(result: dict[str, Any]) -> str:
         + "; ".join(parts)
         + f". Highest mean accuracy: {best} ({100 * result['accuracy'][best][0]:.2f} %); "
         f"lowest mean seconds per epoch: {fastest}; concrete dropout learned p = {result['learned_p'][0]:.2f}."
+        + gap_clause(result.get("gap_none"), who="without dropout, the network")
     )
