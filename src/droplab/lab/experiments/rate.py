@@ -55,7 +55,7 @@ class Config:
     """Settings of the rate experiment (``Config()`` is the default preset)."""
 
     data: str = "mnist1d"  # built-in data set (quick: digits)
-    ps: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8)  # drop probabilities
+    ps: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)  # drop probabilities
     width: int = 256  # (a) units per hidden layer, the same for every p
     kept: int = 128  # (b) units kept on average: width round(kept / (1 - p))
     layers: int = 2  # hidden layers, each followed by dropout
