@@ -185,9 +185,7 @@ def verdict(
     )
 
 
-def train_test_gap(
-    train_error: Sequence[float], test_error: Sequence[float]
-) -> list[Any]:
+def train_test_gap(train_error: npt.ArrayLike, test_error: npt.ArrayLike) -> list[Any]:
     """Mean and 95 % interval of held-out error minus training error, over seeds.
 
     How much a network overfits: the room dropout has to help. The held-out
@@ -203,13 +201,13 @@ def gap_clause(gap: Sequence[Any] | None, *, who: str, held_out: str = "test") -
     """A sentence on a train/held-out gap from :func:`train_test_gap`; empty if None.
 
     >>> print(gap_clause([0.25, 0.2, 0.3], who="without dropout, the network").strip())
-    Without dropout, the network's test error exceeds its training error by 25.0 points [20.0, 30.0].
+    Without dropout, the network: test error exceeds training error by 25.0 points [20.0, 30.0].
     """
     if gap is None:
         return ""
     mean, low, high = gap
     interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else ""
     return (
-        f" {who[0].upper()}{who[1:]}'s {held_out} error exceeds its training error by "
+        f" {who[0].upper()}{who[1:]}: {held_out} error exceeds training error by "
         f"{100 * mean:.1f} points{interval}."
     )
