@@ -315,6 +315,7 @@ def figure(result: dict[str, Any]) -> Any:
             f"{100 * d['mean']:+.1f}{star}\n[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
             f"\np = {cell['best_p']:g}",
             ha="center", va="center", fontsize=8,
+            color="white" if abs(100 * d["mean"]) > limit / 2 else "black",
         )  # fmt: skip
     left.set_xticks(range(len(widths)), [str(w) for w in widths])
     left.set_yticks(range(len(sizes)), [str(s) for s in sizes])
