@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from droplab.execution import progress
-from droplab.execution import parallel_map
+from droplab.execution import parallel_map, progress
 from droplab.execution.progress import (
     Progress,
     current,

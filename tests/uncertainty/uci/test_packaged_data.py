@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from droplab.uncertainty.uci import protocol as uci
 from droplab._data import shipped_uci_datasets, uci_data_dir
+from droplab.uncertainty.uci import protocol as uci
 from droplab.uncertainty.uci.folder import load_uci_folder
 from droplab.uncertainty.uci.summary import read_published
 
