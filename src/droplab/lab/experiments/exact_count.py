@@ -67,7 +67,9 @@ METRICS = ("accuracy", "loss")
 class Config:
     """Settings of the exact-count experiment (``Config()`` is the default preset)."""
 
-    data: str = "mnist1d,digits"  # built-in data set(s), comma-separated (quick: digits)
+    data: str = (
+        "mnist1d,digits"  # built-in data set(s), comma-separated (quick: digits)
+    )
     widths: tuple[int, ...] = (8, 32, 128, 512)  # units n of the dropout layer
     p: float = 0.5  # drop probability
     seeds: int = 5  # paired training seeds per (data, width)
