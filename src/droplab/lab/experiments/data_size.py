@@ -54,7 +54,7 @@ class Config:
     hidden: tuple[int, ...] = (256, 256)  # hidden widths
     p: float = 0.5  # drop probability with dropout
     seeds: int = 3  # paired seeds (each with its own subsets)
-    steps: int = 150  # gradient steps per run, whatever the size
+    steps: int = 500  # gradient steps per run, whatever the size
     batch_size: int = 64  # mini-batch size (capped at the size)
     lr: float = 3e-3  # Adam learning rate
     seed: int = 0  # root seed (also the data split)

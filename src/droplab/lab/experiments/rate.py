@@ -60,7 +60,7 @@ class Config:
     kept: int = 128  # (b) units kept on average: width round(kept / (1 - p))
     layers: int = 2  # hidden layers, each followed by dropout
     seeds: int = 3  # training seeds per (setting, p)
-    epochs: int = 15  # training epochs
+    epochs: int = 30  # training epochs
     batch_size: int = 128  # mini-batch size
     lr: float = 3e-3  # Adam learning rate
     bootstrap: int = 2000  # bootstrap resamples for the best p's interval
