@@ -156,3 +156,25 @@ def test_max_norm_clause_follows_its_interval() -> None:
     text = when_it_helps.answer(result)
     assert "dropout + max-norm is better than dropout by 1.00 points" in text
     assert isinstance(when_it_helps.figure(result), Figure)
+
+
+def test_fit_calls_after_step_every_step_and_max_norm_holds() -> None:
+    import torch
+    from torch import nn
+
+    from droplab.lab.training import build_mlp, fit, max_norm_
+
+    model = build_mlp(4, [16], 3, p=0.5, seed=0)
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0)) * 10
+    y = torch.arange(50) % 3
+    calls = []
+
+    def project() -> None:
+        calls.append(1)
+        max_norm_(model, 0.5)
+
+    fit(model, x, y, nn.CrossEntropyLoss(), epochs=3, seed=0, batch_size=16, lr=0.1,
+        after_step=project)  # fmt: skip
+    assert len(calls) == 3 * 4  # ceil(50 / 16) steps per epoch
+    for layer in (m for m in model.modules() if isinstance(m, nn.Linear)):
+        assert float(layer.weight.norm(dim=1).max()) <= 0.5 + 1e-6
