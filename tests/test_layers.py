@@ -23,6 +23,7 @@ LEAVES = (
     "droplab.masks",
     "droplab.scaling",
     "droplab.distributed",
+    "droplab._data",  # the data files shipped in the package, read with importlib
 )
 LAYERS: tuple[tuple[str, ...], ...] = (
     LEAVES,

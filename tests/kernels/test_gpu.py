@@ -8,6 +8,7 @@ need a real CUDA device carry the ``gpu`` marker and are skipped elsewhere.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,12 +82,18 @@ def test_matches_reference_bit_for_bit(
     dtype: torch.dtype,
     shared: set[int],
 ) -> None:
+    check_against_reference(shape, dtype, shared, "cpu", p=p, seed=seed,
+                            offset=offset, sampler=sampler, scale=scale)  # fmt: skip
+
+
+def check_against_reference(
+    shape: list[int], dtype: torch.dtype, shared: set[int], device: str, **kw: Any
+) -> None:
+    """The Triton path on ``device`` gives the NumPy reference's bits."""
     dims = tuple(sorted(d for d in shared if d < len(shape)))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to(dtype)
-    kw = dict(
-        p=p, seed=seed, offset=offset, scale=scale, sampler=sampler, shared_dims=dims
-    )
-    assert same_bits(gpu.masked_scale(x, **kw), reference_masked_scale(x, **kw))
+    got = gpu.masked_scale(x.to(device), shared_dims=dims, **kw).cpu()
+    assert same_bits(got, reference_masked_scale(x, shared_dims=dims, **kw))
 
 
 @pytest.mark.usefixtures("interpreter")
@@ -349,13 +356,8 @@ def test_cuda_matches_reference_on_any_shape(
     dtype: torch.dtype,
     shared: set[int],
 ) -> None:
-    dims = tuple(sorted(d for d in shared if d < len(shape)))
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(4)).to(dtype)
-    kw = dict(
-        p=p, seed=seed, offset=offset, scale=scale, sampler=sampler, shared_dims=dims
-    )
-    got = gpu.masked_scale(x.cuda(), **kw).cpu()
-    assert same_bits(got, reference_masked_scale(x, **kw))
+    check_against_reference(shape, dtype, shared, "cuda", p=p, seed=seed,
+                            offset=offset, sampler=sampler, scale=scale)  # fmt: skip
 
 
 @pytest.mark.gpu

@@ -22,8 +22,8 @@ TINY = {
         hidden=16, epochs=1, inputs=8, masks=300, forum_values=200, forum_repeats=30,
         widths=(4, 16), width_masks=400,
     ),
-    averaging: averaging.Config(
-        small_units=4, small_epochs=1, small_ks=(1, 4), mc_repeats=3,
+    averaging: averaging.Config(  # digits: the tiny run's intervals stay in [0, 1]
+        data="digits", small_units=4, small_epochs=1, small_ks=(1, 4), mc_repeats=3,
         large_hidden=(8,), large_epochs=1, large_ks=(1, 2), seeds=2,
     ),
     gradients: gradients.Config(),

@@ -113,3 +113,61 @@ def test_format_number() -> None:
         and format_number(3) == "3"
         and format_number("kept") == "kept"
     )
+
+
+def test_the_summary_comes_first_with_every_answer_and_headline(
+    records: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, saved = records
+    page = render_report(saved, missing={"uci": "not run yet"}).replace("&#39;", "'")
+    start, first = (
+        page.index('<section id="summary">'),
+        page.index('<section id="masks">'),
+    )
+    assert start < first
+    summary = page[start:first]
+    for module, record in zip((masks, gradients), saved, strict=True):
+        assert f'<a href="#{module.NAME}">' in summary
+        assert module.answer(record["result"]) in summary  # the section's own sentence
+        rows = module.numbers(record["result"])  # by default: the first row with
+        ranged = [r for r in rows if r["low"] is not None and r["high"] is not None]
+        headline = (ranged or rows)[0]  # an interval, else the first row
+        assert f"<strong>{format_number(headline['value'])}</strong>" in summary
+    assert '<a href="#uci">uci</a>' in summary and "No result: not run yet" in summary
+
+
+def test_each_section_shows_figure_and_answer_before_the_numbers(
+    records: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, saved = records
+    page = render_report(saved)
+    section = page[page.index('<section id="masks">') :]
+    section = section[: section.index("</section>")]
+    figure, answer = section.index("<img"), section.index('class="answer"')
+    numbers = section.index("<table>")
+    assert figure < answer < numbers
+
+
+def test_long_tables_are_folded(
+    records: tuple[Path, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from droplab.lab.report import render
+
+    _, saved = records
+    monkeypatch.setattr(render, "FOLD_ROWS", 1)
+    page = render_report(saved)
+    assert page.count('<details class="numbers">') >= 2
+    assert "<summary>Numbers: " in page
+
+
+def test_a_module_may_choose_its_headline(
+    records: tuple[Path, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, saved = records
+    rows = masks.numbers(saved[0]["result"])
+    monkeypatch.setattr(masks, "headline", lambda result: len(rows) - 1, raising=False)
+    page = render_report(saved[:1])
+    summary = page[
+        page.index('<section id="summary">') : page.index('<section id="masks">')
+    ]
+    assert rows[-1]["quantity"] in summary.replace("&#39;", "'")

@@ -1,4 +1,7 @@
-"""The real quick report, opened in headless Chromium: every figure loads, no sideways scrolling on a phone.
+"""The real quick report, opened in headless Chromium at 390 and 1280 px.
+
+Every figure loads, nothing scrolls sideways, the summary of findings comes
+before the first section with a row per experiment, and every link resolves.
 
 Skipped cleanly when Chromium is not installed (``.ci/run`` installs Debian's
 ``chromium``). The page under test is a copy of the report with a probe script
@@ -7,6 +10,7 @@ appended; the report itself has no scripts.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -24,11 +28,24 @@ PROBE = """
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
   const loaded = images.filter((img) => img.complete && img.naturalWidth > 0).length;
-  const wide = document.documentElement.scrollWidth > window.innerWidth + 1;
-  document.body.setAttribute("data-probe", images.length + "/" + loaded + "/" + (wide ? "wide" : "fits"));
+  const wide = document.documentElement.scrollWidth > window.innerWidth;
+  const summary = document.getElementById("summary");
+  const first = document.querySelector("section:not(#summary)");
+  const before = summary !== null && first !== null &&
+    (summary.compareDocumentPosition(first) & Node.DOCUMENT_POSITION_FOLLOWING) !== 0;
+  const rows = summary ? summary.querySelectorAll("tbody tr").length : 0;
+  const links = Array.from(document.querySelectorAll("a[href]"));
+  const broken = links.filter((a) => {
+    const href = a.getAttribute("href");
+    return !href.startsWith("#") || document.getElementById(href.slice(1)) === null;
+  }).length;
+  document.body.setAttribute("data-probe", [images.length, loaded, wide ? "wide" : "fits",
+    before ? "summary-first" : "summary-late", rows, links.length, broken].join("/"));
 });
 </script>
 </body>"""
+PROBED = re.compile(r'data-probe="(\d+)/(\d+)/(\w+)/([\w-]+)/(\d+)/(\d+)/(\d+)"')
+WIDTHS = [390, 1280]
 
 
 def _chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -54,50 +71,66 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "index.html"
 
 
-@pytest.mark.parametrize("width", [390, 1200], ids=["phone", "desktop"])
-def test_every_figure_loads_and_the_page_fits(
+def _probe(html: str, tmp_path: Path, width: int) -> re.Match[str]:
+    probe = tmp_path / f"probe-{width}.html"
+    probe.write_text(html.replace("</body>", PROBE), encoding="utf-8")
+    run = _chromium(
+        tmp_path / f"profile-{width}", f"--window-size={width},900",
+        "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
+    )  # fmt: skip
+    found = PROBED.search(run.stdout)
+    assert found, run.stderr[-2000:]
+    return found
+
+
+@pytest.mark.parametrize("width", WIDTHS, ids=["phone", "desktop"])
+def test_every_figure_loads_the_page_fits_and_the_summary_comes_first(
     report: Path, tmp_path: Path, width: int
 ) -> None:
-    probe = tmp_path / "probe.html"
-    probe.write_text(
-        report.read_text(encoding="utf-8").replace("</body>", PROBE), encoding="utf-8"
-    )
-    run = _chromium(
-        tmp_path / "profile", f"--window-size={width},900", "--virtual-time-budget=10000",
-        "--dump-dom", probe.as_uri(),
-    )  # fmt: skip
-    found = re.search(r'data-probe="(\d+)/(\d+)/(\w+)"', run.stdout)
-    assert found, run.stderr[-2000:]
-    total, loaded, fit = int(found[1]), int(found[2]), found[3]
+    found = _probe(report.read_text(encoding="utf-8"), tmp_path, width)
+    total, loaded, fit, order = int(found[1]), int(found[2]), found[3], found[4]
+    rows, links, broken = int(found[5]), int(found[6]), int(found[7])
     assert total == 2 and loaded == total
-    assert fit == "fits"
+    assert fit == "fits"  # no sideways scroll: scrollWidth <= the viewport's width
+    assert order == "summary-first" and rows == 2  # one row per experiment
+    assert links >= 2 * 2 and broken == 0  # summary links, back links: all resolve
 
 
-def test_screenshot(report: Path, tmp_path: Path) -> None:
-    shot = tmp_path / "report.png"
+@pytest.mark.parametrize("width", WIDTHS, ids=["phone", "desktop"])
+def test_screenshot(report: Path, tmp_path: Path, width: int) -> None:
+    """A screenshot at each width (set DROPLAB_SCREENSHOTS=DIR to keep them)."""
+    shot = tmp_path / f"report-{width}.png"
     run = _chromium(
         tmp_path / "profile",
-        "--window-size=390,2400",
+        f"--window-size={width},2400",
         f"--screenshot={shot}",
         report.as_uri(),
     )
     assert shot.exists(), run.stderr[-2000:]
     header = shot.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    assert int.from_bytes(header[16:20], "big") == 390  # the phone width we asked for
+    assert int.from_bytes(header[16:20], "big") == width  # the width we asked for
+    keep = os.environ.get("DROPLAB_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
 
 
 def test_the_probe_notices_a_broken_figure(report: Path, tmp_path: Path) -> None:
     """Guard against a probe that always passes: corrupt one embedded PNG."""
     html = report.read_text(encoding="utf-8").replace("base64,iVBOR", "base64,AAAA", 1)
-    probe = tmp_path / "broken.html"
-    probe.write_text(html.replace("</body>", PROBE), encoding="utf-8")
-    run = _chromium(
-        tmp_path / "profile",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        probe.as_uri(),
-    )
-    found = re.search(r'data-probe="(\d+)/(\d+)/(\w+)"', run.stdout)
-    assert found, run.stderr[-2000:]
+    found = _probe(html, tmp_path, 1280)
     assert (int(found[1]), int(found[2])) == (2, 1)
+
+
+def test_the_probe_notices_a_broken_link_a_wide_page_and_a_late_summary(
+    report: Path, tmp_path: Path
+) -> None:
+    html = report.read_text(encoding="utf-8")
+    html = html.replace('href="#masks"', 'href="#nowhere"', 1)
+    html = html.replace("</main>", '<div style="width:2000px">wide</div></main>')
+    summary = re.search(r'<section id="summary">.*?</section>\n', html, re.S)
+    assert summary is not None
+    html = html.replace(summary[0], "").replace("</main>", summary[0] + "</main>")
+    found = _probe(html, tmp_path, 390)
+    assert found[3] == "wide" and found[4] == "summary-late" and int(found[7]) == 1

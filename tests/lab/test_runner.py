@@ -432,6 +432,9 @@ def test_cli_run_list_and_report(
     assert cli.main(["report", "--only", "fake_second", "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
     assert "size is 2" in page and "size is 1" not in page
+    last = capsys.readouterr().out.splitlines()[-1]  # the page, as a link to open
+    assert last == (out / "index.html").resolve().as_uri()
+    assert last.startswith("file:///")
     with pytest.raises(SystemExit, match="unknown experiment"):
         cli.main(["report", "--only", "nope", "--out", str(out)])
     with pytest.raises(SystemExit, match="unknown experiment 'nope'"):

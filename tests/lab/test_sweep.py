@@ -171,3 +171,19 @@ def test_cli_runs_continues_and_reports(tmp_path, capsys):
     assert len(json.loads((out / "sweep.json").read_text())["trials"]) == 3
     assert main([*args, "--n-trials", "0", "--max-rate", "1.5"]) == 2
     assert "'max_rate' argument of SweepConfig" in capsys.readouterr().err
+
+
+def test_cli_beats_when_not_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Trials and each trial's epochs, as heartbeat lines (stderr is not a TTY)."""
+    monkeypatch.setenv("DROPLAB_HEARTBEAT_SECONDS", "0")
+    out = tmp_path / "out"
+    args = ["sweep", "--epochs", "2", "--startup-trials", "1", "--out", str(out)]
+    assert main([*args, "--n-trials", "2"]) == 0
+    beats = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith("droplab sweep |")
+    ]
+    assert any("trials: 0/2 trials done | trial 0: 1/2 epochs" in b for b in beats)
+    assert any("trials: 2/2 trials done, now trial 1 " in b for b in beats)
+    assert all("elapsed" in b for b in beats)

@@ -1,4 +1,4 @@
-"""Tests of droplab.uncertainty (mc_predict) and droplab.metrics."""
+"""Tests of droplab.uncertainty.mc (mc_predict) and droplab.uncertainty.metrics."""
 
 from __future__ import annotations
 

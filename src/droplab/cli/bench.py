@@ -31,6 +31,8 @@ from droplab import functional, nn
 
 __all__ = [
     "add_arguments",
+    "bind_forward",
+    "bind_forward_backward",
     "format_table",
     "jit_warmup",
     "mlp_step",
@@ -64,15 +66,18 @@ def best_seconds(
     return best
 
 
-def _forward(
+def bind_forward(
     op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 ) -> Callable[[], torch.Tensor]:
+    """A call of ``op`` on ``x``, ready to time."""
     return lambda: op(x)
 
 
-def _forward_backward(
+def bind_forward_backward(
     op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor
 ) -> Callable[[], None]:
+    """Forward and backward of ``op`` on the leaf ``x``, ready to time."""
+
     def step() -> None:
         x.grad = None
         op(x).backward(grad)
@@ -97,8 +102,8 @@ def size_sweep(
         grad = torch.randn(n)
         fns: dict[str, Callable[[], Any]] = {}
         for name, op in ops.items():
-            fns[f"fwd_{name}"] = _forward(op, x)
-            fns[f"fb_{name}"] = _forward_backward(op, xg, grad)
+            fns[f"fwd_{name}"] = bind_forward(op, x)
+            fns[f"fb_{name}"] = bind_forward_backward(op, xg, grad)
         seconds = best_seconds(fns, repeats)
         row: dict[str, Any] = {"n": n, "log2n": e}
         row.update({k: v / n * 1e9 for k, v in seconds.items()})

@@ -38,6 +38,7 @@ import torch
 
 from droplab import functional
 from droplab import nn as dnn
+from droplab.cli.bench import bind_forward, bind_forward_backward
 from droplab.uncertainty import mc_predict
 
 __all__ = [
@@ -226,11 +227,11 @@ def size_sweep(
             grad = torch.randn(n, device=device, generator=gen).to(dtype)
             fns: dict[str, Callable[[], Any]] = {}
             for name, op in ops.items():
-                fns[f"fwd_{name}"] = _bind_forward(op, x)
+                fns[f"fwd_{name}"] = bind_forward(op, x)
                 if name == "copy":
                     fns["fb_copy"] = _bind_two_copies(x, grad)
                 else:
-                    fns[f"fb_{name}"] = _bind_forward_backward(op, xg, grad)
+                    fns[f"fb_{name}"] = bind_forward_backward(op, xg, grad)
             row = size_row(n, dtype, cuda_median_seconds(fns, repeats=repeats))
             rows.append(row)
             if on_row is not None:
@@ -240,28 +241,12 @@ def size_sweep(
     return rows
 
 
-def _bind_forward(
-    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-) -> Callable[[], torch.Tensor]:
-    return lambda: op(x)
-
-
 def _bind_two_copies(x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
     def both() -> None:
         _copy(x)
         _copy(grad)
 
     return both
-
-
-def _bind_forward_backward(
-    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor
-) -> Callable[[], None]:
-    def step() -> None:
-        x.grad = None
-        op(x).backward(grad)
-
-    return step
 
 
 def _mlp(

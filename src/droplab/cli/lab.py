@@ -123,6 +123,7 @@ def run_cli(args: argparse.Namespace) -> int:
     else:
         page, _ = write_report(args.out, _selected(args.only))
         print(f"wrote {page}")
+        print(page.resolve().as_uri())  # the last line: a link a terminal can open
     for outcome in failed:
         print(f"{outcome.name} failed: {outcome.message}", file=sys.stderr)
     return 1 if failed else 0

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from droplab._validation import check_int
+from droplab.execution.progress import Progress
 from droplab.lab.sweep import (
     DEFAULT_OUT,
     DEFAULT_STUDY,
     SweepConfig,
     figure,
+    finished_trials,
     format_summary,
     load_optuna,
     run_sweep,
@@ -67,12 +69,16 @@ def run_cli(args: argparse.Namespace) -> int:
 
     def say(study: Any, trial: Any) -> None:
         value = "-" if trial.value is None else f"{trial.value:.4g}"
-        print(f"trial {trial.number}: {trial.state.name.lower()}, loss {value}, "
-              f"{trial.params}", file=sys.stderr, flush=True)  # fmt: skip
+        shown.write(f"trial {trial.number}: {trial.state.name.lower()}, loss {value}, "
+                    f"{trial.params}")  # fmt: skip
+        finished = len(finished_trials(study))
+        shown.goto(finished, item=f"trial {trial.number} {trial.state.name.lower()}")
 
     try:
-        study = run_sweep(config, n_trials=n_trials, storage=storage,
-                          study_name=args.study_name, callbacks=[say])  # fmt: skip
+        with Progress("droplab sweep") as shown:  # a bar, or a heartbeat (not a TTY)
+            shown.stage("trials", n_trials, "trial")
+            study = run_sweep(config, n_trials=n_trials, storage=storage,
+                              study_name=args.study_name, callbacks=[say])  # fmt: skip
     except ValueError as error:
         print(f"droplab sweep: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import math
 import sys
 from pathlib import Path
 
+from droplab._data import shipped_uci_datasets
 from droplab._validation import check_int, check_seed, fail
 from droplab.execution import EXECUTOR_HELP, make_executor
 from droplab.uncertainty.uci.folder import UCIFormatError, load_uci_folder
@@ -35,10 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
         type=Path,
         default=None,
         help=f"folder holding the data set folders (default: ${DATA_ENV}, "
-        "or ../shared/data/uci-gal2016 beside the checkout)",
+        "or the five data sets shipped with droplab)",
     )
     parser.add_argument(
-        "--dataset", required=True, help="data set folder name, e.g. yacht"
+        "--dataset", default=None, help="data set folder name, e.g. yacht (required)"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="name the data sets shipped with droplab"
     )
     parser.add_argument(
         "--splits", default=None, help="e.g. 0-19 or 0,3,5-7 (default: all)"
@@ -70,10 +74,24 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``droplab uci``: run or resume, then print the summary table."""
+    if args.list:
+        print("\n".join(shipped_uci_datasets()))
+        return 0
+    if not args.dataset:
+        print("droplab uci: --dataset NAME is required (see --list)", file=sys.stderr)
+        return 2
     data = args.data or default_data_dir()
     if data is None:
         print(
             f"droplab uci: no data folder: pass --data DIR or set ${DATA_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    if not (Path(data) / args.dataset).is_dir():
+        found = sorted(p.name for p in Path(data).glob("*") if p.is_dir())
+        print(
+            f"droplab uci: no data set {args.dataset!r} in {data}; it has "
+            f"{', '.join(found) or 'none'} (pass --data DIR for another folder)",
             file=sys.stderr,
         )
         return 2

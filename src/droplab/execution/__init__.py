@@ -6,6 +6,8 @@
   SIGTERM handling.
 - :mod:`~droplab.execution.storage`: the one atomic writer and the JSON task
   checkpoints.
+- :mod:`~droplab.execution.progress`: what a long run shows: a bar on a
+  terminal, a heartbeat line at most every 30 s otherwise.
 
 This package depends only on droplab's leaves (:mod:`droplab._validation`).
 """

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from droplab._validation import check_int, fail
+from droplab.execution.progress import current as current_progress
 from droplab.execution.storage import TaskCheckpoint
 from droplab.execution.workers import init_worker, one_thread
 
@@ -309,6 +310,21 @@ def use_executor(
         _ACTIVE.reset(token)
 
 
+def _task_counter(total: int) -> Callable[[], None] | None:
+    """A callback that counts finished tasks on the current progress, if any."""
+    shown = current_progress()
+    if shown is None or total <= 1:
+        return None
+    done = [0]
+    shown.step(0, total, "task", label="training runs")
+
+    def tick() -> None:
+        done[0] += 1
+        shown.step(done[0], total, "task", label="training runs")
+
+    return tick
+
+
 def parallel_map(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -328,7 +344,9 @@ def parallel_map(
         fn: a module-level function (it is pickled to the workers by name).
         items: independent tasks (picklable), each with its own seed.
         jobs: processes of the local pool; 1 runs in this process.
-        progress: called once per finished task (e.g. a progress bar's update).
+        progress: called once per finished task (e.g. a progress bar's update);
+            by default the tasks are counted on the current
+            :class:`droplab.execution.progress.Progress`, if there is one.
 
     Returns:
         The results in the order of ``items``.
@@ -339,6 +357,8 @@ def parallel_map(
     """
     jobs = check_int(jobs, "jobs", low=1, owner="parallel_map")
     tasks: Sequence[T] = list(items)
+    if progress is None:  # tell the command's progress, if any
+        progress = _task_counter(len(tasks))
     chosen = active()
     if chosen is not None:
         executor, checkpoint = chosen

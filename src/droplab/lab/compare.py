@@ -26,7 +26,14 @@ from scipy import stats
 from droplab._validation import fail
 from droplab.lab.stats import mean_ci
 
-__all__ = ["detectable", "holm", "paired_difference", "verdict"]
+__all__ = [
+    "detectable",
+    "gap_clause",
+    "holm",
+    "paired_difference",
+    "train_test_gap",
+    "verdict",
+]
 
 
 def paired_difference(
@@ -175,4 +182,32 @@ def verdict(
     return (
         f"{better} is better than {worse} by {size:.{digits}f}{unit} of {quantity} "
         f"(95 % interval of the difference [{lo:.{digits}f}, {hi:.{digits}f}])"
+    )
+
+
+def train_test_gap(train_error: npt.ArrayLike, test_error: npt.ArrayLike) -> list[Any]:
+    """Mean and 95 % interval of held-out error minus training error, over seeds.
+
+    How much a network overfits: the room dropout has to help. The held-out
+    error is the test (or validation) error of the same runs, paired by seed.
+
+    >>> [round(v, 3) for v in train_test_gap([0.0, 0.0], [0.3, 0.3])]
+    [0.3, 0.3, 0.3]
+    """
+    return list(mean_ci(np.subtract(test_error, train_error)))
+
+
+def gap_clause(gap: Sequence[Any] | None, *, who: str, held_out: str = "test") -> str:
+    """A sentence on a train/held-out gap from :func:`train_test_gap`; empty if None.
+
+    >>> print(gap_clause([0.25, 0.2, 0.3], who="without dropout, the network").strip())
+    Without dropout, the network: test error exceeds training error by 25.0 points [20.0, 30.0].
+    """
+    if gap is None:
+        return ""
+    mean, low, high = gap
+    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else ""
+    return (
+        f" {who[0].upper()}{who[1:]}: {held_out} error exceeds training error by "
+        f"{100 * mean:.1f} points{interval}."
     )

@@ -66,6 +66,7 @@ def train_with_curves(
     train_rows: npt.NDArray[np.int64] | None = None,
     track_test: bool = False,
     penalty: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train a classifier with Adam, recording its curves after every epoch.
 
@@ -82,6 +83,7 @@ def train_with_curves(
             would pick (early stopping).
         penalty: a term added to every mini-batch loss (e.g. the regulariser
             of concrete dropout, which learns its rate through it).
+        after_step: called after every optimiser step (e.g. a max-norm projection).
 
     Returns:
         Lists with one entry per epoch: ``train_loss`` (mean mini-batch loss with
@@ -123,7 +125,7 @@ def train_with_curves(
 
     fit(model, x, y, nn.CrossEntropyLoss(), epochs=epochs, seed=seed,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, penalty=penalty,
-        on_epoch=record)  # fmt: skip
+        after_step=after_step, on_epoch=record)  # fmt: skip
     test_logits = predict(model, data.x_test)
     curves["test_error"] = _error(test_logits, data.y_test)
     curves["test_loss"] = cross_entropy(test_logits, data.y_test)

@@ -49,6 +49,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "droplab.lab.experiments.convergence",
     "droplab.lab.experiments.rate",
     "droplab.lab.experiments.data_size",
+    "droplab.lab.experiments.when_it_helps",
     "droplab.lab.experiments.features",
     "droplab.lab.experiments.uncertainty_toy",
     "droplab.lab.experiments.variants",
@@ -120,11 +121,12 @@ def config_for(
 def row_adder(rows: list[dict[str, Any]]) -> Callable[..., None]:
     """A function that appends one ``numbers(result)`` row to ``rows``.
 
-    >>> rows: list[dict[str, Any]] = []
-    >>> add = row_adder(rows)
-    >>> add("test error", 0.02, 0.01, 0.03, unit="")
-    >>> rows[0]["quantity"], rows[0]["high"]
-    ('test error', 0.03)
+    Examples:
+        >>> rows: list[dict[str, Any]] = []
+        >>> add = row_adder(rows)
+        >>> add("test error", 0.02, 0.01, 0.03, unit="")
+        >>> rows[0]["quantity"], rows[0]["high"]
+        ('test error', 0.03)
     """
 
     def add(

@@ -143,14 +143,22 @@ def run_experiments(
     and the next one runs; KeyboardInterrupt stops the loop (finished results
     are already on disk).
     """
-    from tqdm import tqdm
+    from droplab.execution.progress import Progress
 
     show = progress_enabled() if progress is None else progress
     outcomes = []
-    bar = tqdm(total=len(names), disable=not show, unit="experiment", file=sys.stderr)
-    try:
+    # A bar on a terminal, else a heartbeat line at most every 30 s; the training
+    # loops inside (parallel_map, droplab uci) report their steps to it.
+    with Progress(f"droplab {preset}", bar=bool(show)) as bar:
+        bar.stage("experiments", len(names), "experiment")
+        if log is not _quiet:
+            command_log = log
+
+            def log(text: str) -> None:  # lines of their own, not over the bar
+                bar.write(text, command_log)
+
         for name in names:
-            bar.set_description(name)
+            bar.advance(0, item=name)
             module = get_experiment(name)
             config = config_for(module, preset, data=data)
             try:
@@ -168,7 +176,5 @@ def run_experiments(
                 verb = "reused saved result" if outcome.status == "skipped" else "ran"
                 log(f"{name}: {verb} ({seconds:.1f} s)")
             outcomes.append(outcome)
-            bar.update()
-    finally:
-        bar.close()
+            bar.advance(item=f"{name} finished")
     return outcomes

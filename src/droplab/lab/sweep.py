@@ -224,6 +224,7 @@ def train_trial(
 
 
 def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
+    from droplab.execution.progress import current as current_progress
 
     optuna = load_optuna()
 
@@ -235,7 +236,13 @@ def _objective(config: SweepConfig, data: Any) -> Callable[[Any], float]:
             "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
         }
 
+        shown = current_progress()  # droplab.execution.progress: the trial's epochs
+
         def report(epoch: int, curves: dict[str, list[float]]) -> None:
+            if shown is not None:
+                shown.step(
+                    epoch + 1, config.epochs, "epoch", label=f"trial {trial.number}"
+                )
             if not all(math.isfinite(c[-1]) for c in curves.values()):
                 trial.set_user_attr("diverged_at_epoch", epoch)
                 raise optuna.TrialPruned()  # a diverged trial is pruned

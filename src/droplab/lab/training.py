@@ -28,6 +28,7 @@ __all__ = [
     "build_mlp",
     "fit",
     "load_classification",
+    "max_norm_",
     "predict",
     "train_classifier",
 ]
@@ -101,6 +102,31 @@ def build_mlp(
     return nn.Sequential(*layers)
 
 
+def max_norm_(model: nn.Module, limit: float) -> None:
+    """Clip, in place, every hidden unit's incoming weight vector to norm ``limit``.
+
+    The max-norm constraint of Srivastava et al. (2014, Sec. 5.1): after each
+    update, a row of a ``Linear`` weight (the weights into one unit) whose L2
+    norm exceeds ``limit`` is scaled back onto the ball; shorter rows are left
+    alone. Every ``Linear`` layer of ``model`` is constrained, the output
+    layer included.
+
+    Examples:
+        >>> layer = nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        >>> max_norm_(nn.Sequential(layer), 1.0)
+        >>> [round(v, 4) for v in layer.weight[0].tolist()]
+        [0.6, 0.8]
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.copy_(
+                    torch.renorm(module.weight, p=2, dim=0, maxnorm=limit)
+                )
+
+
 def _dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
@@ -140,6 +166,7 @@ def fit(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     penalty: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> list[float]:
     """The lab's one seeded training loop: Adam on mini-batches of a seeded shuffle.
@@ -181,6 +208,8 @@ def fit(
                 loss = loss + penalty()
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step()
         seconds = time.perf_counter() - clock
         losses.append(total / len(x))
         if on_epoch is not None:

@@ -1,4 +1,4 @@
-"""Tests of stacked training (droplab.uci_train): gradients, independence, resume."""
+"""Tests of stacked training (droplab.uncertainty.uci.stacked): gradients, independence, resume."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 The paper's protocol (:mod:`droplab.uncertainty.uci`) on one data set of the shared UCI
 folder, on a few of its published splits, next to the published per-split
 numbers: RMSE of the MC mean, RMSE of the deterministic pass (weight scaling)
-and test log-likelihood. The folder is not part of droplab: it is looked up in
-``Config.data_dir``, then ``$DROPLAB_UCI_DATA``, then
-``../shared/data/uci-gal2016`` beside the checkout; without it the experiment
-reports that it did not run, and why.
+and test log-likelihood. The data are ``Config.data_dir``, else
+``$DROPLAB_UCI_DATA``, else the five data sets shipped inside droplab
+(:mod:`droplab._data`); a folder without the data set is reported as not run,
+and why.
 
 - Paper: Gal and Ghahramani, "Dropout as a Bayesian approximation", ICML 2016,
   https://arxiv.org/abs/1506.02142.
@@ -57,7 +57,7 @@ class Config:
     splits: tuple[int, ...] = tuple(range(20))  # published splits to run
     epochs_multiplier: float = 10.0  # epochs = n_epochs.txt (40) x this; paper: 100
     samples: int = 1000  # T, MC passes for test and validation scores; paper: 10000
-    data_dir: str = ""  # UCI data folder; "" = $DROPLAB_UCI_DATA or ../shared/...
+    data_dir: str = ""  # UCI data folder; "" = $DROPLAB_UCI_DATA or the packaged one
     seed: int = 0  # root seed of the protocol
 
     @classmethod

@@ -1,5 +1,10 @@
 """One self-contained HTML page from saved results: ``render_report(records) -> str``.
 
+The page opens with its findings: a summary table, one row per experiment
+(its answer sentence, its headline number with the 95 % interval, a link to
+its section); each section then shows its figure and answer before the
+numbers, and folds long tables into ``<details>``.
+
 Pure: the page depends only on the records (and the experiment modules'
 ``figure``/``numbers``/``answer``/``tables`` functions, which read only the
 record's result), so a report can be re-rendered without retraining. Figures
@@ -64,6 +69,33 @@ def _interval(row: Mapping[str, Any]) -> str:
     return f"[{format_number(low)}, {format_number(high)}]"
 
 
+FOLD_ROWS = 8  # number tables longer than this are folded (<details>)
+
+
+def _headline(
+    module: Any, result: Any, rows: Sequence[Mapping[str, str]]
+) -> Mapping[str, str] | None:
+    """The number the summary shows: ``module.headline(result)`` (a row of
+    ``numbers``, or its index) where the module defines it, else the first row
+    with an interval, else the first row."""
+    chosen = getattr(module, "headline", None)
+    if chosen is not None:
+        pick = chosen(result)
+        if isinstance(pick, int):
+            return rows[pick] if 0 <= pick < len(rows) else None
+        if pick is None:
+            return None
+        return {
+            "quantity": pick["quantity"],
+            "value": format_number(pick.get("value")),
+            "interval": _interval(pick),
+            "unit": pick.get("unit", ""),
+        }
+    with_interval = [row for row in rows if row["interval"]]
+    chosen_rows = with_interval or list(rows)
+    return chosen_rows[0] if chosen_rows else None
+
+
 def _section(record: Mapping[str, Any]) -> dict[str, Any]:
     module = get_experiment(record["name"])
     result = record["result"]
@@ -89,6 +121,7 @@ def _section(record: Mapping[str, Any]) -> dict[str, Any]:
         )
     return {
         "name": record["name"],
+        "headline": _headline(module, result, rows),
         "question": module.QUESTION,
         "method": module.METHOD,
         "figure": figure_png(module.figure(result)),
@@ -136,6 +169,7 @@ def render_report(
         machine=first.get("machine", {}),
         presets=", ".join(presets),
         total_time=f"{total:.1f} s",
+        fold_rows=FOLD_ROWS,
         computed=" to ".join(sorted({min(starts), max(starts)})) if starts else "",
     )
 

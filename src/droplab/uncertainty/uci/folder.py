@@ -16,7 +16,8 @@ Adams, 2015), one folder per data set:
 ``tau_values.txt``        model precisions of the grid
 ========================  ===================================================
 
-Blank lines are skipped. Anything else that is wrong (a missing file, a word
+Any file may instead be stored gzipped as ``NAME.gz`` (the package's own copy
+is). Blank lines are skipped. Anything else that is wrong (a missing file, a word
 that is not a number, a row of the wrong length, an index out of range, a
 split whose training and test rows overlap) raises :class:`UCIFormatError`
 naming the file and the line.
@@ -24,6 +25,7 @@ naming the file and the line.
 
 from __future__ import annotations
 
+import gzip
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +83,25 @@ class UCIFolder:
         return x[train], y[train], x[test], y[test]
 
 
+def read_text(path: Path) -> str | None:
+    """The text of ``path``, else of a gzipped ``path.gz`` (how the package ships
+    its data), else None."""
+    packed = path.with_name(path.name + ".gz")
+    if not path.is_file() and packed.is_file():
+        return gzip.decompress(packed.read_bytes()).decode("utf-8")
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
 def _lines(path: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, words) of the non-blank lines of a file."""
-    if not path.is_file():
+    try:
+        text = read_text(path)
+    except (UnicodeDecodeError, OSError, EOFError) as error:
+        raise UCIFormatError(f"{path}: not a text file ({error})") from None
+    if text is None:
         raise UCIFormatError(
             f"{path}: file is missing (see droplab.uncertainty.uci.folder for the layout)"
         )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise UCIFormatError(f"{path}: not a text file ({error})") from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split()

@@ -40,8 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from droplab._data import uci_data_dir
 from droplab._validation import check_int, fail
 from droplab.execution import Executor, LocalExecutor, one_thread, write_json
+from droplab.execution.progress import Progress
+from droplab.execution.progress import current as current_progress
 from droplab.rng import STREAM_TAGS, stream_seed
 from droplab.uncertainty.mc import mc_predict
 from droplab.uncertainty.metrics import gaussian_log_likelihood, rmse
@@ -149,12 +152,25 @@ def _train(
     checkpoint: Path | None,
 ) -> list[torch.nn.Module]:
     epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
+    label = f"{_STAGES[stage]} of {len(fits)} networks"
     return train_stacked(
         [fit.job for fit in fits], epochs=epochs, n_hidden=folder.n_hidden,
         slots=slots, seed=stream_seed(settings.seed, stage, STAGE_TAG),
         batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         lengthscale=settings.lengthscale, checkpoint=checkpoint,
+        on_epoch=_reporter(label, "epoch"),
     )  # fmt: skip
+
+
+_STAGES = ("grid search (stage 1 of 2)", "retrain on all training rows (stage 2 of 2)")
+
+
+def _reporter(label: str, unit: str) -> Callable[[int, int], None] | None:
+    """``(done, total)`` -> the current progress (droplab.execution.progress), if any."""
+    progress = current_progress()
+    if progress is None:
+        return None
+    return lambda done, total: progress.step(done, total, unit, label=label)
 
 
 def _grid_stage(
@@ -183,7 +199,10 @@ def _grid_stage(
     )  # fmt: skip
     cells = len(rates) * len(taus)
     grids: dict[int, list[dict[str, float]]] = {}
+    report = _reporter(f"validation scores, T = {settings.validation_samples}", "split")
     for k, split in enumerate(splits):
+        if report is not None:
+            report(k, len(splits))
         grids[split] = [
             {
                 "dropout_rate": fit.job.p,
@@ -250,10 +269,12 @@ def run_splits(
         checkpoint=workdir / _checkpoint_name("test", splits) if workdir else None,
     )  # fmt: skip
     epochs = max(1, round(folder.n_epochs * settings.epochs_multiplier))
-    scores = [
-        _score(model, fit, settings.samples)
-        for fit, model in zip(fits, models, strict=True)
-    ]
+    report = _reporter(f"test scores, T = {settings.samples}", "split")
+    scores = []
+    for k, (fit, model) in enumerate(zip(fits, models, strict=True)):
+        if report is not None:
+            report(k, len(fits))
+        scores.append(_score(model, fit, settings.samples))
     share = (time.perf_counter() - started) / len(splits)
     results = []
     for split, fit, score in zip(splits, fits, scores, strict=True):
@@ -305,8 +326,11 @@ def _chunk_job(
 ) -> list[dict[str, Any]]:
     """Splits trained together in one task of the local pool; each result saved there."""
     path, chunk, settings, out = task
-    with one_thread():  # one process per core: threads would fight
-        results = run_splits(load_uci_folder(path), chunk, settings, workdir=Path(out))
+    folder = load_uci_folder(path)
+    what = f"droplab uci {folder.name}, splits {_spans(chunk)}"
+    # One process per core: threads would fight. A worker shows heartbeat lines only.
+    with one_thread(), Progress(what, bar=False):
+        results = run_splits(folder, chunk, settings, workdir=Path(out))
     for result in results:
         write_split_json(Path(out) / f"split_{result['split']}.json", result)
     return results
@@ -369,12 +393,29 @@ def run_protocol(
             results[split] = saved
     say = log if log is not None else (lambda text: None)
     say(f"{folder.name}: {len(results)} split(s) saved, {len(todo)} to run")
-    with one_thread():  # these networks are tiny: one thread per process is fastest
+    bar = None if jobs == 1 and executor is None else False  # one bar per terminal
+    with (
+        one_thread(),  # these networks are tiny: one thread per process is fastest
+        Progress(f"droplab uci {folder.name}", bar=bar) as progress,
+    ):
+        progress.stage("splits", len(todo), "split")
+        if log:
+
+            def say(text: str) -> None:  # a line of its own, not over the bar
+                progress.write(text, log)
+
         if executor is not None:
             tasks = [(folder, split, settings) for split in todo]
             for _, result in executor.imap_unordered(_split_task, tasks):
                 write_split_json(target / f"split_{result['split']}.json", result)
                 results[result["split"]] = result
+                progress.advance(item=f"split {result['split']} saved")
+                say(_progress(result))
+        elif todo and (jobs == 1 or len(todo) == 1):  # here, under this progress
+            for result in run_splits(folder, todo, settings, workdir=target):
+                write_split_json(target / f"split_{result['split']}.json", result)
+                results[result["split"]] = result
+                progress.advance(item=f"split {result['split']} saved")
                 say(_progress(result))
         elif todo:
             chunks = [
@@ -385,6 +426,7 @@ def run_protocol(
                 for _, done in pool.imap_unordered(_chunk_job, chunks):
                     for result in done:
                         results[result["split"]] = result
+                        progress.advance(item=f"split {result['split']} saved")
                         say(_progress(result))
     return [results[s] for s in splits]
 
@@ -396,6 +438,21 @@ def _progress(result: dict[str, Any]) -> str:
         f"{result['rmse_weight_scaling']:.3f}), LL {result['test_ll']:.3f}, "
         f"{result['seconds']:.0f} s"
     )
+
+
+def _spans(splits: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the inverse of :func:`parse_splits`).
+
+    >>> _spans([0, 1, 2, 5, 7, 8])
+    '0-2,5,7-8'
+    """
+    runs: list[list[int]] = []
+    for split in splits:
+        if runs and split == runs[-1][1] + 1:
+            runs[-1][1] = split
+        else:
+            runs.append([split, split])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def parse_splits(text: str, n_splits: int) -> list[int]:
@@ -419,16 +476,12 @@ def parse_splits(text: str, n_splits: int) -> list[int]:
 
 
 def default_data_dir() -> Path | None:
-    """``$DROPLAB_UCI_DATA``, else ``../shared/data/uci-gal2016`` beside the checkout.
+    """``$DROPLAB_UCI_DATA``, else the UCI folder shipped inside the package.
 
-    "Beside the checkout" is looked up from the working directory (a command run
-    in the repository, whatever the install) and from this file (an editable
-    install run from elsewhere).
+    The packaged folder (:mod:`droplab._data`) holds bostonHousing, concrete,
+    energy, wine-quality-red and yacht; ``--data DIR`` or the environment
+    variable select another folder of the same layout.
     """
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    relative = Path("shared") / "data" / "uci-gal2016"
-    for root in (Path.cwd().resolve().parent, Path(__file__).resolve().parents[5]):
-        if (root / relative).is_dir():
-            return root / relative
-    return None
+    return uci_data_dir()

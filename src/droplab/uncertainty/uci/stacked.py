@@ -196,6 +196,7 @@ def train_stacked(
     checkpoint: str | Path | None = None,
     checkpoint_seconds: float = 60.0,
     stop_after_epochs: int | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> list[torch.nn.Module]:
     """Train every job's network; returns them (in ``jobs`` order) in eval mode.
 
@@ -207,6 +208,7 @@ def train_stacked(
     * (1 - p) / (2 * N * tau)``; Adam; ``epochs`` passes over the rows in a
     fresh random order, in batches of ``batch_size``.
 
+    ``on_epoch(done, epochs)`` is called after every epoch (progress).
     ``stop_after_epochs`` ends the call early (after saving a checkpoint) and
     returns an empty list: it exists to test the resume.
     """
@@ -331,6 +333,8 @@ def train_stacked(
             for param, grad in zip(params, grads, strict=True):
                 param.grad = grad
             optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs)
         if path is not None and time.monotonic() - saved_at >= checkpoint_seconds:
             save(epoch + 1)
             saved_at = time.monotonic()

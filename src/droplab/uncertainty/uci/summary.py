@@ -12,6 +12,7 @@ t-interval and the paired t-test's two-sided p-value.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from droplab.uncertainty.uci.folder import UCIFormatError
+from droplab.uncertainty.uci.folder import UCIFormatError, read_text
 
 __all__ = ["METRICS", "format_summary", "read_published", "summarize"]
 
@@ -36,41 +37,37 @@ _COLUMNS = ("dataset", "split", "rmse_weight_scaling", "rmse_mc", "test_ll", "ta
 def read_published(data_dir: Path, dataset: str) -> dict[int, dict[str, float]] | None:
     """Published per-split numbers of ``dataset``, by split, or None if no file.
 
-    Looks for ``published_per_split.csv`` in the data set's folder, then in
-    ``data_dir``. A malformed file raises :class:`UCIFormatError` naming the line.
+    Looks for ``published_per_split.csv`` (or its gzipped ``.gz``) in the data
+    set's folder, then in ``data_dir``. A malformed file raises :class:`UCIFormatError` naming the line.
     """
     for path in (data_dir / dataset / PUBLISHED_FILE, data_dir / PUBLISHED_FILE):
-        if path.is_file():
+        text = read_text(path)  # or path.gz, as packaged
+        if text is not None:
             break
     else:
         return None
     found: dict[int, dict[str, float]] = {}
-    with path.open(encoding="utf-8", newline="") as stream:
-        reader = csv.reader(stream)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != _COLUMNS:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or tuple(h.strip() for h in header) != _COLUMNS:
+        raise UCIFormatError(
+            f"{path}, line 1: expected the header {','.join(_COLUMNS)}"
+        )
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(_COLUMNS):
+            raise UCIFormatError(f"{path}, line {line}: {len(row)} fields, expected 6")
+        if row[0].strip() != dataset:
+            continue
+        try:
+            split = int(row[1])
+            values = {k: float(v) for k, v in zip(_COLUMNS[2:], row[2:], strict=True)}
+        except ValueError:
             raise UCIFormatError(
-                f"{path}, line 1: expected the header {','.join(_COLUMNS)}"
-            )
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(_COLUMNS):
-                raise UCIFormatError(
-                    f"{path}, line {line}: {len(row)} fields, expected 6"
-                )
-            if row[0].strip() != dataset:
-                continue
-            try:
-                split = int(row[1])
-                values = {
-                    k: float(v) for k, v in zip(_COLUMNS[2:], row[2:], strict=True)
-                }
-            except ValueError:
-                raise UCIFormatError(
-                    f"{path}, line {line}: a field is not a number"
-                ) from None
-            found[split] = values
+                f"{path}, line {line}: a field is not a number"
+            ) from None
+        found[split] = values
     return found or None
 
 
