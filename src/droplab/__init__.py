@@ -9,9 +9,12 @@ from droplab._core.dropout import dropout as dropout
 from droplab._core.modes import mc_dropout as mc_dropout
 from droplab._core.modes import weight_scaled as weight_scaled
 from droplab._core.module import StochasticModule as StochasticModule
+from droplab._validation import InputDtypeError as InputDtypeError
+from droplab._validation import InputRankError as InputRankError
 from droplab.interop import conversion_plan as conversion_plan
 from droplab.interop import convert as convert
 from droplab.interop import intercept as intercept
+from droplab.interop import revert as revert
 from droplab.masks import bernoulli_mask as bernoulli_mask
 from droplab.masks import fixed_count_mask as fixed_count_mask
 from droplab.masks import keep_threshold as keep_threshold
@@ -23,6 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Dropout",
+    "InputDtypeError",
+    "InputRankError",
     "StochasticModule",
     "__version__",
     "bernoulli_mask",
@@ -36,5 +41,6 @@ __all__ = [
     "mc_predict",
     "philox4x32",
     "random_words",
+    "revert",
     "weight_scaled",
 ]

@@ -8,6 +8,12 @@ so that every error names the argument, the value received and what is allowed::
 ValueError is raised for a value of the right type that is out of range or
 unknown; TypeError for a value of the wrong type. Library code never uses
 ``assert`` on user input.
+
+Where PyTorch raises a RuntimeError for the same input (a tensor of the wrong
+rank or dtype given to a dropout), droplab's error is also a RuntimeError:
+:class:`InputRankError` is a ValueError and a RuntimeError,
+:class:`InputDtypeError` a TypeError and a RuntimeError, so code written
+against torch's behaviour (``except RuntimeError``) catches droplab's too.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ __all__ = [
     "FLOAT_DTYPES",
     "OFFSET_LIMIT",
     "SEED_LIMIT",
+    "InputDtypeError",
+    "InputRankError",
     "check_bool",
     "check_choice",
     "check_dims_type",
@@ -44,6 +52,30 @@ OFFSET_LIMIT = 4 * SEED_LIMIT
 # The dtypes every backend supports; anything else is refused.
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DTYPE_NAMES = "float16, bfloat16, float32 or float64"
+
+
+class InputRankError(ValueError, RuntimeError):
+    """A tensor with a number of dimensions the function does not take.
+
+    A ValueError (droplab's rule for a bad value) and a RuntimeError (what
+    ``torch.nn.functional.dropout1d`` and its siblings raise for the same input).
+
+    >>> issubclass(InputRankError, ValueError), issubclass(InputRankError, RuntimeError)
+    (True, True)
+    """
+
+
+class InputDtypeError(TypeError, RuntimeError):
+    """A tensor of a dtype droplab does not take (an integer or complex tensor).
+
+    A TypeError (droplab's rule for a wrong type) and a RuntimeError (torch's
+    dropout raises RuntimeError, or its subclass NotImplementedError, for the
+    same input).
+    """
+
+
+# Public as droplab.InputRankError and droplab.InputDtypeError: name them so.
+InputRankError.__module__ = InputDtypeError.__module__ = "droplab"
 
 
 def _where(name: str, owner: str | None) -> str:
@@ -68,13 +100,15 @@ def fail(
 
 def fail_ndim(
     ndim: int, allowed: str, *, owner: str, name: str = "x", note: str = ""
-) -> ValueError:
+) -> InputRankError:
     """Build the error for a tensor of the wrong number of dimensions.
+
+    An :class:`InputRankError`: a ValueError that is also a RuntimeError.
 
     >>> str(fail_ndim(3, "be a 4-d (N, C, H, W) tensor", owner="drop_block2d"))
     "The 'x' argument of drop_block2d must be a 4-d (N, C, H, W) tensor; got a 3-d tensor."
     """
-    return ValueError(
+    return InputRankError(
         f"{_where(name, owner)} must {allowed}; got a {ndim}-d tensor."
         + (f" {note}" if note else "")
     )
@@ -224,13 +258,15 @@ def check_dims_type(
 def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tensor:
     """Return ``x`` if it is a torch tensor of a dtype droplab supports.
 
-    Raises TypeError otherwise, naming the argument, what was received and what
-    is allowed (the template of this module).
+    Raises otherwise, naming the argument, what was received and what is
+    allowed (the template of this module): :class:`InputDtypeError` (a
+    TypeError and a RuntimeError) for a tensor of another dtype, TypeError for
+    anything that is not a tensor.
 
     >>> check_floating_tensor(torch.arange(3), owner="dropout")
     Traceback (most recent call last):
     ...
-    TypeError: The 'x' argument of dropout must be a torch.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch.int64.
+    droplab.InputDtypeError: The 'x' argument of dropout must be a torch.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch.int64.
     """
     if isinstance(x, torch.Tensor) and x.dtype in FLOAT_DTYPES:
         return x
@@ -239,7 +275,8 @@ def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tenso
         if isinstance(x, torch.Tensor)
         else f"an object of type {type(x).__qualname__}"
     )
-    raise TypeError(
+    kind = InputDtypeError if isinstance(x, torch.Tensor) else TypeError
+    raise kind(
         f"The {name!r} argument of {owner} must be a torch.Tensor of dtype "
         f"{_DTYPE_NAMES}; got {got}."
     )

@@ -64,7 +64,7 @@ def test_forward_and_backward_equal_the_reference_bit_for_bit(
         for p in (0.0, 0.3, 0.5, 1.0):
             x = torch.randn(shape, generator=gen, dtype=dtype, requires_grad=True)
             y = functional.dropout(x, p, seed=seed, offset=offset, scale=scale)
-            assert uses_cpp(y)
+            assert uses_cpp(y) or (p == 0.0 and y is x)  # p = 0 returns x, as torch
             assert torch.equal(y, reference(x, p, seed, offset, scale))
             g = torch.randn(shape, generator=gen, dtype=dtype)
             (grad,) = torch.autograd.grad(y, x, g)

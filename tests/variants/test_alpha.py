@@ -148,7 +148,7 @@ def test_modules_stream_and_state_dict():
     a = AlphaDropout(0.3, seed=10)
     a(x)
     assert a.offset == 120
-    assert repr(a) == "AlphaDropout(p=0.3, seed=10, offset=120)"
+    assert repr(a) == "AlphaDropout(p=0.3, inplace=False, seed=10, offset=120)"
 
 
 @pytest.mark.parametrize(

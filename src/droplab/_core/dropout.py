@@ -88,8 +88,11 @@ def dropout(
         inplace: write the result into ``x``.
 
     Returns:
-        A tensor of ``x``'s shape and dtype. At evaluation every rule except
-        ``classic`` returns ``x`` itself, as ``torch.nn.functional.dropout`` does.
+        A tensor of ``x``'s shape and dtype, laid out as ``torch.empty_like(x)``
+        (a channels_last input gives a channels_last result; the mask is on the
+        logical index, so the layout never changes a value). At evaluation every
+        rule except ``classic``, and in training ``p = 0`` or an empty ``x``,
+        return ``x`` itself, as ``torch.nn.functional.dropout`` does.
 
     Shape:
         Input: any. Output: the same. A row (for ``realized`` and ``fixed``) is
@@ -141,6 +144,10 @@ def dropout(
     if not training:
         factor = eval_scale(p, scale)
         return x if factor == 1.0 else _scale_for_eval(x, factor, inplace)
+    if p == 0.0 or x.numel() == 0:
+        # Every rule keeps every unit with factor 1: x itself, as torch returns
+        # its input here (the stream elements stay used, so later masks do not move).
+        return x
     if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
         if state is not None:
             pass  # [key, offset] from the module, already advanced in the graph

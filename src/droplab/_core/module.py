@@ -8,6 +8,8 @@ draw goes through :meth:`StochasticModule.next_stream`, which hands out the
 - consecutive calls draw fresh, non-overlapping parts of the stream;
 - a run can be replayed from ``(seed, offset)``, which travel in the module's
   ``state_dict`` (as Python ints, so every seed in ``[0, 2**64)`` survives);
+- a module without a seed has no stream to save: its ``state_dict`` is empty,
+  as torch's dropout modules' are, so checkpoints load both ways;
 - the pair itself is held in ``rng_state``, a 2-element int64 CPU buffer
   (two's complement of ``[seed, offset]``), so a compiled graph can read and
   advance it without Dynamo guarding on a Python int
@@ -270,6 +272,15 @@ class StochasticModule(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         """The stream position, saved in ``state_dict`` as plain Python ints."""
         return {"seed": self.seed, "offset": self.offset}
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # Without a seed there is no stream to save: the state_dict is then the
+        # one torch's module writes (none), and loads into it under strict=True.
+        if not self._owns_seed:
+            destination.pop(prefix + "_extra_state", None)
 
     def set_extra_state(self, state: Any) -> None:
         """Restore the stream position saved by :meth:`get_extra_state`."""

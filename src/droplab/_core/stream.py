@@ -124,4 +124,6 @@ def keep_mask(
         sampler=sampler,
         shared_dims=shared_dims,
     )
-    return torch.from_numpy(np.ascontiguousarray(keep)).to(device)
+    # ascontiguousarray makes a 0-d array 1-d: reshape back to the mask's shape.
+    own = mask_shape(shape, shared_dims)
+    return torch.from_numpy(np.ascontiguousarray(keep)).reshape(own).to(device)

@@ -8,6 +8,7 @@ interception). See docs/compile.md for compiling the result.
 from droplab.interop.convert import ConversionPlan as ConversionPlan
 from droplab.interop.convert import conversion_plan as conversion_plan
 from droplab.interop.convert import convert as convert
+from droplab.interop.convert import revert as revert
 from droplab.interop.intercept import Interception as Interception
 from droplab.interop.intercept import intercept as intercept
 
@@ -17,4 +18,5 @@ __all__ = [
     "conversion_plan",
     "convert",
     "intercept",
+    "revert",
 ]

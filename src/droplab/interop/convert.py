@@ -10,6 +10,8 @@ doing it: what maps, and what does not (dropout built into another module,
 such as the ``dropout`` argument of ``nn.MultiheadAttention`` or ``nn.LSTM``,
 or a dropout class droplab does not know). Nothing is left out silently:
 :func:`convert` logs every swap and warns about every module it could not map.
+:func:`revert` is the way back, for handing a model (or its ``state_dict``)
+to code without droplab.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from droplab.variants import (
     FeatureAlphaDropout,
 )
 
-__all__ = ["ConversionPlan", "conversion_plan", "convert"]
+__all__ = ["ConversionPlan", "conversion_plan", "convert", "revert"]
 
 logger = logging.getLogger("droplab")
 
@@ -44,9 +46,8 @@ _TORCH: dict[type[nn.Module], Callable[[nn.Module], StochasticModule]] = {
     nn.Dropout1d: lambda m: Dropout1d(m.p, m.inplace),  # type: ignore[arg-type]
     nn.Dropout2d: lambda m: Dropout2d(m.p, m.inplace),  # type: ignore[arg-type]
     nn.Dropout3d: lambda m: Dropout3d(m.p, m.inplace),  # type: ignore[arg-type]
-    # droplab's alpha dropouts are out of place (the values are the same).
-    nn.AlphaDropout: lambda m: AlphaDropout(m.p),  # type: ignore[arg-type]
-    nn.FeatureAlphaDropout: lambda m: FeatureAlphaDropout(m.p),  # type: ignore[arg-type]
+    nn.AlphaDropout: lambda m: AlphaDropout(m.p, m.inplace),  # type: ignore[arg-type]
+    nn.FeatureAlphaDropout: lambda m: FeatureAlphaDropout(m.p, m.inplace),  # type: ignore[arg-type]
 }
 
 
@@ -147,8 +148,7 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
     ``nn.FeatureAlphaDropout`` (exactly these classes) and timm's ``DropPath``
     become :class:`droplab.nn.Dropout`, ``Dropout1d/2d/3d``, ``AlphaDropout``,
     ``FeatureAlphaDropout`` and ``DropPath`` with the same ``p`` and
-    ``inplace`` (droplab's alpha dropouts compute out of place) and the same
-    ``training`` flag. Each swap is logged (logger ``"droplab"``, INFO); a
+    ``inplace`` and the same ``training`` flag. Each swap is logged (logger ``"droplab"``, INFO); a
     module that applies dropout and cannot be swapped is named in one
     ``UserWarning`` (see :func:`conversion_plan`).
 
@@ -192,6 +192,104 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
         warnings.warn(
             f"droplab.convert left {len(plan.unmapped)} dropout(s) as they are: "
             f"{listing}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return model
+
+
+# droplab class -> torch class, for the modules whose behaviour torch's has.
+_BACK: dict[type[StochasticModule], type[nn.Module]] = {
+    Dropout: nn.Dropout,
+    Dropout1d: nn.Dropout1d,
+    Dropout2d: nn.Dropout2d,
+    Dropout3d: nn.Dropout3d,
+    AlphaDropout: nn.AlphaDropout,
+    FeatureAlphaDropout: nn.FeatureAlphaDropout,
+}
+
+
+def _torch_form(module: StochasticModule) -> nn.Module | str:
+    """torch's (or timm's) module equal to ``module`` but for the stream, or why not."""
+    cls = type(module)
+    scale = getattr(module, "scale", "inverted")
+    if cls is DropPath:
+        try:
+            from timm.layers import DropPath as TimmDropPath
+        except ImportError:
+            return "DropPath maps back to timm's DropPath, and timm is not installed"
+        if module.sampler != "bernoulli" or scale not in ("inverted", "none"):
+            return f"DropPath with sampler={module.sampler!r}, scale={scale!r} has no timm form"
+        return TimmDropPath(module.p, scale_by_keep=scale == "inverted")
+    back = _BACK.get(cls)
+    if back is None:
+        return f"{cls.__name__} has no torch counterpart"
+    changed = [
+        f"{name}={getattr(module, name)!r}"
+        for name, default in (
+            ("scale", "inverted"),
+            ("sampler", "bernoulli"),
+            ("shared_dims", ()),
+        )
+        if getattr(module, name, default) != default
+    ]
+    if changed:
+        return f"{cls.__name__} with {', '.join(changed)} behaves unlike torch's"
+    return back(module.p, module.inplace)
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Swap, in place, droplab's dropout modules back for torch's: :func:`convert` undone.
+
+    :class:`droplab.nn.Dropout`, ``Dropout1d/2d/3d``, ``AlphaDropout`` and
+    ``FeatureAlphaDropout`` with torch's behaviour (the default ``scale``,
+    ``sampler`` and ``shared_dims``) become ``torch.nn``'s class with the same
+    ``p``, ``inplace`` and ``training`` flag; ``DropPath`` becomes timm's
+    when timm is installed. The streams are dropped: afterwards the model's
+    ``state_dict`` is the one the torch model writes, for handing weights to
+    code without droplab (``droplab.revert(copy.deepcopy(model)).state_dict()``
+    keeps the droplab model as it is). A droplab module with no torch
+    equivalent is left in place and named in one ``UserWarning``; each swap
+    is logged (logger ``"droplab"``, INFO).
+
+    Returns:
+        ``model`` itself.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+        >>> sorted(convert(net, seed=0).state_dict())
+        ['0.bias', '0.weight', '1._extra_state', '2.bias', '2.weight']
+        >>> sorted(revert(net).state_dict()), net[1]
+        (['0.bias', '0.weight', '2.bias', '2.weight'], Dropout(p=0.5, inplace=False))
+    """
+    if not isinstance(model, nn.Module):
+        raise fail("model", model, "a torch.nn.Module", owner="revert", kind=TypeError)
+    if isinstance(model, StochasticModule):
+        raise fail(
+            "model",
+            f"a bare {type(model).__name__}",
+            "a model that holds its dropout modules (revert swaps children in place)",
+            owner="revert",
+        )
+    left: list[str] = []
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if not isinstance(module, StochasticModule):
+            continue
+        form = _torch_form(module)
+        if isinstance(form, str):
+            left.append(f"{name}: {form}")
+            continue
+        form.train(module.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name], child, form)
+        logger.info(
+            "droplab.revert: %s: droplab %s -> %r", name, type(module).__name__, form
+        )
+    if left:
+        warnings.warn(
+            f"droplab.revert left {len(left)} droplab module(s) in place: "
+            + "; ".join(left),
             UserWarning,
             stacklevel=2,
         )

@@ -158,9 +158,8 @@ class Interception(TorchFunctionMode):
             return func(*args, **kwargs)  # torch's own evaluation path
         seed, offset = self._stream(elements(x.shape))
         self.calls += 1
-        if ours in (alpha_dropout, feature_alpha_dropout):  # out of place in droplab
-            y = ours(x, p, True, seed=seed, offset=offset)
-            return x.copy_(y) if inplace else y
+        if ours in (alpha_dropout, feature_alpha_dropout):
+            return ours(x, p, True, inplace, seed=seed, offset=offset)
         return ours(x, p, True, seed=seed, offset=offset, inplace=inplace)
 
     def _attention_dropout(self, name: str, rate: float) -> None:

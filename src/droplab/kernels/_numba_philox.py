@@ -214,3 +214,51 @@ def _apply_chunk(x, out, keep, factors, row_len, start, stop):
 def apply_rows(x, out, keep, factors, row_len, lo, hi):
     """``out[i] = where(keep[i], x[i] * factors[i // row_len], +0)``, ``i`` in ``[lo, hi)``."""
     _apply_chunk(x, out, keep, factors, row_len, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def bernoulli_scale_strided(
+    x, x_start, y, y_start, shape, x_strides, y_strides, lo, hi,
+    base_block, head, k0, k1, thr, factor,
+):  # fmt: skip
+    """:func:`bernoulli_scale` on strided tensors, over logical elements ``[lo, hi)``.
+
+    ``x`` and ``y`` are flat views of the two tensors' memory; element ``i`` in
+    row-major order over ``shape`` (the index the mask is defined on) lives at
+    ``x_start + sum(coord[d] * x_strides[d])`` and likewise in ``y``, so a
+    channels_last (or sliced) input is read and written where it lies, in its
+    own layout, with the same words as a contiguous one.
+    """
+    nd = shape.size
+    last = nd - 1
+    inner = shape[last]
+    coords = np.zeros(nd, np.int64)
+    rest = lo
+    for d in range(last, -1, -1):  # the coordinates of element lo
+        coords[d] = rest % shape[d]
+        rest //= shape[d]
+    buffer = np.empty(CHUNK + 8, np.uint32)
+    zero = factor - factor
+    xs = x_strides[last]
+    ys = y_strides[last]
+    for start in range(lo, hi, CHUNK):
+        stop = min(start + CHUNK, hi)
+        words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
+        i = 0
+        while i < words.size:
+            xo = x_start
+            yo = y_start
+            for d in range(nd):
+                xo += coords[d] * x_strides[d]
+                yo += coords[d] * y_strides[d]
+            run = min(inner - coords[last], words.size - i)  # along the last dim
+            for e in range(run):
+                w = words[i + e]
+                y[yo + e * ys] = x[xo + e * xs] * factor if w < thr else zero
+            i += run
+            coords[last] += run
+            d = last
+            while d > 0 and coords[d] == shape[d]:  # carry into the outer dims
+                coords[d] = 0
+                d -= 1
+                coords[d] += 1

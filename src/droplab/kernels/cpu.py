@@ -203,38 +203,55 @@ def masked_scale(
     shape = tuple(t.shape)
     compute = _COMPUTE[t.dtype]
     np_compute = np.float64 if compute == torch.float64 else np.float32
-    if t.dtype == compute and t.is_contiguous():
-        x = t.detach()  # the usual case: no copy, no conversion
-    else:
-        x = t.detach().to(compute).contiguous()
-    writes_out = (
-        out is not None
-        and out.dtype == compute
-        and out.is_contiguous()
-        and tuple(out.shape) == shape
-    )
-    dst = (
-        out.detach()
-        if writes_out and out is not None
-        else torch.empty_like(x, memory_format=torch.contiguous_format)
-    )
-    # NumPy views of the same memory (x and dst are contiguous): the kernels'
-    # arguments. reshape(-1) of a contiguous array is a view, never a copy.
-    x_flat = x.numpy().reshape(-1)
-    dst_flat = dst.numpy().reshape(-1)
+    # The result is laid out as torch.empty_like(t) would be (channels_last
+    # stays channels_last); the mask is defined on the logical row-major index
+    # whatever the layout, so every layout gives the same values.
+    x = t.detach() if t.dtype == compute else t.detach().to(compute)
+    writes_out = out is not None and out.dtype == compute and tuple(out.shape) == shape
+    dst = out.detach() if writes_out and out is not None else torch.empty_like(x)
+    flat = x.is_contiguous() and dst.is_contiguous()
     own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
 
-    if x_flat.size == 0:
+    if x.numel() == 0:
         pass
     elif sampler == "bernoulli" and scale != "realized" and own == shape:
         base, head, k0, k1 = _stream_args(seed, offset)
         threshold, factor = _threshold_and_factor(p, scale, np_compute)
-        _split(
-            x_flat.size,
-            lambda lo, hi: nk.bernoulli_scale(
-                x_flat, dst_flat, lo, hi, base, head, k0, k1, threshold, factor
-            ),
-        )
+        if flat:
+            # NumPy views of the same memory; reshape(-1) of a contiguous
+            # array is a view, never a copy.
+            x_flat = x.numpy().reshape(-1)
+            dst_flat = dst.numpy().reshape(-1)
+            _split(
+                x_flat.size,
+                lambda lo, hi: nk.bernoulli_scale(
+                    x_flat, dst_flat, lo, hi, base, head, k0, k1, threshold, factor
+                ),
+            )
+        else:  # read and write each tensor in its own layout
+            dims, x_str, y_str = _collapse(shape, x.stride(), dst.stride())
+            x_mem, x_start = _memory(x)
+            y_mem, y_start = _memory(dst)
+            _split(
+                x.numel(),
+                lambda lo, hi: nk.bernoulli_scale_strided(
+                    x_mem,
+                    x_start,
+                    y_mem,
+                    y_start,
+                    dims,
+                    x_str,
+                    y_str,
+                    lo,
+                    hi,
+                    base,
+                    head,
+                    k0,
+                    k1,
+                    threshold,
+                    factor,
+                ),
+            )
     else:
         keep = _draw_keep(own, p, seed, offset, sampler)
         rows, row_len = masks.row_count(own)
@@ -243,14 +260,16 @@ def masked_scale(
             factors = scaling.realized_row_scale(kept, row_len).astype(np_compute)
         else:
             factors = np.full(rows, scaling.train_scale(p, scale), np_compute)
-        if own == shape:
+        if own == shape and flat:
+            x_flat = x.numpy().reshape(-1)
+            dst_flat = dst.numpy().reshape(-1)
             _split(
                 x_flat.size,
                 lambda lo, hi: nk.apply_rows(
                     x_flat, dst_flat, keep, factors, row_len, lo, hi
                 ),
             )
-        else:  # the mask broadcasts over shared dimensions
+        else:  # the mask broadcasts over shared dimensions, or a strided layout
             keep_t = torch.from_numpy(keep.view(np.bool_)).reshape(own)
             if len(own) > 1:  # one factor per row, broadcast like the mask
                 factor_t = torch.from_numpy(factors).reshape(
@@ -259,6 +278,7 @@ def masked_scale(
             else:
                 factor_t = torch.from_numpy(factors).reshape(())
             zero = torch.zeros((), dtype=compute)
+            # torch.where writes dst in its own layout (no conversion).
             torch.where(keep_t, x * factor_t, zero, out=dst)
 
     if writes_out and out is not None:
@@ -268,3 +288,42 @@ def masked_scale(
         return result
     out.copy_(result)
     return out
+
+
+def _collapse(
+    shape: tuple[int, ...], x_strides: tuple[int, ...], y_strides: tuple[int, ...]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Shape and strides with size-1 dims dropped and mergeable neighbours merged.
+
+    Dims ``d`` and ``d + 1`` merge when both tensors step over ``d`` as over
+    ``shape[d + 1]`` steps of ``d + 1`` (channels_last ``(N, C, H, W)`` becomes
+    ``(N, C, H * W)``): fewer, longer runs for the strided kernel, the same
+    row-major order.
+
+    >>> [a.tolist() for a in _collapse((2, 3, 4, 5), (60, 1, 15, 3), (60, 1, 15, 3))]
+    [[2, 3, 20], [60, 1, 3], [60, 1, 3]]
+    """
+    dims: list[list[int]] = []
+    for size, xs, ys in zip(shape, x_strides, y_strides, strict=True):
+        if size == 1:
+            continue
+        if dims and dims[-1][1] == xs * size and dims[-1][2] == ys * size:
+            dims[-1] = [dims[-1][0] * size, xs, ys]
+        else:
+            dims.append([size, xs, ys])
+    if not dims:
+        dims = [[1, 1, 1]]
+    table = np.array(dims, dtype=np.int64)
+    return (
+        np.ascontiguousarray(table[:, 0]),
+        np.ascontiguousarray(table[:, 1]),
+        np.ascontiguousarray(table[:, 2]),
+    )
+
+
+def _memory(t: torch.Tensor) -> tuple[npt.NDArray[np.generic], int]:
+    """A flat NumPy view of the memory ``t`` spans, and ``t``'s first element in it."""
+    span = 1 + sum(
+        (size - 1) * step for size, step in zip(t.shape, t.stride(), strict=True)
+    )
+    return torch.as_strided(t, (span,), (1,), t.storage_offset()).numpy(), 0

@@ -284,6 +284,11 @@ def masked_scale(
         kept_values = (x.to(compute) * factor).to(t.dtype)
         result = torch.where(keep, kept_values, 0.0)
     if out is None:
+        if not t.is_contiguous():
+            # Laid out as torch.empty_like(t), as every kernel's result is. The
+            # Triton kernel walks the logical index in memory order, so a
+            # channels_last or sliced input costs a copy here (and one above).
+            return torch.empty_like(t).copy_(result)
         return result
     out.copy_(result)
     return out

@@ -14,7 +14,10 @@ has to be kept for backward. ``masked_scale`` is that op; every implementation
 - the factor (the scale of :func:`droplab.scaling.train_scale`, or for
   ``realized`` the per-row ``n / k`` as float64) is rounded to the compute dtype;
 - kept elements are ``(t.to(compute) * factor).to(t.dtype)``, dropped elements are
-  ``+0.0`` (even where ``t`` is ``inf`` or ``nan``).
+  ``+0.0`` (even where ``t`` is ``inf`` or ``nan``);
+- the result is laid out as ``torch.empty_like(t)`` (a channels_last input gives
+  a channels_last result), and the mask is indexed by the logical row-major
+  position, so the values do not depend on the layout.
 
 Here the mask is drawn in NumPy on the CPU and moved to the tensor's device; it
 is the fallback when no faster kernel runs, and the oracle of the tests.
@@ -112,8 +115,10 @@ def reference_masked_scale(
     factor_t = torch.from_numpy(factor).to(device=t.device, dtype=compute)
     kept = (t.to(compute) * factor_t).to(t.dtype)
     # torch.where, not a multiply by the mask: a dropped inf or nan gives +0.0.
-    result = torch.where(keep_t, kept, 0.0)
+    # The result is laid out as torch.empty_like(t) (channels_last stays so);
+    # the mask is on the logical index, so the layout never changes a value.
+    zero = torch.zeros((), dtype=t.dtype, device=t.device)
     if out is None:
-        return result
-    out.copy_(result)
+        return torch.where(keep_t, kept, zero, out=torch.empty_like(t))
+    out.copy_(torch.where(keep_t, kept, zero))
     return out

@@ -84,6 +84,8 @@ def _alpha(
     )
     if p == 1.0:
         const = torch.zeros_like(const)
+    # kept (laid out as x) is the first operand: the sum takes its layout, so
+    # a channels_last input gives a channels_last result.
     return (kept.to(compute) + const).to(x.dtype)
 
 
@@ -91,6 +93,7 @@ def alpha_dropout(
     x: torch.Tensor,
     p: float = 0.5,
     training: bool = False,
+    inplace: bool = False,
     *,
     seed: int | None = None,
     offset: int = 0,
@@ -103,6 +106,7 @@ def alpha_dropout(
         p: probability of dropping a unit (to SELU's saturation value).
         training: apply if True (default False, as
             ``torch.nn.functional.alpha_dropout``); identity otherwise.
+        inplace: write the result into ``x`` and return ``x``.
         seed, offset: the stream; a call uses ``prod(mask shape)`` elements.
         shared_dims: dimensions along which one draw is shared.
 
@@ -115,13 +119,16 @@ def alpha_dropout(
         >>> round(float(y.mean()), 2) + 0.0, round(float(y.std()), 2)
         (0.0, 1.0)
     """
-    return _alpha_op("alpha_dropout", x, p, training, seed, offset, shared_dims)
+    return _alpha_op(
+        "alpha_dropout", x, p, training, inplace, seed, offset, shared_dims
+    )
 
 
 def feature_alpha_dropout(
     x: torch.Tensor,
     p: float = 0.5,
     training: bool = False,
+    inplace: bool = False,
     *,
     seed: int | None = None,
     offset: int = 0,
@@ -136,25 +143,43 @@ def feature_alpha_dropout(
     x = check_floating_tensor(x, owner=owner)
     if x.ndim < 2:
         raise fail_ndim(x.ndim, "have at least 2 dimensions (N, C, ...)", owner=owner)
-    return _alpha_op(owner, x, p, training, seed, offset, tuple(range(2, x.ndim)))
+    return _alpha_op(
+        owner, x, p, training, inplace, seed, offset, tuple(range(2, x.ndim))
+    )
 
 
 def _alpha_op(
-    owner: str, x: Any, p: Any, training: Any, seed: Any, offset: Any, shared_dims: Any
+    owner: str,
+    x: Any,
+    p: Any,
+    training: Any,
+    inplace: Any,
+    seed: Any,
+    offset: Any,
+    shared_dims: Any,
 ) -> torch.Tensor:
     x = check_floating_tensor(x, owner=owner)
     p = check_probability(p, owner=owner)
     training = check_bool(training, "training", owner=owner)
+    inplace = check_bool(inplace, "inplace", owner=owner)
     shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
-    seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
-    if not training or p == 0.0:
+    draws = training and p > 0.0 and x.numel() > 0
+    seed_, offset_ = resolve_seed(seed, offset, owner, draw=draws)
+    if not draws:  # x itself, as torch returns its input
         return x
-    return _alpha(x, p, seed_, offset_, shared)
+    y = _alpha(x, p, seed_, offset_, shared)
+    # In place after the fact: nothing of x was saved for backward, so
+    # overwriting it is safe (a leaf that requires grad refuses, as in torch).
+    return x.copy_(y) if inplace else y
 
 
 class AlphaDropout(StochasticModule):
-    """Module form of :func:`alpha_dropout`; a drop-in for ``torch.nn.AlphaDropout``
-    (without ``inplace``).
+    """Module form of :func:`alpha_dropout`; a drop-in for ``torch.nn.AlphaDropout``.
+
+    As torch's module, it stores ``inplace`` (and shows it) but computes out of
+    place: ``torch.nn.AlphaDropout.forward`` does not pass ``inplace`` on, and
+    code that relies on that (an input that is a leaf requiring grad) keeps
+    working. The functional forms honour ``inplace``, as torch's do.
 
     Examples:
         >>> m = AlphaDropout(0.2, seed=0)
@@ -164,25 +189,32 @@ class AlphaDropout(StochasticModule):
 
     _feature = False
 
-    def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
+    def __init__(
+        self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None
+    ) -> None:
         super().__init__(seed=seed)
-        self.p = check_probability(p, owner=type(self).__name__)
+        owner = type(self).__name__
+        self.p = check_probability(p, owner=owner)
+        self.inplace = check_bool(inplace, "inplace", owner=owner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
+        x = check_floating_tensor(x, owner=type(self).__name__)
         shared = tuple(range(2, x.ndim)) if self._feature else ()
         seed, offset = self.next_stream(stream_elements(tuple(x.shape), shared))
         op = feature_alpha_dropout if self._feature else alpha_dropout
-        return op(x, self.p, True, seed=seed, offset=offset)
+        # inplace=False whatever self.inplace says: torch's module does the same.
+        return op(x, self.p, True, False, seed=seed, offset=offset)
 
     def extra_repr(self) -> str:
-        return ", ".join(filter(None, [f"p={self.p}", self.stream_repr()]))
+        parts = [f"p={self.p}", f"inplace={self.inplace}", self.stream_repr()]
+        return ", ".join(filter(None, parts))
 
 
 class FeatureAlphaDropout(AlphaDropout):
     """Module form of :func:`feature_alpha_dropout`; a drop-in for
-    ``torch.nn.FeatureAlphaDropout`` (without ``inplace``)."""
+    ``torch.nn.FeatureAlphaDropout``."""
 
     _feature = True
 

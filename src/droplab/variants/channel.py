@@ -12,9 +12,9 @@ contract and saves nothing for backward.
 
 PyTorch's input rules are kept, including its two warnings for
 :func:`dropout2d` and :func:`dropout3d` (3-d input to ``dropout2d`` is read as
-``(N, C, L)``, as PyTorch does today). One difference: a wrong rank for
-``dropout1d`` raises ValueError (droplab's rule for bad values) where PyTorch
-raises RuntimeError.
+``(N, C, L)``, as PyTorch does today). A wrong rank raises
+:class:`droplab.InputRankError`, a ValueError (droplab's rule for bad values)
+that is also the RuntimeError PyTorch raises.
 """
 
 from __future__ import annotations
@@ -165,6 +165,8 @@ def _channel_dropout(
     p = check_probability(p, owner=name)
     batched = _batched(x, name)
     work = x if batched else x.unsqueeze(0)  # a view: in-place writes reach x
+    if work.ndim < 2:  # a 0-d input to dropout3d, as torch refuses it
+        raise fail_ndim(x.ndim, "have at least 1 dimension (C, ...)", owner=name)
     shared = tuple(range(2, work.ndim))
     out = dropout(
         work,
@@ -293,6 +295,7 @@ class _ChannelDropout(StochasticModule):
         self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_floating_tensor(x, owner=type(self).__name__)
         seed, offset = None, 0
         if self.training:
             seed, offset = self.next_stream(
@@ -315,13 +318,12 @@ class _ChannelDropout(StochasticModule):
         return _stream_elements(tuple(x.shape), self._name)
 
     def extra_repr(self) -> str:
-        parts = [
-            f"p={self.p}",
-            f"inplace={self.inplace}",
-            self.stream_repr(),
-            f"scale={self.scale!r}",
-            f"sampler={self.sampler!r}",
-        ]
+        # torch's repr, then what differs from torch's behaviour
+        parts = [f"p={self.p}", f"inplace={self.inplace}", self.stream_repr()]
+        if self.scale != "inverted":
+            parts.append(f"scale={self.scale!r}")
+        if self.sampler != "bernoulli":
+            parts.append(f"sampler={self.sampler!r}")
         return ", ".join(filter(None, parts))
 
 
