@@ -137,10 +137,7 @@ def test_module_stream_and_state_dict_replay():
     assert (fresh.seed, fresh.offset) == (123, 12)
     assert torch.equal(fresh(x), second)
     assert torch.equal(Dropout2d(0.5, seed=123)(x), first)  # same seed, same output
-    assert (
-        repr(m)
-        == "Dropout2d(p=0.5, inplace=False, seed=123, offset=24)"
-    )
+    assert repr(m) == "Dropout2d(p=0.5, inplace=False, seed=123, offset=24)"
 
 
 def test_module_seed_none_follows_torch_manual_seed():

@@ -108,19 +108,27 @@ def shared_dims_from_noise_shape(
     return tuple(shared)
 
 
+def _check_rank(ndim: int, name: str) -> None:
+    """Refuse the ranks PyTorch refuses (before a module advances its stream)."""
+    if name == "dropout1d" and ndim not in (2, 3):
+        raise fail_ndim(
+            ndim,
+            "be a 2-d (C, L) or 3-d (N, C, L) tensor",
+            owner="dropout1d",
+            note="dropout1d drops whole channels of inputs with one spatial dimension.",
+        )
+    if name == "dropout2d" and ndim < 2:
+        raise fail_ndim(ndim, "have at least 2 dimensions (N, C, ...)", owner=name)
+    if name == "dropout3d" and ndim < 1:  # unbatched, it gains a batch dim
+        raise fail_ndim(ndim, "have at least 1 dimension (C, ...)", owner=name)
+
+
 def _batched(x: torch.Tensor, name: str) -> bool:
     """Check the rank as PyTorch does; True if ``x`` already has a batch dim."""
     spatial = _SPATIAL[name]
     ndim = x.ndim
+    _check_rank(ndim, name)
     if name == "dropout1d":
-        if ndim not in (2, 3):
-            raise fail_ndim(
-                ndim,
-                "be a 2-d (C, L) or 3-d (N, C, L) tensor",
-                owner="dropout1d",
-                note="dropout1d drops whole channels of inputs with one spatial "
-                "dimension.",
-            )
         return ndim == 3
     if ndim not in (spatial + 1, spatial + 2):
         warnings.warn(
@@ -137,14 +145,12 @@ def _batched(x: torch.Tensor, name: str) -> bool:
             warnings.warn(
                 "dropout2d: Received a 3D input to dropout2d and assuming that "
                 "channel-wise 1D dropout behavior is desired - input is interpreted "
-                "as shape (N, C, L), where C is the channel dim. To maintain the 1D "
+                "as shape (N, C, L), where C is the channel dim. This behavior will "
+                "change in a future release to interpret the input as one without a "
+                "batch dimension, i.e. shape (C, H, W). To maintain the 1D "
                 "channel-wise dropout behavior, please switch to using dropout1d "
                 "instead.",
                 stacklevel=4,
-            )
-        if ndim < 2:
-            raise fail_ndim(
-                ndim, "have at least 2 dimensions (N, C, ...)", owner="dropout2d"
             )
         return True
     return ndim == spatial + 2
@@ -165,8 +171,6 @@ def _channel_dropout(
     p = check_probability(p, owner=name)
     batched = _batched(x, name)
     work = x if batched else x.unsqueeze(0)  # a view: in-place writes reach x
-    if work.ndim < 2:  # a 0-d input to dropout3d, as torch refuses it
-        raise fail_ndim(x.ndim, "have at least 1 dimension (C, ...)", owner=name)
     shared = tuple(range(2, work.ndim))
     out = dropout(
         work,
@@ -296,6 +300,7 @@ class _ChannelDropout(StochasticModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_floating_tensor(x, owner=type(self).__name__)
+        _check_rank(x.ndim, self._name)  # a refused call draws nothing
         seed, offset = None, 0
         if self.training:
             seed, offset = self.next_stream(
