@@ -102,6 +102,61 @@ def test_matches_reference_bit_for_bit(
     assert same_bits(got, want)
 
 
+@settings(derandomize=True, deadline=None, max_examples=150)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    order=st.randoms(use_true_random=False),
+    steps=st.lists(st.integers(1, 3), min_size=4, max_size=4),
+    p=st.sampled_from(PS),
+    offset=st.sampled_from(OFFSETS),
+    sampler=st.sampled_from(masks.SAMPLERS),
+    scale=st.sampled_from(SCALES),
+    dtype=st.sampled_from(tuple(BITS)),
+    shared=st.sets(st.integers(0, 3), max_size=2),
+    inplace=st.booleans(),
+)
+def test_any_layout_gives_the_contiguous_bits_in_the_inputs_layout(
+    shape: list[int],
+    order: object,
+    steps: list[int],
+    p: float,
+    offset: int,
+    sampler: str,
+    scale: str,
+    dtype: torch.dtype,
+    shared: set[int],
+    inplace: bool,
+) -> None:
+    # A permuted, then sliced, tensor: strides in any order, gaps, storage offset.
+    perm = list(range(len(shape)))
+    order.shuffle(perm)  # type: ignore[attr-defined]
+    base = torch.randn(
+        [s * k for s, k in zip(shape, steps, strict=False)], dtype=torch.float64
+    )
+    x = base.to(dtype).permute(perm)
+    x = x[
+        tuple(
+            slice(1 if n > 1 else 0, None, k)
+            for n, k in zip(x.shape, steps, strict=False)
+        )
+    ]
+    dims = tuple(sorted(d for d in shared if d < x.ndim))
+    args = dict(
+        p=p, seed=99, offset=offset, sampler=sampler, scale=scale, shared_dims=dims
+    )
+    want = reference_masked_scale(x.contiguous(), **args)  # type: ignore[arg-type]
+    if inplace:
+        target = x.clone()  # the same strides: written where it lies
+        got = cpu.masked_scale(target, out=target, **args)  # type: ignore[arg-type]
+        assert got is target
+    else:
+        got = cpu.masked_scale(x, **args)  # type: ignore[arg-type]
+        assert got.stride() == torch.empty_like(x).stride()
+    assert same_bits(got, want)
+    ref = reference_masked_scale(x, **args)  # type: ignore[arg-type]
+    assert ref.stride() == torch.empty_like(x).stride() and same_bits(ref, want)
+
+
 @pytest.mark.parametrize("sampler", masks.SAMPLERS)
 @pytest.mark.parametrize("scale", ["inverted", "realized"])
 @pytest.mark.parametrize("head", [0, 3])
