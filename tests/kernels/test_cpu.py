@@ -133,20 +133,20 @@ def test_any_layout_gives_the_contiguous_bits_in_the_inputs_layout(
     base = torch.randn(
         [s * k for s, k in zip(shape, steps, strict=False)], dtype=torch.float64
     )
-    x = base.to(dtype).permute(perm)
-    x = x[
-        tuple(
-            slice(1 if n > 1 else 0, None, k)
-            for n, k in zip(x.shape, steps, strict=False)
-        )
-    ]
+    permuted = base.to(dtype).permute(perm)
+    window = tuple(
+        slice(1 if n > 1 else 0, None, k)
+        for n, k in zip(permuted.shape, steps, strict=False)
+    )
+    x = permuted[window]
     dims = tuple(sorted(d for d in shared if d < x.ndim))
     args = dict(
         p=p, seed=99, offset=offset, sampler=sampler, scale=scale, shared_dims=dims
     )
     want = reference_masked_scale(x.contiguous(), **args)  # type: ignore[arg-type]
     if inplace:
-        target = x.clone()  # the same strides: written where it lies
+        target = permuted.clone()[window]  # x's strides, its own memory
+        assert target.stride() == x.stride()
         got = cpu.masked_scale(target, out=target, **args)  # type: ignore[arg-type]
         assert got is target
     else:
