@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import droplab
 from droplab.nn import Dropout, StochasticModule
+from droplab.nn import DropPath as DroplabDropPath
 from droplab.rng import stream_seed
 from droplab.uncertainty import mc_predict, metrics
 
@@ -196,6 +197,51 @@ def test_torch_dropout_samples_as_the_converted_model_does() -> None:
     assert torch.equal(a.samples, b.samples)
     assert not torch.equal(a.samples[0], a.samples[1])
     assert isinstance(plain[0], torch.nn.Dropout) and plain[0].training
+
+
+class DropPath(torch.nn.Module):
+    """What timm.layers.DropPath is, as convert recognises it (timm not needed)."""
+
+    def __init__(self, drop_prob: float, scale_by_keep: bool = True) -> None:
+        super().__init__()
+        self.drop_prob, self.scale_by_keep = drop_prob, scale_by_keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # timm's rule, torch's RNG
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(
+            1 - self.drop_prob
+        )
+        return x * keep / (1 - self.drop_prob if self.scale_by_keep else 1.0)
+
+
+DropPath.__module__ = "timm.layers.drop"
+
+
+def test_timm_drop_path_samples_as_the_converted_model_does() -> None:
+    # timm's DropPath calls no torch dropout function: mc_predict replaces its
+    # draw while it runs, with the stream its droplab twin gets after convert.
+    def make() -> torch.nn.Sequential:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Dropout(0.2),
+            DropPath(0.3),
+            torch.nn.Tanh(),
+            DropPath(0.5, scale_by_keep=False),
+        ).double()
+
+    plain, converted = make(), droplab.convert(make())
+    assert isinstance(converted[1], DroplabDropPath)
+    forward = plain[1].forward
+    a = mc_predict(plain, X, samples=12, seed=5, chunk=12, keep_samples=True)
+    b = mc_predict(converted, X, samples=12, seed=5, chunk=5, keep_samples=True)
+    again = mc_predict(plain, X, samples=12, seed=5, chunk=3, keep_samples=True)
+    assert a.samples is not None and b.samples is not None
+    assert again.samples is not None
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.samples, again.samples)
+    # whole samples dropped: some passes zero a row where others keep it
+    assert not torch.equal(a.samples[0], a.samples[1])
+    assert plain[1].forward == forward and "forward" not in plain[1].__dict__
 
 
 def test_mask_shared_along_the_batch_is_refused() -> None:

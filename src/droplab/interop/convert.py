@@ -36,7 +36,13 @@ from droplab.variants import (
     FeatureAlphaDropout,
 )
 
-__all__ = ["ConversionPlan", "conversion_plan", "convert", "revert"]
+__all__ = [
+    "ConversionPlan",
+    "conversion_plan",
+    "convert",
+    "is_timm_drop_path",
+    "revert",
+]
 
 logger = logging.getLogger("droplab")
 
@@ -57,8 +63,9 @@ def _timm_drop_path(module: nn.Module) -> StochasticModule:
     return DropPath(float(getattr(module, "drop_prob", 0.0)), scale=scale)
 
 
-def _is_timm_drop_path(module: nn.Module) -> bool:
-    # Recognised by name, so that timm need not be installed (or imported).
+def is_timm_drop_path(module: nn.Module) -> bool:
+    """Whether ``module`` is timm's ``DropPath`` (recognised by name: timm need
+    not be installed, or imported)."""
     cls = type(module)
     return cls.__name__ == "DropPath" and cls.__module__.split(".")[0] == "timm"
 
@@ -106,7 +113,7 @@ def conversion_plan(model: nn.Module) -> ConversionPlan:
     plan = ConversionPlan()
     for name, module in model.named_modules():
         make = _TORCH.get(type(module))
-        if make is None and _is_timm_drop_path(module):
+        if make is None and is_timm_drop_path(module):
             make = _timm_drop_path
         where = name or "<root>"
         if make is not None:

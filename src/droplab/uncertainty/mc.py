@@ -62,7 +62,9 @@ from droplab._validation import (
     check_shared_dims,
     fail,
 )
+from droplab.interop.convert import is_timm_drop_path
 from droplab.interop.intercept import Interception
+from droplab.variants import drop_path
 from droplab.rng import draw_seed, stream_seed
 
 __all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
@@ -113,11 +115,13 @@ def dropout_modules(model: torch.nn.Module) -> list[tuple[str, StochasticModule]
 def _dropout_sites(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     # droplab's modules and torch's, in registration order: a torch module has
     # the index its droplab twin has in droplab.convert(model).
+    # timm's DropPath too (its forward calls no torch dropout function: its
+    # draw is replaced while mc_predict runs, see _pinned_streams).
     kinds: tuple[type[torch.nn.Module], ...] = (StochasticModule, *TORCH_DROPOUTS)
     return [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, kinds)
+        if isinstance(module, kinds) or is_timm_drop_path(module)
     ]
 
 
@@ -216,9 +220,30 @@ def _pinned_streams(
 
         return check
 
+    def timm_drop_path(index: int, module: torch.nn.Module) -> Any:
+        # timm's DropPath draws with bernoulli_ on a new tensor, which no mode
+        # can tell from other code: while the context is open its forward is
+        # droplab's drop_path on the stream its converted twin would get.
+        scale = "inverted" if getattr(module, "scale_by_keep", True) else "none"
+        p = float(getattr(module, "drop_prob", 0.0))
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            chunk.active = index
+            try:
+                drawn, offset = stream(int(x.shape[0]))
+            finally:
+                chunk.active = None
+            return drop_path(x, p, True, seed=drawn, offset=offset, scale=scale)
+
+        return forward
+
     expected = [0] * len(sites)
+    patched = []
     for index, name, module in modules:
-        if isinstance(module, StochasticModule):
+        if is_timm_drop_path(module):
+            module.forward = timm_drop_path(index, module)
+            patched.append(module)
+        elif isinstance(module, StochasticModule):
             handles.append(module.register_forward_pre_hook(make_hook(index, name)))
             handles.append(module.register_forward_hook(make_check(index, name)))
         else:
@@ -230,6 +255,8 @@ def _pinned_streams(
     finally:
         for handle in handles:
             handle.remove()
+        for module in patched:
+            del module.forward  # the class's forward again
         for stochastic, old_seed, old_offset in saved:
             stochastic.seed = old_seed
             stochastic.offset = old_offset
