@@ -64,8 +64,8 @@ from droplab._validation import (
 )
 from droplab.interop.convert import is_timm_drop_path
 from droplab.interop.intercept import Interception
-from droplab.variants import drop_path
 from droplab.rng import draw_seed, stream_seed
+from droplab.variants import drop_path
 
 __all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
 
