@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 import torch
 from hypothesis import settings
-
-# droplab's optional C++ op (droplab.kernels.cpp) is used by every process that
-# finds it built in DROPLAB_CPP_DIR. The tests look in an empty folder of their
-# own, so a build on this machine cannot change which path they test;
-# tests/kernels/test_cpp.py builds it there and checks it.
-os.environ["DROPLAB_CPP_DIR"] = tempfile.mkdtemp(prefix="droplab-cpp-tests-")
 
 # No example database on disk: runs are derandomised anyway, and the checkout
 # stays clean. Tests still pass their own @settings (max_examples, ...).

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from droplab import kernels
 from droplab._core.module import StochasticModule
 from droplab._core.op import MaskedScale
 from droplab._core.registered import masked_scale_op, state_tensor
@@ -163,11 +162,7 @@ def dropout(
         return _through_op(x, state, p, scale, sampler, dims, inplace)
     if seed is None:
         seed = draw_seed()
-    # droplab.kernels chooses the implementation: the C++ op (its own autograd,
-    # when built and it covers the call) or MaskedScale on select(x)'s kernel.
-    fused = kernels.select_fused(x, p, scale, sampler, dims, inplace)
-    if fused is not None:
-        return kernels.run_fused(x, seed, offset, fused)
+    # The one eager path: MaskedScale on the kernel droplab.kernels.select picks.
     result: torch.Tensor = MaskedScale.apply(
         x, (p, seed, offset, scale, sampler, dims), inplace
     )

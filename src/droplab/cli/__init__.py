@@ -35,11 +35,6 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     ("bench", "droplab.cli.bench", "time droplab's dropout against PyTorch's"),
     ("sweep", "droplab.cli.sweep", "tune dropout rates with Optuna"),
-    (
-        "build-cpp",
-        "droplab.cli.build_cpp",
-        "compile the optional C++ op for small CPU tensors (once, about a minute)",
-    ),
 )
 
 

@@ -6,16 +6,14 @@
 - :mod:`droplab.kernels.gpu`: Triton, for CUDA tensors (and, under
   ``TRITON_INTERPRET=1``, for CPU tensors through Triton's interpreter, which is
   how the tests check it on machines without a GPU).
-- :mod:`droplab.kernels.cpp`: an optional C++ autograd op for small CPU tensors,
-  built once by ``droplab build-cpp``.
 
 All follow the random-number contract of docs/DESIGN.md bit for bit (see
 :mod:`droplab.kernels.reference`). The choice is made here and only here:
-:func:`select` picks the ``masked_scale`` implementation for a tensor, and
-:func:`select_fused` says whether the C++ op, which carries its own autograd
-and so replaces the engine's autograd Function as a whole, covers a call.
-Setting ``DROPLAB_BACKEND`` to ``reference``, ``numba`` or ``triton`` forces a
-path (and turns the C++ op off). Importing this package imports neither Numba
+:func:`select` picks the ``masked_scale`` implementation for a tensor (eager
+calls run it through :class:`droplab._core.op.MaskedScale`, compiled code
+through the registered operator ``droplab::masked_scale``: one kernel either
+way). Setting ``DROPLAB_BACKEND`` to ``reference``, ``numba`` or ``triton``
+forces a path. Importing this package imports neither Numba
 nor Triton; :func:`numba_available` and :func:`triton_available` tell whether
 the kernels can be loaded.
 """
@@ -31,19 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from droplab.kernels import cpp
 from droplab.kernels.reference import reference_masked_scale
-from droplab.masks import keep_threshold
 from droplab.rng import random_words
-from droplab.scaling import train_scale
 
 __all__ = [
     "BACKENDS",
     "MaskedScale",
     "numba_available",
-    "run_fused",
     "select",
-    "select_fused",
     "stream_words",
     "triton_available",
     "words_on_device",
@@ -131,55 +124,6 @@ def select(t: torch.Tensor) -> MaskedScale:
             f"available for a tensor on {t.device.type!r}; unset it or use 'reference'."
         )
     return reference_masked_scale
-
-
-# The calls the C++ op covers: float32/float64, contiguous, on the CPU, small
-# (larger tensors take the usual path: its kernel runs on several threads).
-_CPP_DTYPES = (torch.float32, torch.float64)
-_CPP_LIMIT = 1 << 19
-
-
-@functools.lru_cache(maxsize=256)
-def _threshold_and_factor(p: float, scale: str) -> tuple[int, float]:
-    return keep_threshold(p), train_scale(p, scale)
-
-
-def select_fused(
-    x: torch.Tensor,
-    p: float,
-    scale: str,
-    sampler: str,
-    shared_dims: tuple[int, ...],
-    inplace: bool,
-) -> tuple[int, float] | None:
-    """Whether the C++ op covers this call: its ``(threshold, factor)``, or None.
-
-    The C++ op (:mod:`droplab.kernels.cpp`, when built) is forward *and*
-    backward without Python per call, so it replaces the engine's autograd
-    Function as a whole: run it with :func:`run_fused`. Every other call goes
-    through :func:`select`. Any ``DROPLAB_BACKEND`` turns it off.
-    """
-    if (
-        sampler == "bernoulli"
-        and not shared_dims
-        and not inplace
-        and scale != "realized"
-        and x.dtype in _CPP_DTYPES
-        and x.device.type == "cpu"
-        and 0 < x.numel() < _CPP_LIMIT
-        and x.is_contiguous()
-        and cpp.load() is not None
-        and not os.environ.get("DROPLAB_BACKEND")
-    ):
-        return _threshold_and_factor(p, scale)
-    return None
-
-
-def run_fused(
-    x: torch.Tensor, seed: int, offset: int, fused: tuple[int, float]
-) -> torch.Tensor:
-    """The C++ op on ``x``, for a call :func:`select_fused` said it covers."""
-    return cpp.dropout(x, seed, offset, *fused)
 
 
 def words_on_device(device: torch.device) -> bool:

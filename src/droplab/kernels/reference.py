@@ -6,7 +6,7 @@ backward pass is the *same op* applied to the incoming gradient with the same
 ``(seed, offset, p, scale, sampler, shared_dims)``: nothing of the input's size
 has to be kept for backward. ``masked_scale`` is that op; every implementation
 (this one, :mod:`droplab.kernels.cpu`, :mod:`droplab.kernels.gpu`,
-:mod:`droplab.kernels.cpp`) must give the same result bit for bit:
+) must give the same result bit for bit:
 
 - the mask is :func:`droplab.masks.make_mask` of the input's shape;
 - the compute dtype is :func:`droplab.scaling.compute_dtype` (float64 for
