@@ -12,6 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import droplab
+import droplab.functional
 import droplab.nn as dnn
 from droplab._core.registered import masked_scale_op, state_tensor
 from droplab.distributed import use_rank
@@ -279,3 +280,48 @@ def test_cuda_dropout_compiles_bit_exact_with_the_stream_on_the_host() -> None:
             (grad_c,) = torch.autograd.grad(out_c.sum(), x)
             assert torch.equal(grad_e, grad_c)
     assert twin.offset == eager.offset == 5 * 64000
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_alpha_and_locked_dropout_compile_bit_exact_forward_and_backward(
+    dtype: torch.dtype,
+) -> None:
+    # No layer with a reduction in backward (a bias gradient's sum is ordered
+    # differently by Inductor): the gradient with respect to the input.
+    def make() -> torch.nn.Module:
+        return torch.nn.Sequential(
+            dnn.AlphaDropout(0.2, seed=1),
+            dnn.LockedDropout(0.3, seed=2),
+            torch.nn.Unflatten(2, (2, 3)),
+            dnn.FeatureAlphaDropout(0.4, seed=3),
+        )
+
+    eager, twin = make(), make()
+    compiled = torch.compile(twin, fullgraph=True)
+    for _ in range(3):
+        x = torch.randn(4, 5, 6, dtype=dtype, requires_grad=True)
+        a, b = eager(x), compiled(x)
+        assert torch.equal(a, b)
+        g = torch.randn_like(a)
+        (grad,) = torch.autograd.grad(a, x, g)
+        (twin_grad,) = torch.autograd.grad(b, x, g)
+        assert torch.equal(grad, twin_grad)
+    offsets = [m.offset for m in twin if isinstance(m, droplab.StochasticModule)]
+    assert offsets == [
+        m.offset for m in eager if isinstance(m, droplab.StochasticModule)
+    ]
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_compiled_functional_alpha_dropout_gives_the_eager_outputs() -> None:
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return droplab.functional.alpha_dropout(t, 0.3, True, seed=5, offset=2)
+
+    x = torch.randn(3, 7)
+    assert torch.equal(torch.compile(f, fullgraph=True)(x), f(x))
+    state = state_tensor(5, 2)
+    from droplab.variants.alpha import alpha_dropout_op
+
+    torch.library.opcheck(
+        alpha_dropout_op, (x.double().requires_grad_(), state, 0.3, [])
+    )

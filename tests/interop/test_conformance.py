@@ -389,9 +389,7 @@ def test_compiled_output_keeps_the_layout_and_the_values(case: Case) -> None:
     x = inputs[label]
     eager = getattr(dn, case.name)(0.4, seed=21)
     compiled_module = getattr(dn, case.name)(0.4, seed=21)
-    # Alpha dropout is not on the registered operator: its training forward
-    # runs eagerly inside compiled code (a graph break), so no fullgraph.
-    compiled = torch.compile(compiled_module, fullgraph=not case.alpha)
+    compiled = torch.compile(compiled_module, fullgraph=True)
     with (
         torch._inductor.config.patch(fx_graph_cache=False),
         torch._functorch.config.patch(enable_autograd_cache=False),

@@ -125,7 +125,10 @@ def test_converted_models_train_eager_and_compiled(name: str) -> None:
         ]
 
     assert streams(compiled_model) == streams(eager)
-    assert all(offset > 0 for _, offset in streams(eager))
+    # every module that draws advanced (timm's ViT never calls attn_drop, p = 0:
+    # its rate goes to scaled_dot_product_attention, which gets 0.0)
+    drawn = [m.offset for m in eager.modules() if getattr(m, "p", 0.0) > 0.0]
+    assert drawn and all(offset > 0 for offset in drawn)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -29,11 +29,13 @@ import torch
 
 from droplab._core.module import StochasticModule
 from droplab._core.op import keep_scale
+from droplab._core.registered import MASK64, masked_scale_op, state_tensor
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
     check_probability,
+    check_seed,
     check_shared_dims,
     fail_ndim,
 )
@@ -158,12 +160,25 @@ def _alpha_op(
     offset: Any,
     shared_dims: Any,
 ) -> torch.Tensor:
+    state = None
+    if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
+        state, seed = seed, None  # a module's stream in a graph (next_state)
     x = check_floating_tensor(x, owner=owner)
     p = check_probability(p, owner=owner)
     training = check_bool(training, "training", owner=owner)
     inplace = check_bool(inplace, "inplace", owner=owner)
     shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
     draws = training and p > 0.0 and x.numel() > 0
+    if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
+        if not draws:
+            return x
+        if state is None and seed is None:
+            key = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
+            state = torch.cat([key, torch.tensor([offset], dtype=torch.int64)])
+        elif state is None:
+            state = state_tensor(check_seed(seed, owner=owner), offset)
+        y = alpha_dropout_op(x, state, p, list(shared))
+        return x.copy_(y) if inplace else y
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=draws)
     if not draws:  # x itself, as torch returns its input
         return x
@@ -171,6 +186,47 @@ def _alpha_op(
     # In place after the fact: nothing of x was saved for backward, so
     # overwriting it is safe (a leaf that requires grad refuses, as in torch).
     return x.copy_(y) if inplace else y
+
+
+@torch.library.custom_op("droplab::alpha_dropout", mutates_args=())
+def alpha_dropout_op(
+    x: torch.Tensor, state: torch.Tensor, p: float, shared_dims: list[int]
+) -> torch.Tensor:
+    """Alpha dropout with the mask of ``(state[0], state[1])``: what a graph records.
+
+    The eager computation itself (so compiled outputs are the eager ones, bit
+    for bit); ``state`` as for ``droplab::masked_scale``. Backward saves the
+    16-byte state: ``grad * a`` where kept, through ``droplab::masked_scale``.
+    """
+    seed, offset = state.tolist()
+    return _alpha(x, p, seed & MASK64, offset & MASK64, tuple(shared_dims))
+
+
+@alpha_dropout_op.register_fake
+def _alpha_dropout_fake(
+    x: torch.Tensor, state: torch.Tensor, p: float, shared_dims: list[int]
+) -> torch.Tensor:
+    return torch.empty_like(x)  # laid out as x, as the eager result
+
+
+def _alpha_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, state, p, shared_dims = inputs
+    ctx.save_for_backward(state)
+    ctx.p, ctx.shared_dims = p, shared_dims
+    ctx.compute = compute_dtype(x.dtype)
+
+
+def _alpha_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    # As eager autograd computes it: (grad * a) in the compute dtype, rounded
+    # to grad's dtype, then kept where the mask keeps (the constant has none).
+    (state,) = ctx.saved_tensors
+    a, _ = alpha_dropout_affine(ctx.p)
+    scaled = (grad.to(ctx.compute) * a).to(grad.dtype)
+    masked = masked_scale_op(scaled, state, ctx.p, "none", "bernoulli", ctx.shared_dims)
+    return (masked, None, None, None)
+
+
+alpha_dropout_op.register_autograd(_alpha_backward, setup_context=_alpha_setup)
 
 
 class AlphaDropout(StochasticModule):
@@ -188,6 +244,7 @@ class AlphaDropout(StochasticModule):
     """
 
     _feature = False
+    traceable = True  # draws only through alpha_dropout_op in a graph
 
     def __init__(
         self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None

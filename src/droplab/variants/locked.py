@@ -109,6 +109,8 @@ class LockedDropout(StochasticModule):
         8
     """
 
+    traceable = True  # draws only through dropout(): compiles into the graph
+
     def __init__(
         self,
         p: float = 0.5,
