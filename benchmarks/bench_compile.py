@@ -7,6 +7,13 @@ attention and in the MLP of each block, as timm's ViT-tiny with drop_rate=0.1).
 Dropout is ``torch.nn.Dropout`` or, after ``droplab.convert(model, seed=0)``,
 droplab's; "none" has p = 0 modules replaced by ``nn.Identity``.
 
+With timm installed (``pip install ".[timm]"``), a third model: timm's own
+ViT-tiny (``vit_tiny_patch16_224``: 12 blocks of width 192, 3 heads) on 64x64
+images in 8x8 patches (65 tokens, as the ViT-like), batch 8, with
+``drop_rate = proj_drop_rate = pos_drop_rate = 0.1`` and ``drop_path_rate =
+0.1`` (droplab's: after ``droplab.convert(model, seed=0)``, which also swaps
+timm's ``DropPath``); "none" builds it with every rate 0.
+
 Run by hand: ``nice python benchmarks/bench_compile.py``. Prints ms per step
 (the best of ``repeats`` runs of ``steps`` steps, after warm-up) and the ratio
 of droplab's compiled step to torch's compiled step.
@@ -14,6 +21,7 @@ of droplab's compiled step to torch's compiled step.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 
@@ -57,6 +65,16 @@ def vit(p: float) -> nn.Module:
     return nn.Sequential(*(Block(192, 3, p) for _ in range(4)))
 
 
+def timm_vit_tiny(p: float) -> nn.Module:
+    import timm
+
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=8,
+        num_classes=10, drop_rate=p, proj_drop_rate=p, pos_drop_rate=p,
+        drop_path_rate=p,
+    )  # fmt: skip
+
+
 def step_fn(
     model: nn.Module, inputs: torch.Tensor, compiled: bool
 ) -> Callable[[], None]:
@@ -88,6 +106,9 @@ def main(steps: int = 50, repeats: int = 5) -> None:
         "mlp": (mlp, 0.5, torch.randn(64, 40)),
         "vit": (vit, 0.1, torch.randn(8, 65, 192)),
     }
+    if importlib.util.find_spec("timm") is not None:
+        models["timm vit-tiny"] = (timm_vit_tiny, 0.1, torch.randn(8, 3, 64, 64))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     for name, (build, p, inputs) in models.items():
         row: dict[str, float] = {}
         for compiled in (False, True):
@@ -98,9 +119,9 @@ def main(steps: int = 50, repeats: int = 5) -> None:
                     droplab.convert(model, seed=0)
                 key = f"{'compiled' if compiled else 'eager'} {kind}"
                 row[key] = best_ms(step_fn(model, inputs, compiled), steps, repeats)
-                print(f"{name:4s} {key:17s} {row[key]:8.3f} ms/step", flush=True)
+                print(f"{name:13s} {key:17s} {row[key]:8.3f} ms/step", flush=True)
         ratio = row["compiled droplab"] / row["compiled torch"]
-        print(f"{name:4s} compiled droplab / compiled torch: {ratio:.2f}", flush=True)
+        print(f"{name:13s} compiled droplab / compiled torch: {ratio:.2f}", flush=True)
 
 
 if __name__ == "__main__":
