@@ -191,9 +191,10 @@ def test_channel_dropout_and_drop_path_compile_into_the_graph() -> None:
 
 def test_a_variant_not_on_the_op_breaks_the_graph_and_keeps_its_masks() -> None:
     def make() -> torch.nn.Module:
+        torch.manual_seed(0)
         return torch.nn.Sequential(
             dnn.Dropout(0.5, seed=1),
-            dnn.GaussianDropout(0.3, seed=4),
+            dnn.DropConnectLinear(12, 12, p=0.3, seed=4),
             torch.nn.ReLU(),
         )
 
@@ -283,7 +284,7 @@ def test_cuda_dropout_compiles_bit_exact_with_the_stream_on_the_host() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_alpha_and_locked_dropout_compile_bit_exact_forward_and_backward(
+def test_alpha_gaussian_and_locked_dropout_compile_bit_exact_forward_and_backward(
     dtype: torch.dtype,
 ) -> None:
     # No layer with a reduction in backward (a bias gradient's sum is ordered
@@ -291,6 +292,7 @@ def test_alpha_and_locked_dropout_compile_bit_exact_forward_and_backward(
     def make() -> torch.nn.Module:
         return torch.nn.Sequential(
             dnn.AlphaDropout(0.2, seed=1),
+            dnn.GaussianDropout(0.25, seed=4),
             dnn.LockedDropout(0.3, seed=2),
             torch.nn.Unflatten(2, (2, 3)),
             dnn.FeatureAlphaDropout(0.4, seed=3),

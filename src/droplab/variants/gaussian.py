@@ -26,11 +26,13 @@ from typing import Any
 import torch
 
 from droplab._core.module import StochasticModule
+from droplab._core.registered import MASK64, state_tensor
 from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
     check_probability,
+    check_seed,
     fail,
 )
 from droplab.rng import resolve_seed
@@ -86,6 +88,38 @@ class _GaussianNoise(torch.autograd.Function):
         return (_GaussianNoise.apply(grad, *ctx.args), None, None, None)
 
 
+@torch.library.custom_op("droplab::gaussian_noise", mutates_args=())
+def gaussian_noise_op(x: torch.Tensor, state: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` times the noise of ``(state[0], state[1])``: what a graph records.
+
+    The eager computation itself, so compiled outputs are the eager ones bit
+    for bit; ``state`` as for ``droplab::masked_scale``. Its backward is the
+    same op on the gradient, saving the 16-byte state.
+    """
+    seed, offset = state.tolist()
+    return _noisy(x, p, seed & MASK64, offset & MASK64)
+
+
+@gaussian_noise_op.register_fake
+def _gaussian_noise_fake(
+    x: torch.Tensor, state: torch.Tensor, p: float
+) -> torch.Tensor:
+    return torch.empty_like(x)  # laid out as x, as the eager result
+
+
+def _gaussian_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[1])
+    ctx.p = inputs[2]
+
+
+def _gaussian_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    (state,) = ctx.saved_tensors
+    return (gaussian_noise_op(grad, state, ctx.p), None, None)
+
+
+gaussian_noise_op.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
+
+
 def gaussian_dropout(
     x: torch.Tensor,
     p: float = 0.5,
@@ -116,9 +150,21 @@ def gaussian_dropout(
         True
     """
     owner = "gaussian_dropout"
+    state = None
+    if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
+        state, seed = seed, None  # a module's stream in a graph (next_state)
     x = check_floating_tensor(x, owner=owner)
     p = _check_rate(p, owner)
     training = check_bool(training, "training", owner=owner)
+    if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
+        if not training or p == 0.0:
+            return x
+        if state is None and seed is None:
+            key = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
+            state = torch.cat([key, torch.tensor([offset], dtype=torch.int64)])
+        elif state is None:
+            state = state_tensor(check_seed(seed, owner=owner), offset)
+        return gaussian_noise_op(x, state, p)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
     if not training or p == 0.0:
         return x
@@ -139,6 +185,8 @@ class GaussianDropout(StochasticModule):
         >>> _ = m(torch.ones(5, 4)); m.offset
         40
     """
+
+    traceable = True  # draws only through gaussian_noise_op in a graph
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
         super().__init__(seed=seed)
