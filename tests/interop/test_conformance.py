@@ -407,3 +407,28 @@ def test_a_refused_call_does_not_advance_the_stream(name: str) -> None:
     with pytest.raises(droplab.InputRankError):
         m(torch.zeros(()))
     assert m.offset == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: dn.DropPath(0.3, seed=1),
+        lambda: dn.DropBlock2d(0.3, block_size=2, seed=1),
+        lambda: dn.GaussianDropout(0.3, seed=1),
+        lambda: dn.LockedDropout(0.3, seed=1),
+        lambda: dn.ConcreteDropout(seed=1),
+    ],
+    ids=[
+        "DropPath",
+        "DropBlock2d",
+        "GaussianDropout",
+        "LockedDropout",
+        "ConcreteDropout",
+    ],
+)
+def test_the_other_variants_keep_the_layout_too(make: Callable[[], nn.Module]) -> None:
+    x = torch.randn(4, 6, 5, 7).to(memory_format=torch.channels_last)
+    for inp in (x, x[:, 1:, ::2]):
+        y = make()(inp)
+        assert y.stride() == torch.empty_like(inp).stride()
+        assert torch.equal(y, make()(inp.contiguous()))  # the same values

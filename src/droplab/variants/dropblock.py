@@ -100,7 +100,10 @@ class _DropBlock(torch.autograd.Function):
         )
         compute = compute_dtype(x.dtype)
         scale = torch.tensor(factor, dtype=compute, device=x.device)
-        return torch.where(keep, x.to(compute) * scale, 0.0).to(x.dtype)
+        zero = torch.zeros((), dtype=compute, device=x.device)
+        # written into a tensor laid out as x (channels_last stays channels_last)
+        out = torch.empty_like(x, dtype=compute)
+        return torch.where(keep, x.to(compute) * scale, zero, out=out).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
