@@ -432,3 +432,12 @@ def test_the_other_variants_keep_the_layout_too(make: Callable[[], nn.Module]) -
         y = make()(inp)
         assert y.stride() == torch.empty_like(inp).stride()
         assert torch.equal(y, make()(inp.contiguous()))  # the same values
+
+
+def test_a_seedless_checkpoint_of_droplab_0_1_still_loads() -> None:
+    # droplab 0.1 wrote _extra_state for seedless modules too; it loads, strictly.
+    m = dn.Dropout(0.5)
+    m.load_state_dict({"_extra_state": {"seed": None, "offset": 0}}, strict=True)
+    assert m.seed is None and m.state_dict() == {}
+    m.load_state_dict({"_extra_state": {"seed": 5, "offset": 8}}, strict=True)
+    assert (m.seed, m.offset) == (5, 8) and list(m.state_dict()) == ["_extra_state"]
