@@ -262,3 +262,82 @@ def bernoulli_scale_strided(
                 coords[d] = 0
                 d -= 1
                 coords[d] += 1
+
+
+@njit(inline="always", cache=True)
+def _apply_run(src, dst, flags, factor):
+    zero = factor - factor
+    for e in range(src.size):
+        dst[e] = src[e] * factor if flags[e] != 0 else zero
+
+
+@njit(cache=True, nogil=True)
+def apply_keep_strided(
+    x, x_start, y, y_start, keep, shape, x_strides, y_strides, keep_strides, lo, hi,
+    factor,
+):  # fmt: skip
+    """``y = where(keep, x * factor, +0)`` over elements ``[lo, hi)`` of ``shape``.
+
+    For a mask already drawn: no word depends on the order, so the caller
+    orders the dims as ``y`` lies in memory (the last dim the fastest) and the
+    inner loop walks memory. ``keep`` (uint8) broadcasts by stride 0 along
+    shared dims: a channel mask is read once per channel per position.
+    """
+    nd = shape.size
+    last = nd - 1
+    inner = shape[last]
+    coords = np.zeros(nd, np.int64)
+    rest = lo
+    for d in range(last, -1, -1):
+        coords[d] = rest % shape[d]
+        rest //= shape[d]
+    xo = x_start
+    yo = y_start
+    ko = 0
+    for d in range(nd):
+        xo += coords[d] * x_strides[d]
+        yo += coords[d] * y_strides[d]
+        ko += coords[d] * keep_strides[d]
+    zero = factor - factor
+    xs = x_strides[last]
+    ys = y_strides[last]
+    ks = keep_strides[last]
+    dense = xs == 1 and ys == 1
+    i = lo
+    while i < hi:
+        run = min(inner - coords[last], hi - i)
+        # Slices, then range indices: Numba then knows no index is negative and
+        # LLVM vectorises the dense loops (an index expression would not).
+        if dense and ks == 1:
+            _apply_run(x[xo : xo + run], y[yo : yo + run], keep[ko : ko + run], factor)
+        elif dense and ks == 0:  # one mask value along the run
+            dst = y[yo : yo + run]
+            if keep[ko] != 0:
+                src = x[xo : xo + run]
+                for e in range(run):
+                    dst[e] = src[e] * factor
+            else:
+                dst[:] = zero
+        else:
+            for e in range(run):
+                kept = keep[ko + e * ks] != 0
+                y[yo + e * ys] = x[xo + e * xs] * factor if kept else zero
+        i += run
+        # advance to the next run: the offsets move with the coordinates
+        xo += (run - 1) * xs
+        yo += (run - 1) * ys
+        ko += (run - 1) * ks
+        coords[last] += run - 1
+        d = last
+        while d >= 0:
+            coords[d] += 1
+            xo += x_strides[d]
+            yo += y_strides[d]
+            ko += keep_strides[d]
+            if coords[d] < shape[d] or d == 0:
+                break
+            xo -= shape[d] * x_strides[d]
+            yo -= shape[d] * y_strides[d]
+            ko -= shape[d] * keep_strides[d]
+            coords[d] = 0
+            d -= 1

@@ -269,7 +269,32 @@ def masked_scale(
                     x_flat, dst_flat, keep, factors, row_len, lo, hi
                 ),
             )
-        else:  # the mask broadcasts over shared dimensions, or a strided layout
+        elif scale != "realized":  # one factor: a pass in y's memory order
+            factor = np_compute(factors[0])
+            keep_strides = _broadcast_strides(own, shape)
+            dims, y_str, x_str, k_str = _collapse(
+                *_in_memory_order(shape, dst.stride(), x.stride(), keep_strides)
+            )
+            x_mem, x_start = _memory(x)
+            y_mem, y_start = _memory(dst)
+            _split(
+                x.numel(),
+                lambda lo, hi: nk.apply_keep_strided(
+                    x_mem,
+                    x_start,
+                    y_mem,
+                    y_start,
+                    keep,
+                    dims,
+                    x_str,
+                    y_str,
+                    k_str,
+                    lo,
+                    hi,
+                    factor,
+                ),
+            )
+        else:  # per-row factors over shared dimensions or a strided layout
             keep_t = torch.from_numpy(keep.view(np.bool_)).reshape(own)
             if len(own) > 1:  # one factor per row, broadcast like the mask
                 factor_t = torch.from_numpy(factors).reshape(
@@ -291,34 +316,58 @@ def masked_scale(
 
 
 def _collapse(
-    shape: tuple[int, ...], x_strides: tuple[int, ...], y_strides: tuple[int, ...]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    shape: tuple[int, ...], *strides: tuple[int, ...]
+) -> tuple[npt.NDArray[np.int64], ...]:
     """Shape and strides with size-1 dims dropped and mergeable neighbours merged.
 
-    Dims ``d`` and ``d + 1`` merge when both tensors step over ``d`` as over
+    Dims ``d`` and ``d + 1`` merge when every tensor steps over ``d`` as over
     ``shape[d + 1]`` steps of ``d + 1`` (channels_last ``(N, C, H, W)`` becomes
-    ``(N, C, H * W)``): fewer, longer runs for the strided kernel, the same
-    row-major order.
+    ``(N, C, H * W)``): fewer, longer runs for the strided kernels, the same
+    order of the elements.
 
     >>> [a.tolist() for a in _collapse((2, 3, 4, 5), (60, 1, 15, 3), (60, 1, 15, 3))]
     [[2, 3, 20], [60, 1, 3], [60, 1, 3]]
     """
     dims: list[list[int]] = []
-    for size, xs, ys in zip(shape, x_strides, y_strides, strict=True):
+    for size, *steps in zip(shape, *strides, strict=True):
         if size == 1:
             continue
-        if dims and dims[-1][1] == xs * size and dims[-1][2] == ys * size:
-            dims[-1] = [dims[-1][0] * size, xs, ys]
+        if dims and all(
+            last == step * size for last, step in zip(dims[-1][1:], steps, strict=True)
+        ):
+            dims[-1] = [dims[-1][0] * size, *steps]
         else:
-            dims.append([size, xs, ys])
+            dims.append([size, *steps])
     if not dims:
-        dims = [[1, 1, 1]]
+        dims = [[1] * (1 + len(strides))]
     table = np.array(dims, dtype=np.int64)
-    return (
-        np.ascontiguousarray(table[:, 0]),
-        np.ascontiguousarray(table[:, 1]),
-        np.ascontiguousarray(table[:, 2]),
-    )
+    return tuple(np.ascontiguousarray(table[:, i]) for i in range(table.shape[1]))
+
+
+def _broadcast_strides(own: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a contiguous mask of shape ``own`` broadcast to ``shape``.
+
+    >>> _broadcast_strides((2, 3, 1, 1), (2, 3, 4, 5))
+    (3, 1, 0, 0)
+    """
+    strides = []
+    step = 1
+    for size, full in zip(reversed(own), reversed(shape), strict=True):
+        strides.append(step if size == full else 0)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def _in_memory_order(
+    shape: tuple[int, ...], first: tuple[int, ...], *others: tuple[int, ...]
+) -> tuple[tuple[int, ...], ...]:
+    """``shape`` and strides with the dims ordered as ``first`` lies in memory.
+
+    >>> _in_memory_order((2, 3, 4), (12, 1, 3), (12, 4, 1))
+    ((2, 4, 3), (12, 3, 1), (12, 1, 4))
+    """
+    order = sorted(range(len(shape)), key=lambda d: (-first[d], -shape[d]))
+    return tuple(tuple(seq[d] for d in order) for seq in (shape, first, *others))
 
 
 def _memory(t: torch.Tensor) -> tuple[npt.NDArray[np.generic], int]:
