@@ -24,7 +24,7 @@ import torch
 
 from droplab._core.module import StochasticModule
 from droplab._core.op import MaskedScale
-from droplab._core.registered import masked_scale_op, state_tensor
+from droplab._core.registered import graph_state, masked_scale_op
 from droplab._validation import (
     OFFSET_LIMIT,
     SEED_LIMIT,
@@ -148,18 +148,8 @@ def dropout(
         # its input here (the stream elements stay used, so later masks do not move).
         return x
     if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
-        if state is not None:
-            pass  # [key, offset] from the module, already advanced in the graph
-        elif seed is None:
-            state = torch.cat(
-                [
-                    torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64),
-                    torch.tensor([offset], dtype=torch.int64),
-                ]
-            )
-        else:
-            state = state_tensor(seed, offset)
-        return _through_op(x, state, p, scale, sampler, dims, inplace)
+        graph = graph_state(seed if state is None else state, offset, owner)
+        return _through_op(x, graph, p, scale, sampler, dims, inplace)
     if seed is None:
         seed = draw_seed()
     # The one eager path: MaskedScale on the kernel droplab.kernels.select picks.

@@ -26,8 +26,16 @@ from typing import Any
 import torch
 
 from droplab import kernels
+from droplab._validation import check_offset, check_seed
 
-__all__ = ["MASK64", "as_int64", "masked_scale_op", "snapshot", "state_tensor"]
+__all__ = [
+    "MASK64",
+    "as_int64",
+    "graph_state",
+    "masked_scale_op",
+    "snapshot",
+    "state_tensor",
+]
 
 MASK64 = 2**64 - 1
 
@@ -48,6 +56,25 @@ def state_tensor(seed: int, offset: int) -> torch.Tensor:
     tensor([-1,  3])
     """
     return torch.tensor([as_int64(seed), as_int64(offset)], dtype=torch.int64)
+
+
+def graph_state(seed: Any, offset: Any, owner: str) -> torch.Tensor:
+    """The ``state`` of a registered operator's call inside a graph.
+
+    A module's stream arrives as its tensor (``StochasticModule.next_state``,
+    already advanced in the graph) and is used as it is; ``seed=None`` draws the
+    key in the graph from torch's default generator; an int seed gives
+    ``[seed, offset]``.
+    """
+    if isinstance(seed, torch.Tensor):
+        return seed
+    if seed is None:
+        key = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
+        offset = check_offset(offset, owner=owner)
+        return torch.cat([key, torch.tensor([as_int64(offset)], dtype=torch.int64)])
+    return state_tensor(
+        check_seed(seed, owner=owner), check_offset(offset, owner=owner)
+    )
 
 
 @torch.library.custom_op("droplab::snapshot", mutates_args=())

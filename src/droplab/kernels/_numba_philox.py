@@ -218,14 +218,13 @@ def apply_rows(x, out, keep, factors, row_len, lo, hi):
 
 @njit(cache=True, nogil=True)
 def bernoulli_scale_strided(
-    x, x_start, y, y_start, shape, x_strides, y_strides, lo, hi,
-    base_block, head, k0, k1, thr, factor,
-):  # fmt: skip
+    x, y, shape, x_strides, y_strides, lo, hi, base_block, head, k0, k1, thr, factor
+):
     """:func:`bernoulli_scale` on strided tensors, over logical elements ``[lo, hi)``.
 
-    ``x`` and ``y`` are flat views of the two tensors' memory; element ``i`` in
-    row-major order over ``shape`` (the index the mask is defined on) lives at
-    ``x_start + sum(coord[d] * x_strides[d])`` and likewise in ``y``, so a
+    ``x`` and ``y`` are flat views of the two tensors' memory from their first
+    element; element ``i`` in row-major order over ``shape`` (the index the mask
+    is defined on) lives at ``sum(coord[d] * x_strides[d])`` and likewise in ``y``, so a
     channels_last (or sliced) input is read and written where it lies, in its
     own layout, with the same words as a contiguous one.
     """
@@ -246,8 +245,8 @@ def bernoulli_scale_strided(
         words = chunk_words(start, stop, base_block, head, k0, k1, buffer)
         i = 0
         while i < words.size:
-            xo = x_start
-            yo = y_start
+            xo = 0
+            yo = 0
             for d in range(nd):
                 xo += coords[d] * x_strides[d]
                 yo += coords[d] * y_strides[d]
@@ -273,9 +272,8 @@ def _apply_run(src, dst, flags, factor):
 
 @njit(cache=True, nogil=True)
 def apply_keep_strided(
-    x, x_start, y, y_start, keep, shape, x_strides, y_strides, keep_strides, lo, hi,
-    factor,
-):  # fmt: skip
+    x, y, keep, shape, x_strides, y_strides, keep_strides, lo, hi, factor
+):
     """``y = where(keep, x * factor, +0)`` over elements ``[lo, hi)`` of ``shape``.
 
     For a mask already drawn: no word depends on the order, so the caller
@@ -291,8 +289,8 @@ def apply_keep_strided(
     for d in range(last, -1, -1):
         coords[d] = rest % shape[d]
         rest //= shape[d]
-    xo = x_start
-    yo = y_start
+    xo = 0
+    yo = 0
     ko = 0
     for d in range(nd):
         xo += coords[d] * x_strides[d]

@@ -230,15 +230,12 @@ def masked_scale(
             )
         else:  # read and write each tensor in its own layout
             dims, x_str, y_str = _collapse(shape, x.stride(), dst.stride())
-            x_mem, x_start = _memory(x)
-            y_mem, y_start = _memory(dst)
+            x_mem, y_mem = _memory(x), _memory(dst)
             _split(
                 x.numel(),
                 lambda lo, hi: nk.bernoulli_scale_strided(
                     x_mem,
-                    x_start,
                     y_mem,
-                    y_start,
                     dims,
                     x_str,
                     y_str,
@@ -275,15 +272,12 @@ def masked_scale(
             dims, y_str, x_str, k_str = _collapse(
                 *_in_memory_order(shape, dst.stride(), x.stride(), keep_strides)
             )
-            x_mem, x_start = _memory(x)
-            y_mem, y_start = _memory(dst)
+            x_mem, y_mem = _memory(x), _memory(dst)
             _split(
                 x.numel(),
                 lambda lo, hi: nk.apply_keep_strided(
                     x_mem,
-                    x_start,
                     y_mem,
-                    y_start,
                     keep,
                     dims,
                     x_str,
@@ -370,9 +364,9 @@ def _in_memory_order(
     return tuple(tuple(seq[d] for d in order) for seq in (shape, first, *others))
 
 
-def _memory(t: torch.Tensor) -> tuple[npt.NDArray[np.generic], int]:
-    """A flat NumPy view of the memory ``t`` spans, and ``t``'s first element in it."""
+def _memory(t: torch.Tensor) -> npt.NDArray[np.generic]:
+    """A flat NumPy view of the memory ``t`` spans, from its first element."""
     span = 1 + sum(
         (size - 1) * step for size, step in zip(t.shape, t.stride(), strict=True)
     )
-    return torch.as_strided(t, (span,), (1,), t.storage_offset()).numpy(), 0
+    return torch.as_strided(t, (span,), (1,), t.storage_offset()).numpy()

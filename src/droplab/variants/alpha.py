@@ -29,13 +29,12 @@ import torch
 
 from droplab._core.module import StochasticModule
 from droplab._core.op import keep_scale
-from droplab._core.registered import MASK64, masked_scale_op, state_tensor
+from droplab._core.registered import MASK64, graph_state, masked_scale_op
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
     check_probability,
-    check_seed,
     check_shared_dims,
     fail_ndim,
 )
@@ -160,9 +159,6 @@ def _alpha_op(
     offset: Any,
     shared_dims: Any,
 ) -> torch.Tensor:
-    state = None
-    if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
-        state, seed = seed, None  # a module's stream in a graph (next_state)
     x = check_floating_tensor(x, owner=owner)
     p = check_probability(p, owner=owner)
     training = check_bool(training, "training", owner=owner)
@@ -172,11 +168,7 @@ def _alpha_op(
     if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
         if not draws:
             return x
-        if state is None and seed is None:
-            key = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
-            state = torch.cat([key, torch.tensor([offset], dtype=torch.int64)])
-        elif state is None:
-            state = state_tensor(check_seed(seed, owner=owner), offset)
+        state = graph_state(seed, offset, owner)  # a module's stream: its tensor
         y = alpha_dropout_op(x, state, p, list(shared))
         return x.copy_(y) if inplace else y
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=draws)

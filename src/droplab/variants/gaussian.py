@@ -26,13 +26,12 @@ from typing import Any
 import torch
 
 from droplab._core.module import StochasticModule
-from droplab._core.registered import MASK64, state_tensor
+from droplab._core.registered import MASK64, graph_state
 from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
     check_probability,
-    check_seed,
     fail,
 )
 from droplab.rng import resolve_seed
@@ -150,20 +149,13 @@ def gaussian_dropout(
         True
     """
     owner = "gaussian_dropout"
-    state = None
-    if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
-        state, seed = seed, None  # a module's stream in a graph (next_state)
     x = check_floating_tensor(x, owner=owner)
     p = _check_rate(p, owner)
     training = check_bool(training, "training", owner=owner)
     if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
         if not training or p == 0.0:
             return x
-        if state is None and seed is None:
-            key = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
-            state = torch.cat([key, torch.tensor([offset], dtype=torch.int64)])
-        elif state is None:
-            state = state_tensor(check_seed(seed, owner=owner), offset)
+        state = graph_state(seed, offset, owner)  # a module's stream: its tensor
         return gaussian_noise_op(x, state, p)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
     if not training or p == 0.0:
