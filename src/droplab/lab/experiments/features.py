@@ -167,6 +167,10 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
     }
 
 
+# Filters drawn as curves for 1-d signals: enough to see their shape.
+FILTER_CURVES = 12
+
+
 def _filters_image(filters: list[list[float]]) -> np.ndarray:
     """Tile filters (each 64 values, or any length) into one image, normalised each."""
     w = np.asarray(filters, dtype=np.float64)
@@ -193,13 +197,24 @@ def figure(result: dict[str, Any]) -> Any:
     fig = Figure(figsize=(11, 7.5), layout="constrained")
     axes = fig.subplots(2, 2)
     for ax, rule in zip(axes[0], RULES, strict=True):
-        ax.imshow(_filters_image(result["seed0"][rule]["filters"]), cmap="gray",
-                  vmin=-1, vmax=1, interpolation="nearest")  # fmt: skip
+        filters = np.asarray(result["seed0"][rule]["filters"], dtype=np.float64)
         title = (
             "without dropout" if rule == "none" else f"with dropout p = {result['p']:g}"
         )
+        side = round(float(np.sqrt(filters.shape[1])))
+        if side * side == filters.shape[1]:  # images (digits): tiles
+            ax.imshow(_filters_image(filters.tolist()), cmap="gray", vmin=-1, vmax=1,
+                      interpolation="nearest")  # fmt: skip
+            ax.set_axis_off()
+        else:  # 1-d signals (MNIST-1D): the first filters as curves, one above another
+            shown = filters[:FILTER_CURVES]
+            scaled = shown / (np.abs(shown).max(axis=1, keepdims=True) + 1e-12)
+            for k, curve in enumerate(scaled):
+                ax.plot(curve * 0.45 - k, color="#333333", linewidth=0.9)
+            ax.set_yticks([])
+            ax.set_xlabel("input position")
+            title += f" (first {len(shown)})"
         ax.set_title(f"first-layer filters, {title}", fontsize=10)
-        ax.set_axis_off()
     colors = {"none": "#1f5fa8", "dropout": "#d08c60"}
     bins = np.asarray(result["hist_bins"])
     for rule in RULES:
