@@ -413,3 +413,41 @@ def test_mc_predict_on_cuda_draws_the_cpu_masks() -> None:
     torch.testing.assert_close(
         gpu_result.samples.cpu(), cpu.samples, rtol=1e-12, atol=1e-12
     )
+
+
+def layouts_of(x: torch.Tensor) -> list[torch.Tensor]:
+    """``x`` channels_last, transposed and sliced (all non-contiguous)."""
+    cl = x.to(memory_format=torch.channels_last)
+    return [cl, x.transpose(1, 3), cl[:, 1:, ::2]]
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize("sampler", masks.SAMPLERS)
+@pytest.mark.parametrize("shared", [(), (2, 3)])
+def test_the_triton_path_keeps_the_layout_and_the_values(
+    sampler: str, shared: tuple[int, ...]
+) -> None:
+    x = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(4))
+    for t in layouts_of(x):
+        kw = dict(p=0.3, seed=7, offset=3, scale="inverted", sampler=sampler)
+        got = gpu.masked_scale(t, shared_dims=shared, **kw)
+        assert got.stride() == torch.empty_like(t).stride()
+        assert same_bits(
+            got, reference_masked_scale(t.contiguous(), shared_dims=shared, **kw)
+        )
+
+
+@pytest.mark.gpu
+def test_cuda_keeps_the_layout_and_the_cpu_values() -> None:
+    import droplab.nn as dn
+
+    x = torch.randn(8, 16, 10, 12, generator=torch.Generator().manual_seed(5))
+    for t in layouts_of(x):
+        for make in (
+            lambda: dn.Dropout(0.3, seed=1),
+            lambda: dn.Dropout2d(0.3, seed=1),
+        ):
+            on_cpu = make()(t)
+            on_cuda = make()(t.cuda())
+            assert on_cuda.stride() == on_cpu.stride() == torch.empty_like(t).stride()
+            assert torch.equal(on_cuda.cpu(), on_cpu)
