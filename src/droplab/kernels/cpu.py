@@ -207,7 +207,15 @@ def masked_scale(
     # stays channels_last); the mask is defined on the logical row-major index
     # whatever the layout, so every layout gives the same values.
     x = t.detach() if t.dtype == compute else t.detach().to(compute)
-    writes_out = out is not None and out.dtype == compute and tuple(out.shape) == shape
+    writes_out = (
+        out is not None
+        and out.dtype == compute
+        and tuple(out.shape) == shape
+        # no element written twice: an expanded (stride-0) out takes out.copy_
+        and all(
+            step or size == 1 for size, step in zip(shape, out.stride(), strict=True)
+        )
+    )
     dst = out.detach() if writes_out and out is not None else torch.empty_like(x)
     flat = x.is_contiguous() and dst.is_contiguous()
     own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
