@@ -98,6 +98,13 @@ class ConversionPlan:
         return "\n".join(lines)
 
 
+def _swap(modules: dict[str, nn.Module], name: str, new: nn.Module) -> None:
+    """Put ``new`` in the place of submodule ``name``, with its ``training`` flag."""
+    new.train(modules[name].training)
+    parent_name, _, child = name.rpartition(".")
+    setattr(modules[parent_name], child, new)
+
+
 def conversion_plan(model: nn.Module) -> ConversionPlan:
     """What :func:`convert` would do to ``model``, without changing it.
 
@@ -190,9 +197,7 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
             )
         if seed is not None:
             new.seed = derive_seed(seed, index)
-        new.train(modules[name].training)
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name], child, new)
+        _swap(modules, name, new)
         logger.info("droplab.convert: %s", plan.summary().splitlines()[index])
     if plan.unmapped:
         listing = "; ".join(f"{name}: {reason}" for name, reason in plan.unmapped)
@@ -287,9 +292,7 @@ def revert(model: nn.Module) -> nn.Module:
         if isinstance(form, str):
             left.append(f"{name}: {form}")
             continue
-        form.train(module.training)
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name], child, form)
+        _swap(modules, name, form)
         logger.info(
             "droplab.revert: %s: droplab %s -> %r", name, type(module).__name__, form
         )
