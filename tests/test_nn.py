@@ -233,7 +233,7 @@ def test_classic_training_average_converges_to_the_weight_scaled_network():
     assert abs(outputs.mean().item() - target) < 6 * sd
 
 
-def test_mc_dropout_samples_only_dropout_modules():
+def test_mc_dropout_trains_every_module_but_those_with_running_statistics():
     torch.manual_seed(3)
     model = nn.Sequential(
         nn.Linear(4, 8),
@@ -250,14 +250,14 @@ def test_mc_dropout_samples_only_dropout_modules():
     with mc_dropout(model) as inside:
         assert inside is model
         assert [m.training for m in model] == [
-            False,
-            False,
-            True,
-            True,
-            True,
-            True,
             True,
             False,
+            True,
+            True,
+            True,
+            True,
+            True,
+            True,
         ]
         assert not torch.equal(model(x), model(x))
     assert torch.equal(model[1].running_mean, stats_before)  # BatchNorm stayed in eval
@@ -280,7 +280,7 @@ def test_mc_dropout_samples_only_dropout_modules():
 def test_mc_dropout_switches_on_every_dropout_kind(kind):
     model = nn.Sequential(nn.Identity(), kind()).eval()
     with mc_dropout(model):
-        assert [m.training for m in model.modules()] == [False, False, True]
+        assert [m.training for m in model.modules()] == [True, True, True]
     assert not model[1].training
 
 
@@ -294,9 +294,9 @@ def test_mc_dropout_restores_every_flag_even_after_an_exception():
     before = [m.training for m in model.modules()]
     with pytest.raises(RuntimeError, match="boom"), mc_dropout(model):
         assert [m.training for m in model.modules()] == [
-            False,
-            False,
-            False,
+            True,
+            True,
+            True,
             False,
             True,
             True,

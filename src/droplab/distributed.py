@@ -57,7 +57,7 @@ import torch.distributed as dist
 
 from droplab._validation import SEED_LIMIT, check_int, check_seed
 
-__all__ = ["RANK_MULTIPLIER", "current_rank", "fold_rank", "use_rank"]
+__all__ = ["RANK_MULTIPLIER", "current_rank", "fold_rank", "stream_key", "use_rank"]
 
 # floor(2**64 / golden ratio), an odd number: the Weyl constant of SplitMix64.
 RANK_MULTIPLIER = 0x9E3779B97F4A7C15
@@ -88,6 +88,29 @@ def fold_rank(seed: int, rank: int) -> int:
     seed = check_seed(seed, owner="fold_rank")
     rank = check_int(rank, "rank", low=0, high=SEED_LIMIT, owner="fold_rank")
     return seed ^ ((rank * RANK_MULTIPLIER) & _MASK64)
+
+
+def stream_key(seed: int) -> int:
+    """The key a draw of this process uses for a stream with ``seed``: the one rule.
+
+    ``fold_rank(seed, current_rank())``, and ``seed`` itself on rank 0. Every
+    eager draw that droplab keys goes through it: a module's own stream
+    (:meth:`droplab.StochasticModule.next_stream`), the calls
+    :func:`droplab.intercept` routes, and the streams of
+    :func:`droplab.mc_predict` (whose converted and unconverted forms therefore
+    agree on every rank). Compiled graphs fold the rank read at trace time in
+    the same way (``StochasticModule.next_state``).
+
+    Examples:
+        >>> stream_key(7)
+        7
+        >>> with use_rank(3):
+        ...     stream_key(7) == fold_rank(7, 3)
+        True
+    """
+    rank = current_rank()
+    # fold_rank(seed, 0) is the seed itself: skip its checks in one process.
+    return seed if rank == 0 else fold_rank(seed, rank)
 
 
 def current_rank() -> int:

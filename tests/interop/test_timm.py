@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import droplab
-from droplab.interop.convert import is_timm_drop_path
+from droplab.interop.kinds import kind_of
 
 timm = pytest.importorskip("timm")
 
@@ -70,7 +70,7 @@ def torch_dropouts(model: nn.Module) -> list[str]:
     return [
         name
         for name, m in model.named_modules()
-        if isinstance(m, nn.modules.dropout._DropoutNd) or is_timm_drop_path(m)
+        if isinstance(m, nn.modules.dropout._DropoutNd) or kind_of(m) is not None
     ]
 
 

@@ -2,8 +2,8 @@
 
 - Monte-Carlo dropout: Gal and Ghahramani, "Dropout as a Bayesian
   approximation", ICML 2016. https://proceedings.mlr.press/v48/gal16.html
-  :func:`mc_dropout` turns sampling on in the dropout modules of a model, and
-  only in them, for Monte-Carlo prediction.
+  :func:`mc_dropout` switches a model to sampling for Monte-Carlo prediction:
+  every module in training mode except those that keep running statistics.
 - Weight scaling (:func:`weight_scaled`); paper: Srivastava, Hinton, Krizhevsky, Sutskever and Salakhutdinov, "Dropout:
   a simple way to prevent neural networks from overfitting", JMLR 15, 2014,
   section 10 (and Hinton et al. 2012). https://jmlr.org/papers/v15/srivastava14a.html
@@ -15,8 +15,8 @@ weights and the dropout layer can go. :func:`weight_scaled` does exactly that on
 a copy of the model, which is then a plain deterministic network.
 
 Neither transform lists droplab's classes: a dropout module is a
-:class:`~droplab._core.module.StochasticModule` (or one of
-:data:`TORCH_DROPOUTS`), and what weight scaling does with it is its own
+:class:`~droplab._core.module.StochasticModule` (or a foreign module of the
+registry :mod:`droplab.interop.kinds`), and what weight scaling does with it is its own
 :meth:`~droplab._core.module.StochasticModule.weight_scaled_form`. A new
 variant overrides that method if its evaluation is not "identity times
 ``eval_scale(p, scale)``".
@@ -35,21 +35,67 @@ from torch import nn
 from droplab._core.module import StochasticModule
 from droplab._validation import fail
 
-__all__ = ["DROPOUT_TYPES", "TORCH_DROPOUTS", "mc_dropout", "weight_scaled"]
+__all__ = [
+    "DROPOUT_TYPES",
+    "TORCH_DROPOUTS",
+    "keeps_running_statistics",
+    "mc_dropout",
+    "weight_scaled",
+]
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
-# torch.nn's dropout layers (identity at evaluation): the one list of them.
-TORCH_DROPOUTS: tuple[type[nn.Module], ...] = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
-# The modules mc_dropout switches to sampling: torch.nn's and droplab's own.
-DROPOUT_TYPES: tuple[type[nn.Module], ...] = (*TORCH_DROPOUTS, StochasticModule)
+
+
+def _foreign_dropouts() -> tuple[type[nn.Module], ...]:
+    """torch.nn's dropout classes (identity at evaluation), read from the one
+    registry of kinds (imported here, not at import time: it sits above
+    ``_core``)."""
+    from droplab.interop.kinds import KINDS
+
+    return tuple(
+        getattr(nn, kind.foreign.rpartition(".")[2])
+        for kind in KINDS
+        if kind.library == "torch"
+    )
+
+
+def __getattr__(name: str) -> tuple[type[nn.Module], ...]:
+    # TORCH_DROPOUTS: torch.nn's dropout classes; DROPOUT_TYPES: those and
+    # droplab's StochasticModule. Both derived from the registry on first use.
+    if name == "TORCH_DROPOUTS":
+        return _foreign_dropouts()
+    if name == "DROPOUT_TYPES":
+        return (*_foreign_dropouts(), StochasticModule)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _is_foreign_dropout(module: nn.Module) -> bool:
+    from droplab.interop.kinds import kind_of
+
+    return kind_of(module) is not None
+
+
+# Buffers that make a module's training mode update state: such modules stay in
+# eval mode under mc_dropout (BatchNorm, InstanceNorm with tracked statistics).
+_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def keeps_running_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` updates running statistics in training mode (it holds
+    a ``running_mean``, ``running_var`` or ``num_batches_tracked`` buffer that
+    is not None): :func:`mc_dropout` leaves such modules in eval mode.
+
+    >>> keeps_running_statistics(nn.BatchNorm1d(3)), keeps_running_statistics(nn.Linear(3, 3))
+    (True, False)
+    >>> keeps_running_statistics(nn.InstanceNorm1d(3))  # no tracked statistics
+    False
+    """
+    return any(
+        module._buffers.get(name) is not None for name in _RUNNING_STATISTICS
+    )
+
+
 # Layers the factor can move into (linear and without a bias on the input side).
 _FOLD_INTO = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Layers that commute with a scalar factor and may sit in between.
@@ -96,7 +142,8 @@ def weight_scaled(model: ModelT) -> ModelT:
       the first of a nested ``nn.Sequential``;
     - every other dropout (droplab's whose evaluation is the identity, and
       torch.nn's ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
-      ``FeatureAlphaDropout``) is simply removed;
+      ``FeatureAlphaDropout``, timm's ``DropPath`` and torchvision's
+      ``StochasticDepth``: the registry's kinds) is simply removed;
     - a :class:`~droplab.variants.concrete.ConcreteDropout` is replaced by the
       layer it wraps;
     - in general, each droplab module says what takes its place
@@ -135,7 +182,7 @@ def weight_scaled(model: ModelT) -> ModelT:
         for index, (name, child) in enumerate(list(parent.named_children())):
             where = f"{parent_name}.{name}" if parent_name else name
             replacement: nn.Module
-            if isinstance(child, TORCH_DROPOUTS):
+            if _is_foreign_dropout(child):
                 replacement, factor = nn.Identity(), 1.0
             elif isinstance(child, StochasticModule):
                 replacement, factor = child.weight_scaled_form(where)
@@ -156,15 +203,22 @@ def weight_scaled(model: ModelT) -> ModelT:
 
 @contextlib.contextmanager
 def mc_dropout(model: ModelT) -> Iterator[ModelT]:
-    """Sample dropout masks at prediction time, with everything else in eval mode.
+    """Switch ``model`` to sampling for Monte-Carlo prediction, for the block.
 
-    Inside the block, the dropout modules of ``model`` (droplab's
-    :class:`StochasticModule` subclasses and torch.nn's ``Dropout``,
-    ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``) are in
-    training mode and every other module (BatchNorm included) is in eval mode.
-    On exit every module gets back the ``training`` flag it had, even when the
-    block raises. Dropout built into other modules (the ``dropout`` argument of
-    ``nn.LSTM``, of attention layers) is not a dropout module and stays off.
+    The rule: inside the block every module of ``model`` is in training mode
+    except those that keep running statistics
+    (:func:`keeps_running_statistics`: BatchNorm, and InstanceNorm with
+    ``track_running_stats=True``), which stay in eval mode, so their
+    statistics are used and never updated. Training mode is what turns every
+    kind of dropout on: dropout modules, droplab's and torch's; dropout that a
+    module applies by its own flag (``F.dropout(h, self.p, self.training)``,
+    attention modules that pass ``dropout_p=self.p if self.training else 0``
+    to their attention function, as in Hugging Face, timm and
+    ``nn.MultiheadAttention``); stochastic depth. Anything else that a
+    module does differently in training mode happens too; the random draws
+    among it are named by :func:`droplab.mc_predict` (it runs under
+    :func:`droplab.intercept`). On exit every module gets back the
+    ``training`` flag it had, even when the block raises.
 
     Args:
         model: any ``nn.Module``.
@@ -174,12 +228,12 @@ def mc_dropout(model: ModelT) -> Iterator[ModelT]:
 
     Examples:
         >>> from droplab.nn import Dropout
-        >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), Dropout(0.5))
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), Dropout(0.5)).eval()
         >>> with mc_dropout(net):
         ...     [m.training for m in net]
-        [False, False, True]
+        [True, False, True]
         >>> [m.training for m in net]
-        [True, True, True]
+        [False, False, False]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -191,7 +245,7 @@ def mc_dropout(model: ModelT) -> Iterator[ModelT]:
         for module, _ in saved:
             # Set the flag itself: Module.train() recurses, and some overrides
             # of train() do more than flip this module's flag.
-            module.training = isinstance(module, DROPOUT_TYPES)
+            module.training = not keeps_running_statistics(module)
         yield model
     finally:
         for module, training in saved:

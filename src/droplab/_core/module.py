@@ -172,20 +172,13 @@ class StochasticModule(nn.Module):
         return result
 
     def _effective_seed(self, seed: int) -> int:
-        """The key a draw actually uses, from the module's (or a drawn) seed.
-
-        The single place where the process rank folds into the key, so that
-        ranks draw disjoint streams: ``droplab.distributed.fold_rank(seed,
-        current_rank())``, which is ``seed`` itself on rank 0 and in a single
-        process (see :mod:`droplab.distributed`).
+        """The key a draw actually uses, from the module's (or a drawn) seed:
+        :func:`droplab.distributed.stream_key`, the one place where the process
+        rank folds into the key (``seed`` itself on rank 0 and in one process).
         """
         # Looked up at call time: droplab.distributed stays out of the package's
         # import chain, so a doctest run of that file alone imports it only once.
-        distributed = _distributed()
-        rank = distributed.current_rank()
-        # fold_rank(seed, 0) is the seed itself: skip the call (and its checks
-        # of a seed that was validated when it was set) in a single process.
-        return seed if rank == 0 else distributed.fold_rank(seed, rank)
+        return int(_distributed().stream_key(seed))
 
     def next_stream(self, n: int) -> tuple[int, int]:
         """The ``(seed, offset)`` for a draw of ``n`` stream elements.

@@ -1,14 +1,16 @@
 """Swap a model's torch dropout modules for droplab's: :func:`convert`.
 
 A model you did not write (timm, Hugging Face, torchvision) builds its dropout
-from ``torch.nn.Dropout`` and its siblings. :func:`convert` replaces each, in
-place, by droplab's module of the same behaviour and arguments (``p``,
-``inplace``), so every mask comes from a ``(seed, offset)`` stream that
-replays, compiles bit-exact (docs/compile.md) and saves nothing of the input's
-size for backward. :func:`conversion_plan` says what it would do, without
-doing it: what maps, and what does not (dropout built into another module,
-such as the ``dropout`` argument of ``nn.MultiheadAttention`` or ``nn.LSTM``,
-or a dropout class droplab does not know). Nothing is left out silently:
+from ``torch.nn.Dropout`` and its siblings, timm's ``DropPath`` and
+torchvision's ``StochasticDepth``. :func:`convert` replaces each, in place, by
+droplab's module of the same behaviour and arguments (the kinds and their
+arguments are the records of :mod:`droplab.interop.kinds`), so every mask comes
+from a ``(seed, offset)`` stream that replays, compiles bit-exact
+(docs/compile.md) and saves nothing of the input's size for backward.
+:func:`conversion_plan` says what it would do, without doing it: what maps, and
+what does not (dropout built into another module, such as the ``dropout``
+argument of ``nn.MultiheadAttention`` or ``nn.LSTM``, or a dropout class
+droplab does not know). Nothing is left out silently:
 :func:`convert` logs every swap and warns about every module it could not map.
 :func:`revert` is the way back, for handing a model (or its ``state_dict``)
 to code without droplab.
@@ -18,60 +20,39 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from droplab._core.dropout import Dropout
 from droplab._core.module import StochasticModule
 from droplab._validation import check_seed, fail
+from droplab.interop.kinds import droplab_back, kind_of
 from droplab.rng import derive_seed
-from droplab.variants import (
-    AlphaDropout,
-    Dropout1d,
-    Dropout2d,
-    Dropout3d,
-    DropPath,
-    FeatureAlphaDropout,
-)
 
 __all__ = [
     "ConversionPlan",
     "conversion_plan",
     "convert",
-    "is_timm_drop_path",
     "revert",
 ]
 
 logger = logging.getLogger("droplab")
 
-# Exact classes (a subclass may have its own forward: it is reported, not swapped).
-_TORCH: dict[type[nn.Module], Callable[[nn.Module], StochasticModule]] = {
-    nn.Dropout: lambda m: Dropout(m.p, m.inplace),  # type: ignore[arg-type]
-    nn.Dropout1d: lambda m: Dropout1d(m.p, m.inplace),  # type: ignore[arg-type]
-    nn.Dropout2d: lambda m: Dropout2d(m.p, m.inplace),  # type: ignore[arg-type]
-    nn.Dropout3d: lambda m: Dropout3d(m.p, m.inplace),  # type: ignore[arg-type]
-    nn.AlphaDropout: lambda m: AlphaDropout(m.p, m.inplace),  # type: ignore[arg-type]
-    nn.FeatureAlphaDropout: lambda m: FeatureAlphaDropout(m.p, m.inplace),  # type: ignore[arg-type]
-}
 
-
-def _timm_drop_path(module: nn.Module) -> StochasticModule:
-    # timm.layers.DropPath(drop_prob, scale_by_keep): inverted scaling, or none.
-    scale = "inverted" if getattr(module, "scale_by_keep", True) else "none"
-    return DropPath(float(getattr(module, "drop_prob", 0.0)), scale=scale)
-
-
-def is_timm_drop_path(module: nn.Module) -> bool:
-    """Whether ``module`` is timm's ``DropPath`` (recognised by name: timm need
-    not be installed, or imported)."""
-    cls = type(module)
-    return cls.__name__ == "DropPath" and cls.__module__.split(".")[0] == "timm"
-
-
-# Modules that apply dropout inside their own forward, by an argument.
-_BUILT_IN = {nn.MultiheadAttention: "dropout", nn.RNNBase: "dropout"}
+def _built_in(module: nn.Module) -> str | None:
+    """Why ``module`` applies dropout that convert cannot swap, or None."""
+    if isinstance(module, nn.MultiheadAttention) and module.dropout > 0.0:
+        return (
+            f"MultiheadAttention applies dropout={module.dropout} inside its forward; "
+            "droplab.intercept and mc_predict draw it from droplab's stream"
+        )
+    if isinstance(module, nn.RNNBase) and module.dropout > 0.0:
+        return (
+            f"{type(module).__name__} applies dropout={module.dropout} inside its "
+            "forward; the fused RNN kernel draws it, out of droplab's reach "
+            "(droplab.intercept warns when it runs)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -113,45 +94,29 @@ def conversion_plan(model: nn.Module) -> ConversionPlan:
         ...                     nn.MultiheadAttention(4, 2, dropout=0.2))
         >>> print(conversion_plan(net).summary())
         1: Dropout -> droplab Dropout(p=0.1, inplace=False)
-        2: not converted (MultiheadAttention applies dropout=0.2 inside its forward; torch's attention function draws it, out of droplab's reach (droplab.intercept warns when it runs))
+        2: not converted (MultiheadAttention applies dropout=0.2 inside its forward; droplab.intercept and mc_predict draw it from droplab's stream)
     """
     if not isinstance(model, nn.Module):
         raise fail("model", model, "a torch.nn.Module", owner="convert", kind=TypeError)
     plan = ConversionPlan()
     for name, module in model.named_modules():
-        make = _TORCH.get(type(module))
-        if make is None and is_timm_drop_path(module):
-            make = _timm_drop_path
         where = name or "<root>"
-        if make is not None:
-            plan.swaps.append((where, type(module).__name__, make(module)))
+        kind = kind_of(module)
+        if kind is not None:
+            new = kind.to_droplab(module)
+            new.converted_from = kind.foreign  # which record revert takes back
+            plan.swaps.append((where, type(module).__name__, new))
             continue
         if isinstance(module, StochasticModule):
             continue
-        for cls, arg in _BUILT_IN.items():
-            rate = getattr(module, arg, 0.0)
-            if isinstance(module, cls) and isinstance(rate, float) and rate > 0.0:
-                how = (
-                    "torch's attention function draws it, out of droplab's reach "
-                    "(droplab.intercept warns when it runs)"
-                    if cls is not nn.RNNBase
-                    else "the fused RNN kernel draws it, out of droplab's reach"
-                )
-                plan.unmapped.append(
-                    (
-                        where,
-                        f"{type(module).__name__} applies {arg}={rate} inside its "
-                        f"forward; {how}",
-                    )
-                )
-                break
-        else:
-            if isinstance(module, nn.modules.dropout._DropoutNd) or (
-                "drop" in type(module).__name__.lower() and not list(module.children())
-            ):
-                plan.unmapped.append(
-                    (where, f"{type(module).__name__} is not a class droplab maps")
-                )
+        reason = _built_in(module)
+        if reason is None and (
+            isinstance(module, nn.modules.dropout._DropoutNd)
+            or ("drop" in type(module).__name__.lower() and not list(module.children()))
+        ):
+            reason = f"{type(module).__name__} is not a class droplab maps"
+        if reason is not None:
+            plan.unmapped.append((where, reason))
     return plan
 
 
@@ -159,10 +124,11 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
     """Swap, in place, every torch dropout module of ``model`` for droplab's.
 
     ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.AlphaDropout``,
-    ``nn.FeatureAlphaDropout`` (exactly these classes) and timm's ``DropPath``
-    become :class:`droplab.nn.Dropout`, ``Dropout1d/2d/3d``, ``AlphaDropout``,
-    ``FeatureAlphaDropout`` and ``DropPath`` with the same ``p`` and
-    ``inplace`` and the same ``training`` flag. Each swap is logged (logger ``"droplab"``, INFO); a
+    ``nn.FeatureAlphaDropout`` (exactly these classes), timm's ``DropPath``
+    and torchvision's ``StochasticDepth`` become :class:`droplab.nn.Dropout`,
+    ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout`` and
+    ``DropPath`` (with torchvision's ``mode``) with the same rate, ``inplace``
+    and ``training`` flag (the table: :mod:`droplab.interop.kinds`). Each swap is logged (logger ``"droplab"``, INFO); a
     module that applies dropout and cannot be swapped is named in one
     ``UserWarning`` (see :func:`conversion_plan`).
 
@@ -210,54 +176,15 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
     return model
 
 
-# droplab class -> torch class, for the modules whose behaviour torch's has.
-_BACK: dict[type[StochasticModule], type[nn.Module]] = {
-    Dropout: nn.Dropout,
-    Dropout1d: nn.Dropout1d,
-    Dropout2d: nn.Dropout2d,
-    Dropout3d: nn.Dropout3d,
-    AlphaDropout: nn.AlphaDropout,
-    FeatureAlphaDropout: nn.FeatureAlphaDropout,
-}
-
-
-def _torch_form(module: StochasticModule) -> nn.Module | str:
-    """torch's (or timm's) module equal to ``module`` but for the stream, or why not."""
-    cls = type(module)
-    scale = getattr(module, "scale", "inverted")
-    if cls is DropPath:
-        try:
-            from timm.layers import DropPath as TimmDropPath
-        except ImportError:
-            return "DropPath maps back to timm's DropPath, and timm is not installed"
-        if module.sampler != "bernoulli" or scale not in ("inverted", "none"):
-            return f"DropPath with sampler={module.sampler!r}, scale={scale!r} has no timm form"
-        return TimmDropPath(module.p, scale_by_keep=scale == "inverted")
-    back = _BACK.get(cls)
-    if back is None:
-        return f"{cls.__name__} has no torch counterpart"
-    changed = [
-        f"{name}={getattr(module, name)!r}"
-        for name, default in (
-            ("scale", "inverted"),
-            ("sampler", "bernoulli"),
-            ("shared_dims", ()),
-        )
-        if getattr(module, name, default) != default
-    ]
-    if changed:
-        return f"{cls.__name__} with {', '.join(changed)} behaves unlike torch's"
-    return back(module.p, module.inplace)
-
-
 def revert(model: nn.Module) -> nn.Module:
     """Swap, in place, droplab's dropout modules back for torch's: :func:`convert` undone.
 
     :class:`droplab.nn.Dropout`, ``Dropout1d/2d/3d``, ``AlphaDropout`` and
     ``FeatureAlphaDropout`` with torch's behaviour (the default ``scale``,
     ``sampler`` and ``shared_dims``) become ``torch.nn``'s class with the same
-    ``p``, ``inplace`` and ``training`` flag; ``DropPath`` becomes timm's
-    when timm is installed. The streams are dropped: afterwards the model's
+    ``p``, ``inplace`` and ``training`` flag; ``DropPath`` becomes what
+    :func:`convert` made it from (torchvision's ``StochasticDepth`` or timm's
+    ``DropPath``), else timm's when timm is installed, else torchvision's. The streams are dropped: afterwards the model's
     ``state_dict`` is the one the torch model writes, for handing weights to
     code without droplab (``droplab.revert(copy.deepcopy(model)).state_dict()``
     keeps the droplab model as it is). A droplab module with no torch
@@ -288,7 +215,7 @@ def revert(model: nn.Module) -> nn.Module:
     for name, module in modules.items():
         if not isinstance(module, StochasticModule):
             continue
-        form = _torch_form(module)
+        form = droplab_back(module)
         if isinstance(form, str):
             left.append(f"{name}: {form}")
             continue

@@ -1,90 +1,139 @@
-"""Torch's dropout functions drawing from droplab's contract: :func:`intercept`.
+"""Torch's dropout drawing from droplab's contract: :func:`intercept`.
 
-Under ``with droplab.intercept(seed=...)``, a ``TorchFunctionMode`` catches
-``torch.nn.functional.dropout``, ``dropout1d/2d/3d``, ``alpha_dropout``,
-``feature_alpha_dropout`` and ``torch.dropout``, wherever they are called: in
-torch's dropout modules (whose ``forward`` calls them) and in a third-party
-``forward`` (``F.dropout(attn, self.p, self.training)``). Each call draws its
-mask from droplab's Philox stream instead of torch's generator, so code you did
-not write replays from one seed, with no edit and no conversion.
+Under ``with droplab.intercept(seed=...)``, a ``TorchFunctionMode`` catches,
+wherever they are called (in torch's modules, and in a third-party ``forward``
+such as ``F.dropout(attn, self.p, self.training)``):
 
-``scaled_dot_product_attention`` with ``dropout_p > 0`` draws its mask inside
-a fused kernel that no mode can reach: it is detected and named in a warning
-(an error under :func:`droplab.mc_predict`).
+- the dropout functions of the registry (:mod:`droplab.interop.kinds`):
+  ``torch.nn.functional.dropout``, ``dropout1d/2d/3d``, ``alpha_dropout``,
+  ``feature_alpha_dropout``, ``torch.dropout``; each is computed by droplab's
+  function of the same name;
+- attention dropout: ``scaled_dot_product_attention`` with ``dropout_p > 0``
+  runs as its math form with droplab's mask (:mod:`droplab.interop.attention`),
+  and so does the dropout inside ``F.multi_head_attention_forward``
+  (``nn.MultiheadAttention``, both ``need_weights`` paths);
+- stochastic depth: the ``bernoulli_`` draw of timm's ``drop_path`` and of
+  torchvision's ``stochastic_depth`` is filled from droplab's stream.
+
+Each call takes the next elements of one stream, so the block replays bit for
+bit from the seed when the calls come in the same order.
+
+Nothing silent: any other random draw inside the block (``torch.rand*``,
+``randn*``, ``randint*``, ``randperm``, ``bernoulli*``, ``normal*``,
+``uniform_``, ``exponential_``, ``multinomial``, an RNN's inter-layer dropout,
+``rrelu``, ``gumbel_softmax``, ``native_dropout``) comes from torch's generator,
+which droplab does not replay: it is named, once per module path, in a
+``UserWarning`` (a ``ValueError`` with ``strict=True``).
 """
 
 from __future__ import annotations
 
-import math
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from droplab._core.dropout import dropout
-from droplab._validation import check_choice, check_seed, fail
+from droplab._core.stream import keep_mask
+from droplab._validation import check_bool, check_seed, fail
+from droplab.distributed import stream_key
+from droplab.interop.attention import attention_math, multi_head_attention
+from droplab.interop.kinds import FunctionRule, function_rules, random_site
 from droplab.rng import draw_seed
-from droplab.variants import (
-    alpha_dropout,
-    dropout1d,
-    dropout2d,
-    dropout3d,
-    feature_alpha_dropout,
-)
 
-__all__ = ["ATTENTION", "Interception", "intercept"]
-
-# What to do when scaled_dot_product_attention is called with dropout_p > 0.
-ATTENTION = ("warn", "error", "ignore")
-
-# (droplab's function, whether torch's default is training=True, the mask's
-# elements for a shape): the argument order is (input, p, training, inplace).
-_Rule = tuple[Callable[..., torch.Tensor], bool, Callable[[torch.Size], int]]
-
-
-def _channels(shape: torch.Size, spatial: int, name: str) -> int:
-    # Channel dropout draws one element per (sample, channel) of the batched
-    # view: N * C, or C for an unbatched input (as droplab's channel variants).
-    batched = len(shape) == spatial + 2 or (name == "dropout2d" and len(shape) >= 2)
-    return math.prod(shape[:2] if batched else shape[:1])
-
-
-_RULES: dict[Any, _Rule] = {
-    F.dropout: (dropout, True, math.prod),
-    torch.dropout: (dropout, True, math.prod),
-    F.dropout1d: (dropout1d, True, lambda s: _channels(s, 1, "dropout1d")),
-    F.dropout2d: (dropout2d, True, lambda s: _channels(s, 2, "dropout2d")),
-    F.dropout3d: (dropout3d, True, lambda s: _channels(s, 3, "dropout3d")),
-    F.alpha_dropout: (alpha_dropout, False, math.prod),
-    F.feature_alpha_dropout: (feature_alpha_dropout, False, lambda s: s[0] * s[1]),
-}
-_NAMES = ("input", "p", "training", "inplace")
-
-
-def _sdpa_rate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
-    # scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, ...)
-    return float(args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0))
-
-
-def _mha_rate(args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
-    # multi_head_attention_forward(..., dropout_p [10], ..., training [13], ...):
-    # torch calls the dropout inside it, where a mode no longer sees the call.
-    rate = args[10] if len(args) > 10 else kwargs.get("dropout_p", 0.0)
-    training = args[13] if len(args) > 13 else kwargs.get("training", True)
-    return float(rate) if training else 0.0
-
-
-# Attention that draws its dropout where no mode can reach: its rate, by function.
-_ATTENTION: dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], float]] = {
-    F.scaled_dot_product_attention: _sdpa_rate,
-    F.multi_head_attention_forward: _mha_rate,
-}
+__all__ = ["RANDOM_FUNCTIONS", "Interception", "intercept"]
 
 # A source of (seed, offset) for a call that uses `elements` stream elements.
 StreamSource = Callable[[int], tuple[int, int]]
+
+_NAMES = ("input", "p", "training", "inplace")
+_SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+
+
+def _random_functions() -> dict[Any, str]:
+    names = [
+        "rand", "rand_like", "randn", "randn_like", "randint", "randint_like",
+        "randperm", "bernoulli", "normal", "poisson", "multinomial",
+        "native_dropout", "rrelu", "rrelu_", "binomial",
+    ]  # fmt: skip
+    methods = [
+        "bernoulli", "bernoulli_", "normal_", "uniform_", "random_",
+        "exponential_", "geometric_", "cauchy_", "log_normal_", "multinomial",
+    ]  # fmt: skip
+    table: dict[Any, str] = {}
+    for name in names:
+        if hasattr(torch, name):
+            table[getattr(torch, name)] = f"torch.{name}"
+    for name in methods:
+        if hasattr(torch.Tensor, name):
+            table[getattr(torch.Tensor, name)] = f"Tensor.{name}"
+    for name in ("rrelu", "gumbel_softmax", "fractional_max_pool2d", "fractional_max_pool3d"):
+        table[getattr(F, name)] = f"torch.nn.functional.{name}"
+    return table
+
+
+# The draws of torch's generator that the mode can see, by function.
+RANDOM_FUNCTIONS: dict[Any, str] = _random_functions()
+
+# RNN kernels: they draw their inter-layer dropout inside, from torch's generator.
+_RNNS = {getattr(torch, name): name for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")}
+
+
+def _rnn_dropout(args: tuple[Any, ...]) -> float:
+    # (input, hx, params, has_biases, num_layers, dropout, train, ...) or, for a
+    # packed sequence, (data, batch_sizes, hx, params, has_biases, num_layers,
+    # dropout, train, ...): the rate is the float before the train flag.
+    for index in (5, 6):
+        if len(args) > index + 1 and isinstance(args[index + 1], bool):
+            rate, train = args[index], args[index + 1]
+            if isinstance(rate, float):
+                return rate if train else 0.0
+    return 0.0
+
+
+class _ModulePaths:
+    """The module whose forward is running, named, from global module hooks
+    installed while an :class:`Interception` is entered."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names = names
+        self.stack: list[nn.Module] = []
+        self.handles: list[Any] = []
+
+    def install(self) -> None:
+        hooks = torch.nn.modules.module
+        self.stack.clear()
+        self.handles = [
+            hooks.register_module_forward_pre_hook(self._enter),
+            hooks.register_module_forward_hook(self._leave, always_call=True),
+        ]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.stack.clear()
+
+    def _enter(self, module: nn.Module, args: Any) -> None:
+        self.stack.append(module)
+
+    def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+
+    def current(self) -> str:
+        """The innermost running module's name in the model (else the chain
+        of class names), or ``"<outside any module>"``."""
+        if not self.stack:
+            return "<outside any module>"
+        name = self.names.get(id(self.stack[-1]))
+        if name is not None:
+            return name or "<root>"
+        return ">".join(type(m).__name__ for m in self.stack)
 
 
 class Interception(TorchFunctionMode):
@@ -94,13 +143,16 @@ class Interception(TorchFunctionMode):
         seed: the stream's seed, or None (a fresh seed per call).
         offset: the stream element the next intercepted call starts at.
         calls: intercepted calls that drew a mask so far.
+        strict: whether a draw droplab does not replay is an error.
+        unreplayed: ``(module path, what)`` for each such draw named so far.
     """
 
     def __init__(
         self,
         seed: int | None = None,
         *,
-        attention: str = "warn",
+        strict: bool = False,
+        model: nn.Module | None = None,
         sample_all: bool = False,
         streams: StreamSource | None = None,
     ) -> None:
@@ -108,20 +160,55 @@ class Interception(TorchFunctionMode):
         self.seed = None if seed is None else check_seed(seed, owner="intercept")
         self.offset = 0
         self.calls = 0
-        self.attention = check_choice(
-            attention, "attention", ATTENTION, owner="intercept"
-        )
+        self.strict = check_bool(strict, "strict", owner="intercept")
+        if model is not None and not isinstance(model, nn.Module):
+            raise fail(
+                "model", model, "a torch.nn.Module or None", owner="intercept", kind=TypeError
+            )
+        names = {} if model is None else {id(m): n for n, m in model.named_modules()}
+        self.unreplayed: list[tuple[str, str]] = []
+        self._paths = _ModulePaths(names)
         self._sample_all = sample_all
         self._streams = streams
+        self._rules: dict[Any, FunctionRule] = function_rules()
+        self._depth = 0
 
-    def _stream(self, elements: int) -> tuple[int, int]:
+    # ------------------------------------------------------------ entering
+
+    def __enter__(self) -> Interception:
+        if self._depth == 0:
+            self._paths.install()
+        self._depth += 1
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        self._depth -= 1
+        if self._depth == 0:
+            self._paths.remove()
+
+    # ------------------------------------------------------------ streams
+
+    def draw(self, elements: int) -> tuple[int, int]:
+        """``(key, offset)`` for a call of ``elements`` stream elements: the
+        next part of the stream, keyed by :func:`droplab.distributed.stream_key`."""
         if self._streams is not None:
-            return self._streams(elements)
-        if self.seed is None:
-            return draw_seed(), 0
-        offset = self.offset
-        self.offset += elements
-        return self.seed, offset
+            seed, offset = self._streams(elements)
+        elif self.seed is None:
+            seed, offset = draw_seed(), 0
+        else:
+            seed, offset = self.seed, self.offset
+            self.offset += elements
+        return stream_key(seed), offset
+
+    @property
+    def replays(self) -> bool:
+        """Whether the calls draw from a stream that replays (a seed, or the
+        streams of mc_predict), so torch's own draws are worth naming."""
+        return self.seed is not None or self._streams is not None
+
+    # ------------------------------------------------------------ dispatch
 
     def __torch_function__(
         self,
@@ -131,81 +218,164 @@ class Interception(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        rule = _RULES.get(func)
+        rule = self._rules.get(func)
         if rule is not None:
             return self._dropout(rule, func, args, kwargs)
-        rate_of = _ATTENTION.get(func)
-        if rate_of is not None and self.attention != "ignore":
-            rate = rate_of(args, kwargs)
-            if rate > 0.0:
-                self._attention_dropout(func.__name__, rate)
+        if func is F.scaled_dot_product_attention:
+            return self._attention(args, kwargs)
+        if func is F.multi_head_attention_forward:
+            return self._multi_head(args, kwargs)
+        if func in RANDOM_FUNCTIONS or func in _RNNS:
+            return self._random(func, args, kwargs)
         return func(*args, **kwargs)
 
     def _dropout(
-        self, rule: _Rule, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, rule: FunctionRule, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        ours, training_default, elements = rule
         values = dict(zip(_NAMES, args, strict=False))
         values.update(kwargs)
         if "train" in values:  # torch.dropout(input, p, train)
             values["training"] = values.pop("train")
         x, p = values["input"], values.get("p", 0.5)
-        training = values.get("training", training_default)
+        training = values.get("training", rule.training_default)
         inplace = values.get("inplace", False)
         if self._sample_all and p > 0.0:
             training = True  # Monte-Carlo: every dropout samples
         if not training or p == 0.0 or not isinstance(x, torch.Tensor):
             return func(*args, **kwargs)  # torch's own evaluation path
-        seed, offset = self._stream(elements(x.shape))
+        seed, offset = self.draw(rule.elements(x.shape))
         self.calls += 1
-        if ours in (alpha_dropout, feature_alpha_dropout):
-            return ours(x, p, True, inplace, seed=seed, offset=offset)
-        return ours(x, p, True, seed=seed, offset=offset, inplace=inplace)
+        return rule.ours(x, p, True, seed=seed, offset=offset, inplace=inplace)
 
-    def _attention_dropout(self, name: str, rate: float) -> None:
-        message = (
-            f"{name} was called with dropout_p={rate}: its mask is drawn inside "
-            "the attention (a fused kernel, or a call a mode cannot see), which "
-            "droplab cannot intercept, so it does not replay (use dropout_p=0 "
-            "and apply torch.nn.functional.dropout to the attention weights)"
+    def _attention(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        values = dict(zip(_SDPA_NAMES, args, strict=False))
+        values.update(kwargs)
+        rate = float(values.get("dropout_p", 0.0))
+        if rate <= 0.0:
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        self.calls += 1
+        return attention_math(
+            values["query"],
+            values["key"],
+            values["value"],
+            values.get("attn_mask"),
+            rate,
+            bool(values.get("is_causal", False)),
+            scale=values.get("scale"),
+            enable_gqa=bool(values.get("enable_gqa", False)),
+            draw=self.draw,
         )
-        if self.attention == "error":
+
+    def _multi_head(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # multi_head_attention_forward(..., dropout_p [10], ..., training [13], ...)
+        rate = args[10] if len(args) > 10 else kwargs.get("dropout_p", 0.0)
+        if self._sample_all and rate > 0.0:
+            if len(args) > 13:
+                args = (*args[:13], True, *args[14:])
+            else:
+                kwargs = {**kwargs, "training": True}
+        training = args[13] if len(args) > 13 else kwargs.get("training", True)
+        if not training or rate <= 0.0:
+            return F.multi_head_attention_forward(*args, **kwargs)
+        self.calls += 1
+        result = multi_head_attention(args, kwargs, self.draw)
+        if result is None:  # pragma: no cover - a torch this cannot reach
+            self._name_unreplayed("multi_head_attention_forward's dropout")
+            return F.multi_head_attention_forward(*args, **kwargs)
+        return result
+
+    def _random(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if func is torch.Tensor.bernoulli_ and self.replays:
+            site = self._bernoulli_site()
+            if site is not None:
+                return self._fill(args, site)
+        if func in _RNNS:
+            if _rnn_dropout(args) > 0.0:
+                self._name_unreplayed(f"the inter-layer dropout of torch.{_RNNS[func]}")
+        elif self.replays:
+            self._name_unreplayed(RANDOM_FUNCTIONS[func])
+        return func(*args, **kwargs)
+
+    def _bernoulli_site(self) -> float | None:
+        """The drop rate, where the running ``bernoulli_`` is the draw of a
+        registered site (timm's ``drop_path``, torchvision's ``stochastic_depth``)."""
+        # this frame, _random, __torch_function__, then the caller
+        frame = sys._getframe(3)
+        for _ in range(4):
+            if frame is None:
+                return None
+            found = random_site(frame.f_code)
+            if found is not None:
+                return float(frame.f_locals[found[1]])
+            frame = frame.f_back  # type: ignore[assignment]
+        return None
+
+    def _fill(self, args: tuple[Any, ...], p: float) -> torch.Tensor:
+        noise = args[0]
+        seed, offset = self.draw(noise.numel())
+        self.calls += 1
+        keep = keep_mask(tuple(noise.shape), p, seed=seed, offset=offset, device=noise.device)
+        return noise.copy_(keep)
+
+    def _name_unreplayed(self, what: str) -> None:
+        path = self._paths.current()
+        if (path, what) in self.unreplayed:
+            return
+        self.unreplayed.append((path, what))
+        message = (
+            f"{what} in {path!r} draws from torch's generator, which droplab does "
+            "not replay: the results mix in torch's random numbers (seed them "
+            "with torch.manual_seed, or remove the draw)"
+        )
+        if self.strict:
             raise fail(
                 "model",
-                "a model calling scaled_dot_product_attention with dropout",
-                "dropout that droplab can replay: " + message,
-                owner="mc_predict",
+                f"a model with a random draw droplab does not replay ({what} in {path!r})",
+                "a model whose every random draw is dropout droplab replays "
+                "(strict=False names such draws in a warning instead)",
+                owner="intercept",
             )
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def intercept(seed: int | None = None, *, attention: str = "warn") -> Interception:
-    """A context under which torch's dropout functions draw droplab's masks.
+def intercept(
+    seed: int | None = None, *, strict: bool = False, model: nn.Module | None = None
+) -> Interception:
+    """A context under which torch's dropout draws droplab's masks.
 
     Every call of ``torch.nn.functional.dropout``, ``dropout1d/2d/3d``,
     ``alpha_dropout``, ``feature_alpha_dropout`` or ``torch.dropout`` in
     training mode (hence every torch dropout module) inside the block is
     computed by droplab's function of the same name, with the same ``p``,
-    ``training`` and ``inplace``. With an int ``seed`` the calls share one
-    stream, each taking the next ``mask elements`` of it, so the block replays
-    bit for bit from the seed when the calls come in the same order; with
-    None each call takes a fresh seed from torch's default generator.
+    ``training`` and ``inplace``; attention dropout
+    (``scaled_dot_product_attention`` with ``dropout_p > 0``,
+    ``nn.MultiheadAttention``) and stochastic depth (timm's ``DropPath``,
+    torchvision's ``StochasticDepth`` and ``stochastic_depth``) draw their
+    masks from the same stream (see the module's docstring). With an int
+    ``seed`` the calls share one stream, each taking the next ``mask
+    elements`` of it, so the block replays bit for bit from the seed when the
+    calls come in the same order; with None each call takes a fresh seed from
+    torch's default generator. The key of every call is
+    :func:`droplab.distributed.stream_key` of its seed (the rank folds in as
+    for droplab's modules).
 
     Args:
         seed: an int in ``[0, 2**64)``, or None.
-        attention: what a call of ``scaled_dot_product_attention`` with
-            ``dropout_p > 0`` does: ``"warn"`` (default), ``"error"`` or
-            ``"ignore"``; its mask cannot be intercepted.
+        strict: with a seed, a random draw inside the block that droplab does
+            not replay raises a ``ValueError`` instead of a ``UserWarning``.
+        model: the model run inside the block, if any: warnings then name the
+            module by its path in it (else by the chain of module classes).
 
     Returns:
         An :class:`Interception`, a ``TorchFunctionMode`` to use with ``with``.
 
     Examples:
         >>> import torch.nn.functional as F
+        >>> from droplab import dropout
         >>> x = torch.ones(2, 4)
         >>> with intercept(seed=0):
         ...     y = F.dropout(x, 0.5)
         >>> torch.equal(y, dropout(x, 0.5, seed=0))  # droplab.dropout
         True
     """
-    return Interception(seed, attention=attention)
+    return Interception(seed, strict=strict, model=model)

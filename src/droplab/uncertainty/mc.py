@@ -44,8 +44,9 @@ calibration error, Brier score) are in :mod:`droplab.uncertainty.metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -53,19 +54,20 @@ from typing import Any
 import torch
 
 from droplab import masks
-from droplab._core.modes import TORCH_DROPOUTS, mc_dropout
+from droplab._core.modes import mc_dropout
 from droplab._core.module import StochasticModule
 from droplab._validation import (
+    check_bool,
     check_choice,
     check_int,
     check_seed,
     check_shared_dims,
     fail,
 )
-from droplab.interop.convert import is_timm_drop_path
 from droplab.interop.intercept import Interception
+from droplab.interop.kinds import kind_of
 from droplab.rng import draw_seed, stream_seed
-from droplab.variants import drop_path
+from droplab.variants import DropPath
 
 __all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
 
@@ -113,15 +115,12 @@ def dropout_modules(model: torch.nn.Module) -> list[tuple[str, StochasticModule]
 
 
 def _dropout_sites(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    # droplab's modules and torch's, in registration order: a torch module has
-    # the index its droplab twin has in droplab.convert(model).
-    # timm's DropPath too (its forward calls no torch dropout function: its
-    # draw is replaced while mc_predict runs, see _pinned_streams).
-    kinds: tuple[type[torch.nn.Module], ...] = (StochasticModule, *TORCH_DROPOUTS)
+    # droplab's modules and the registry's foreign ones, in registration order:
+    # a foreign module has the index its droplab twin has in convert(model).
     return [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, kinds) or is_timm_drop_path(module)
+        if isinstance(module, StochasticModule) or kind_of(module) is not None
     ]
 
 
@@ -129,7 +128,7 @@ def _dropout_sites(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 class _Chunk:
     """The chunk in flight, read by the hooks: its first pass and size, the
     number of calls each module (and, last, functional dropout) has had in this
-    forward pass, and the torch dropout module being called, if any."""
+    forward pass, and the foreign dropout module being called, if any."""
 
     first_pass: int
     size: int
@@ -137,25 +136,37 @@ class _Chunk:
     active: int | None = None
 
 
+_MISSING = object()
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
 @contextmanager
 def _pinned_streams(
-    sites: list[tuple[str, torch.nn.Module]], seed: int
+    model: torch.nn.Module,
+    sites: list[tuple[str, torch.nn.Module]],
+    seed: int,
+    strict: bool,
 ) -> Iterator[tuple[_Chunk, Interception]]:
     """Point each module call at its derived stream while the context is open.
 
-    droplab's modules get their stream through hooks; torch's dropout modules
-    and functional dropout through the yielded interception, which the caller
-    enters around each forward call after updating the yielded :class:`_Chunk`.
-    The modules' seeds and offsets are restored on exit, even after an error.
+    droplab's modules get their stream through hooks; foreign modules whose
+    forward calls a torch dropout function, and functional dropout, through the
+    yielded interception, which the caller enters around each forward call
+    after updating the yielded :class:`_Chunk`; foreign modules that draw with
+    ``bernoulli_`` (timm's ``DropPath``, torchvision's ``StochasticDepth``)
+    run their droplab twin's forward, hooked as droplab's modules are. On exit,
+    even after an error, every module's seed, offset and ``forward`` attribute
+    are as before and every hook added here is removed.
     """
-    modules = [(i, name, m) for i, (name, m) in enumerate(sites)]
-    ours = [(i, n, m) for i, n, m in modules if isinstance(m, StochasticModule)]
     chunk = _Chunk(0, 1, [0] * (len(sites) + 1))
-    saved = [(module, module.seed, module.offset) for _, _, module in ours]
-    handles = []
 
     def stream(elements: int) -> tuple[int, int]:
-        # A torch dropout module's call, or functional dropout (index len(sites)).
+        # A foreign module's call, or functional dropout (index len(sites)).
         index = len(sites) if chunk.active is None else chunk.active
         if elements % chunk.size:
             where = "functional dropout" if chunk.active is None else sites[index][0]
@@ -181,6 +192,8 @@ def _pinned_streams(
     def make_hook(index: int, name: str) -> Any:
         def hook(module: StochasticModule, args: tuple[Any, ...]) -> None:
             x = args[0]
+            if isinstance(module, DropPath) and module.mode == "batch":
+                module._groups = chunk.size  # one draw per pass, not per chunk
             own = getattr(module, "mask_elements", None)
             if own is not None:  # channel dropout, DropPath: one draw per (N, C) / N
                 shared: tuple[int, ...] = ()
@@ -220,46 +233,47 @@ def _pinned_streams(
 
         return check
 
-    def timm_drop_path(index: int, module: torch.nn.Module) -> Any:
-        # timm's DropPath draws with bernoulli_ on a new tensor, which no mode
-        # can tell from other code: while the context is open its forward is
-        # droplab's drop_path on the stream its converted twin would get.
-        scale = "inverted" if getattr(module, "scale_by_keep", True) else "none"
-        p = float(getattr(module, "drop_prob", 0.0))
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            chunk.active = index
-            try:
-                drawn, offset = stream(int(x.shape[0]))
-            finally:
-                chunk.active = None
-            return drop_path(x, p, True, seed=drawn, offset=offset, scale=scale)
-
-        return forward
-
     expected = [0] * len(sites)
-    patched = []
-    for index, name, module in modules:
-        if is_timm_drop_path(module):
-            module.forward = timm_drop_path(index, module)
-            patched.append(module)
-        elif isinstance(module, StochasticModule):
-            handles.append(module.register_forward_pre_hook(make_hook(index, name)))
-            handles.append(module.register_forward_hook(make_check(index, name)))
-        else:
-            handles.append(module.register_forward_pre_hook(enter(index)))
-            handles.append(module.register_forward_hook(leave))
-    interception = Interception(attention="error", sample_all=True, streams=stream)
+    handles: list[Any] = []
+    forwards: list[tuple[torch.nn.Module, Any]] = []
+    saved: list[tuple[StochasticModule, int | None, int, int | None]] = []
     try:
+        for index, (name, module) in enumerate(sites):
+            kind = None if isinstance(module, StochasticModule) else kind_of(module)
+            target = module
+            if kind is not None and kind.reach == "bernoulli":
+                # Its draw is a bernoulli_ no mode can tell from other code: for
+                # the call, its forward is its droplab twin's, on the twin's stream.
+                target = kind.to_droplab(module).to(_device_of(model))
+                forwards.append((module, module.__dict__.get("forward", _MISSING)))
+                # (its bound __call__: a Module value would register a submodule)
+                module.forward = target.__call__
+            if isinstance(target, StochasticModule):
+                saved.append(
+                    (target, target.seed, target.offset, getattr(target, "_groups", None))
+                )
+                handles.append(target.register_forward_pre_hook(make_hook(index, name)))
+                handles.append(target.register_forward_hook(make_check(index, name)))
+            else:
+                handles.append(module.register_forward_pre_hook(enter(index)))
+                handles.append(module.register_forward_hook(leave, always_call=True))
+        interception = Interception(
+            sample_all=True, streams=stream, strict=strict, model=model
+        )
         yield chunk, interception
     finally:
         for handle in handles:
             handle.remove()
-        for module in patched:
-            del module.forward  # the class's forward again
-        for stochastic, old_seed, old_offset in saved:
-            stochastic.seed = old_seed
-            stochastic.offset = old_offset
+        for module, forward in forwards:
+            if forward is _MISSING:
+                del module.forward  # the class's forward again
+            else:
+                module.forward = forward
+        for target, old_seed, old_offset, groups in saved:
+            target.seed = old_seed
+            target.offset = old_offset
+            if groups is not None:
+                target._groups = groups
 
 
 def mc_predict(
@@ -271,17 +285,22 @@ def mc_predict(
     chunk: int | None = None,
     task: str = "regression",
     keep_samples: bool = False,
-) -> MCPrediction:
+    output: str | Callable[[Any], torch.Tensor] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    strict: bool = False,
+) -> Any:
     """Monte-Carlo dropout prediction: ``samples`` stochastic passes of ``model``.
 
     Args:
         model: a module that maps a batch to a batch row by row (dim 0 is the
-            batch), with droplab's or torch's dropout modules, or functional
-            dropout in its ``forward`` (see the module's docstring).
-            Dropout is switched on and everything else set to eval for the call
-            (``droplab.mc_dropout``);
-            every module's mode, seed and offset are restored afterwards.
-        x: (B, ...) input batch.
+            batch): any model with droplab's or foreign dropout modules,
+            functional or attention dropout, stochastic depth (see the
+            module's docstring and docs/mc-any-model.md). For the call,
+            :func:`droplab.mc_dropout` puts every module in training mode
+            except those that keep running statistics; afterwards every
+            module's mode, seed, offset, hooks and ``forward`` are as before
+            (also when the forward raises).
+        x: (B, ...) input batch (floating, or integer token ids).
         samples: T, the number of stochastic passes.
         seed: the seed the dropout streams are derived from; the same seed gives
             the same result for any ``chunk``. None draws one from torch's
@@ -292,9 +311,23 @@ def mc_predict(
             ``"classification"`` (outputs are logits over the last dim; the
             statistics are of their softmax, plus entropy, BALD, variation ratio).
         keep_samples: also return every pass, shape (T, B, *out).
+        output: what the statistics are of, when the model returns more than a
+            tensor (a tuple, list, dict, dataclass or Hugging Face
+            ``ModelOutput``). None: the tensor itself; else the leaf named
+            ``"logits"`` if there is one; else the only floating tensor leaf
+            (an error names the leaves when there are several). A leaf path
+            such as ``"logits"``, ``"0"`` or ``"hidden_states.2"`` picks that
+            leaf; a callable picks what it returns from the output; ``"all"``
+            returns a dict, leaf path -> :class:`MCPrediction`, for every
+            floating leaf whose dim 0 is the batch.
+        model_kwargs: keyword arguments of the model (an ``attention_mask``,
+            say); the tensors whose dim 0 is the batch are replicated with
+            ``x``, the rest passed as they are.
+        strict: a random draw in the forward that droplab does not replay is
+            an error (by default it is named in a ``UserWarning``).
 
     Returns:
-        An :class:`MCPrediction`.
+        An :class:`MCPrediction` (a dict of them for ``output="all"``).
 
     Shape:
         x: (B, ...); mean, variance: (B, *out); samples: (T, B, *out).
@@ -321,6 +354,26 @@ def mc_predict(
         )
     passes = check_int(samples, "samples", low=1, owner="mc_predict")
     task = check_choice(task, "task", TASKS, owner="mc_predict")
+    strict = check_bool(strict, "strict", owner="mc_predict")
+    if not (output is None or isinstance(output, str) or callable(output)):
+        raise fail(
+            "output",
+            output,
+            "None, a leaf path such as 'logits', 'all', or a callable",
+            owner="mc_predict",
+            kind=TypeError,
+        )
+    if output == "all" and task != "regression":
+        raise fail(
+            "task",
+            task,
+            "'regression' with output='all' (pick one leaf for classification)",
+            owner="mc_predict",
+        )
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise fail(
+            "model_kwargs", model_kwargs, "a mapping or None", owner="mc_predict", kind=TypeError
+        )
     if seed is None:
         seed = draw_seed()
     seed = check_seed(seed, owner="mc_predict")
@@ -330,20 +383,111 @@ def mc_predict(
     chunk = min(check_int(chunk, "chunk", low=1, owner="mc_predict"), passes)
 
     sites = _dropout_sites(model)
-    acc = _Accumulator(task, passes, keep_samples)
-    reps = (1,) * (x.dim() - 1)
+    accumulators: dict[str, _Accumulator] = {}
     with torch.no_grad(), mc_dropout(model):
-        with _pinned_streams(sites, seed) as (state, interception):
+        with _pinned_streams(model, sites, seed, strict) as (state, interception):
             start = 0
             while start < passes:
                 size = min(chunk, passes - start)
                 state.first_pass, state.size = start, size
                 state.calls = [0] * (len(sites) + 1)
+                args = _replicated(x, size, batch)
+                kwargs = {
+                    key: _replicated(value, size, batch)
+                    for key, value in (model_kwargs or {}).items()
+                }
                 with interception:
-                    out = model(x.repeat(size, *reps) if size > 1 else x)
-                acc.add(out.reshape(size, batch, *out.shape[1:]))
+                    out = model(args, **kwargs)
+                for path, leaf in _picked(out, output, size * batch).items():
+                    if path not in accumulators:
+                        accumulators[path] = _Accumulator(task, passes, keep_samples)
+                    accumulators[path].add(leaf.reshape(size, batch, *leaf.shape[1:]))
                 start += size
-    return acc.result(seed)
+    if output == "all":
+        return {path: acc.result(seed) for path, acc in accumulators.items()}
+    (only,) = accumulators.values()
+    return only.result(seed)
+
+
+def _replicated(value: Any, size: int, batch: int) -> Any:
+    """``value`` repeated ``size`` times along dim 0 if it is a batch tensor."""
+    if size == 1 or not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() == 0 or value.shape[0] != batch:
+        return value
+    return value.repeat(size, *((1,) * (value.dim() - 1)))
+
+
+def _leaves(out: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensor leaves of a model output, by path (``"logits"``, ``"0"``,
+    ``"hidden_states.2"``): tensors, mappings (Hugging Face's ``ModelOutput``
+    is one), tuples, lists, named tuples and dataclasses; None values and other
+    objects (a key-value cache) have no leaves."""
+    if isinstance(out, torch.Tensor):
+        yield prefix, out
+        return
+    items: Iterable[tuple[Any, Any]]
+    if isinstance(out, Mapping):
+        items = out.items()
+    elif isinstance(out, tuple) and hasattr(out, "_fields"):
+        items = zip(out._fields, out, strict=True)
+    elif isinstance(out, (tuple, list)):
+        items = enumerate(out)
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        items = ((f.name, getattr(out, f.name)) for f in dataclasses.fields(out))
+    else:
+        return
+    for key, value in items:
+        yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def _picked(out: Any, output: Any, rows: int) -> dict[str, torch.Tensor]:
+    """The leaves the statistics are of (see ``output`` in :func:`mc_predict`)."""
+    if callable(output) and not isinstance(output, str):
+        out, output = output(out), None
+    if isinstance(out, torch.Tensor) and output is None:
+        return {"": _batch_leaf("the output", out, rows)}
+    leaves = dict(_leaves(out))
+    floating = {k: v for k, v in leaves.items() if v.is_floating_point()}
+    if output == "all":
+        picked = {k: v for k, v in floating.items() if v.dim() and v.shape[0] == rows}
+        if not picked:
+            raise _no_leaf(out, leaves, "no floating tensor leaf holds the batch")
+        return picked
+    if output is None:
+        if "logits" in floating:
+            output = "logits"
+        elif len(floating) == 1:
+            (output,) = floating
+        else:
+            raise _no_leaf(out, leaves, "pick one with output=")
+    if output not in leaves:
+        raise _no_leaf(out, leaves, f"no leaf is named {output!r}")
+    return {output: _batch_leaf(f"the output leaf {output!r}", leaves[output], rows)}
+
+
+def _batch_leaf(what: str, leaf: torch.Tensor, rows: int) -> torch.Tensor:
+    if leaf.dim() == 0 or leaf.shape[0] != rows:
+        raise fail(
+            "model",
+            f"a model whose {what} has shape {tuple(leaf.shape)}",
+            f"outputs whose dim 0 is the (replicated) batch, {rows} rows here",
+            owner="mc_predict",
+        )
+    return leaf
+
+
+def _no_leaf(out: Any, leaves: dict[str, torch.Tensor], why: str) -> ValueError:
+    listing = ", ".join(
+        f"{k!r} {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}"
+        for k, v in leaves.items()
+    )
+    return fail(
+        "output",
+        f"a {type(out).__name__} with the tensor leaves [{listing or 'none'}] ({why})",
+        "None, a leaf path, 'all' or a callable that picks a tensor",
+        owner="mc_predict",
+    )
 
 
 class _Accumulator:

@@ -10,6 +10,9 @@ draw per sample, i.e. :func:`droplab.functional.dropout` with the mask shared
 along every dimension but the first; it keeps the (seed, offset) contract and
 saves nothing for backward. The paper's "linear decay rule" gives block ``l`` of
 ``L`` the rate ``p_l = (l / L) * p_L`` (:func:`linear_drop_rates`).
+
+``mode="batch"`` (torchvision's ``stochastic_depth(mode="batch")``) drops the
+branch for the whole batch at once: one stream element per call.
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ from droplab._validation import (
     check_floating_tensor,
     check_int,
     check_probability,
+    fail,
     fail_ndim,
 )
 from droplab.masks import SAMPLERS
 from droplab.scaling import SCALES
 
-__all__ = ["DropPath", "drop_path", "linear_drop_rates"]
+__all__ = ["MODES", "DropPath", "drop_path", "linear_drop_rates"]
+
+# "row": one draw per sample (timm, torchvision's default); "batch": one draw
+# for the whole batch (torchvision's mode="batch").
+MODES = ("row", "batch")
 
 
 def linear_drop_rates(p_last: float, depth: int) -> list[float]:
@@ -60,6 +68,8 @@ def drop_path(
     offset: int = 0,
     scale: str = "inverted",
     sampler: str = "bernoulli",
+    mode: str = "row",
+    groups: int = 1,
 ) -> torch.Tensor:
     """Zero each sample ``x[n]`` entirely with probability ``p``.
 
@@ -73,6 +83,13 @@ def drop_path(
             by ``1 - p`` at test time) or ``"realized"``.
         sampler: ``"bernoulli"``, or ``"fixed"`` to drop exactly ``round(N p)``
             samples of the batch (the batch is then one row).
+        mode: ``"row"`` (one draw per sample, ``N`` stream elements) or
+            ``"batch"`` (one draw for the whole batch, as torchvision's
+            ``mode="batch"``).
+        groups: with ``mode="batch"``, the batch holds ``groups`` batches one
+            after the other along dim 0 (the replicated batch of
+            :func:`droplab.mc_predict`), each with its own draw: ``groups``
+            stream elements.
 
     Returns:
         A tensor of ``x``'s shape and dtype.
@@ -85,6 +102,28 @@ def drop_path(
                 [0., 0.]])
     """
     x = _check_input(x, "drop_path")
+    mode = check_choice(mode, "mode", MODES, owner="drop_path")
+    if mode == "batch":
+        groups = check_int(groups, "groups", low=1, owner="drop_path")
+        if x.shape[0] % groups:
+            raise fail(
+                "groups",
+                groups,
+                f"a divisor of the batch size {x.shape[0]}",
+                owner="drop_path",
+            )
+        # (groups, rest): the mask has one element per group
+        grouped = x.reshape(groups, -1) if x.numel() else x
+        out = drop_path(
+            grouped,
+            p,
+            training,
+            seed=seed,
+            offset=offset,
+            scale=scale,
+            sampler=sampler,
+        )
+        return out.reshape(x.shape)
     if sampler == "fixed":
         # one row holding the whole batch: exactly round(N (1-p)) samples kept
         flat = x.reshape(1, x.shape[0], -1) if x.numel() else x.reshape(1, *x.shape)
@@ -117,12 +156,14 @@ class DropPath(StochasticModule):
     Args:
         p: probability of dropping a sample's branch.
         seed: the stream (None: a fresh seed per call); a call uses ``N`` elements.
-        scale, sampler: as :func:`drop_path`.
+        scale, sampler, mode: as :func:`drop_path`.
 
     Examples:
         >>> m = DropPath(0.2, seed=0)
         >>> _ = m(torch.ones(8, 3, 4)); m.offset
         8
+        >>> DropPath(0.2, seed=0, mode="batch")
+        DropPath(p=0.2, seed=0, offset=0, scale='inverted', mode='batch')
     """
 
     traceable = True  # draws only through dropout(): compiles into the graph
@@ -134,18 +175,23 @@ class DropPath(StochasticModule):
         seed: int | None = None,
         scale: str = "inverted",
         sampler: str = "bernoulli",
+        mode: str = "row",
     ) -> None:
         super().__init__(seed=seed)
         owner = type(self).__name__
         self.p = check_probability(p, owner=owner)
         self.scale = check_choice(scale, "scale", SCALES, owner=owner)
         self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
+        self.mode = check_choice(mode, "mode", MODES, owner=owner)
+        # Batches one after the other along dim 0 in "batch" mode: set by
+        # droplab.mc_predict for its replicated batch (one draw per pass).
+        self._groups = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seed, offset = None, 0
         if self.training:
             x = _check_input(x, type(self).__name__)
-            seed, offset = self.next_stream(x.shape[0])
+            seed, offset = self.next_stream(self.mask_elements(x))
         return drop_path(
             x,
             self.p,
@@ -154,12 +200,17 @@ class DropPath(StochasticModule):
             offset=offset,
             scale=self.scale,
             sampler=self.sampler,
+            mode=self.mode,
+            groups=self._groups,
         )
 
     def mask_elements(self, x: torch.Tensor) -> int:
-        """Stream elements a training call on ``x`` draws: one per sample."""
-        return int(x.shape[0])
+        """Stream elements a training call on ``x`` draws: one per sample
+        (``mode="row"``), one per batch (``"batch"``)."""
+        return int(x.shape[0]) if self.mode == "row" else self._groups
 
     def extra_repr(self) -> str:
         parts = [f"p={self.p}", self.stream_repr(), f"scale={self.scale!r}"]
+        if self.mode != "row":
+            parts.append(f"mode={self.mode!r}")
         return ", ".join(filter(None, parts))
