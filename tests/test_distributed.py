@@ -178,6 +178,41 @@ def train(rank: int) -> dict[str, list[Any]]:
     return {"masks": masks, "grads": grads, "offsets": offsets}
 
 
+class MCModel(nn.Module):
+    """Dropout three ways: a torch module, functional dropout, attention dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(IN, HIDDEN)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(HIDDEN, OUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop(torch.tanh(self.proj(x)))
+        h = nn.functional.dropout(h, 0.2, self.training)
+        q = h.reshape(x.shape[0], 2, 2, HIDDEN // 4)  # (B, heads, L, E)
+        p = 0.25 if self.training else 0.0
+        a = nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=p)
+        return self.head(a.reshape(x.shape[0], HIDDEN))
+
+
+def mc_case() -> dict[str, torch.Tensor]:
+    """mc_predict on the unconverted and the converted model, on this rank."""
+    import copy
+
+    import droplab
+
+    torch.manual_seed(0)
+    model = MCModel().double().eval()
+    x = torch.randn(PER_RANK, IN, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    converted = droplab.convert(copy.deepcopy(model), seed=1)
+    runs = {
+        name: droplab.mc_predict(net, x, samples=6, seed=9, chunk=3, keep_samples=True)
+        for name, net in (("plain", model), ("converted", converted))
+    }
+    return {name: run.samples for name, run in runs.items()}  # type: ignore[misc]
+
+
 def worker(rank: int, store: Path, out: Path) -> None:
     """One DDP process: a run and a rerun from scratch (fresh model, offset 0)."""
     import torch.distributed as dist
@@ -189,7 +224,7 @@ def worker(rank: int, store: Path, out: Path) -> None:
     )
     try:
         runs = [train(rank), train(rank)]
-        torch.save({"rank": current_rank(), "runs": runs}, out)
+        torch.save({"rank": current_rank(), "runs": runs, "mc": mc_case()}, out)
     finally:
         dist.destroy_process_group()
 
@@ -271,6 +306,17 @@ def test_ddp_on_gloo_ranks_draw_apart_replay_and_match_one_process(tmp_path):
         optimizer.step()
     # rank 0 drew exactly what a run without torch.distributed draws
     assert fold_rank(SEED, 0) == SEED
+
+    # mc_predict: one key rule for modules, intercepted calls and its streams,
+    # so the unconverted model equals the converted one on every rank ...
+    mc = [r["mc"] for r in saved]
+    for rank in range(WORLD):
+        assert torch.equal(mc[rank]["plain"], mc[rank]["converted"])
+    # ... the ranks draw apart, and rank 1 is what use_rank(1) replays here
+    assert not torch.equal(mc[0]["plain"], mc[1]["plain"])
+    assert torch.equal(mc_case()["plain"], mc[0]["plain"])
+    with use_rank(1):
+        assert torch.equal(mc_case()["plain"], mc[1]["plain"])
 
 
 if __name__ == "__main__":

@@ -289,10 +289,12 @@ class Interception(TorchFunctionMode):
             site = self._bernoulli_site()
             if site is not None:
                 return self._fill(args, site)
-        if func in _RNNS:
+        if not self.replays:
+            pass  # without a seed, torch's generator is the stream anyway
+        elif func in _RNNS:
             if _rnn_dropout(args) > 0.0:
                 self._name_unreplayed(f"the inter-layer dropout of torch.{_RNNS[func]}")
-        elif self.replays:
+        else:
             self._name_unreplayed(RANDOM_FUNCTIONS[func])
         return func(*args, **kwargs)
 
