@@ -433,3 +433,169 @@ def test_drop_path_and_channel_dropout_are_chunk_invariant() -> None:
         assert a.samples is not None and b.samples is not None
         assert torch.equal(a.samples, b.samples)
         assert not torch.equal(a.samples[0], a.samples[1])
+
+
+# --- any output, and everything restored ---------------------------------------
+
+import dataclasses  # noqa: E402
+
+
+@dataclasses.dataclass
+class Prediction:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    steps: int = 3
+
+
+class Structured(torch.nn.Module):
+    """A model whose output is a structure; ``kind`` says which."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Dropout(0.4)
+        )
+        self.head = torch.nn.Linear(8, 3)
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> object:
+        hidden = self.body(x)
+        if scale is not None:
+            hidden = hidden * scale  # (B, 1): replicated with x
+        logits = self.head(hidden)
+        ids = torch.zeros(x.shape[0], dtype=torch.long)
+        if self.kind == "tuple":
+            return logits, ids, None
+        if self.kind == "pair":
+            return hidden, logits
+        if self.kind == "dict":
+            return {"logits": logits, "hidden": hidden, "ids": ids}
+        return Prediction(logits, hidden)
+
+
+def test_output_leaves_are_picked_as_documented() -> None:
+    tensor_model = Structured("pair")
+    reference = mc_predict(
+        torch.nn.Sequential(tensor_model.body, tensor_model.head).double(),
+        X, samples=8, seed=3,
+    )
+    for kind in ("tuple", "dict", "dataclass"):
+        model = Structured(kind).double()
+        # the only floating leaf (tuple), or the one named "logits"
+        got = mc_predict(model, X, samples=8, seed=3)
+        assert torch.equal(got.mean, reference.mean), kind
+        assert torch.equal(got.variance, reference.variance), kind
+    pair = Structured("pair").double()
+    with pytest.raises(ValueError, match=r"'output'.*'0' \(7, 8\) float64, '1' \(7, 3\) float64.*pick one"):
+        mc_predict(pair, X, samples=2, seed=3, chunk=1)
+    assert torch.equal(mc_predict(pair, X, samples=8, seed=3, output="1").mean, reference.mean)
+    picked = mc_predict(pair, X, samples=8, seed=3, output=lambda out: out[1])
+    assert torch.equal(picked.mean, reference.mean)
+    every = mc_predict(Structured("dict").double(), X, samples=8, seed=3, output="all")
+    assert sorted(every) == ["hidden", "logits"]  # "ids" is not floating
+    assert torch.equal(every["logits"].mean, reference.mean)
+    assert every["hidden"].mean.shape == (7, 8)
+    classified = mc_predict(
+        Structured("dataclass").double(), X, samples=8, seed=3, task="classification"
+    )
+    assert classified.entropy is not None and classified.entropy.shape == (7,)
+    with pytest.raises(ValueError, match=r"no leaf is named 'logit'"):
+        mc_predict(Structured("dict").double(), X, samples=2, seed=3, output="logit")
+    with pytest.raises(ValueError, match=r"'task'.*output='all'"):
+        mc_predict(pair, X, samples=2, seed=3, output="all", task="classification")
+    with pytest.raises(TypeError, match=r"'output'"):
+        mc_predict(pair, X, samples=2, seed=3, output=3)
+
+
+def test_an_output_without_the_batch_is_refused() -> None:
+    class Pooled(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.dropout(x, 0.5).sum(0)
+
+    with pytest.raises(ValueError, match=r"batch along dim 0 \(14 rows here\); got 'a model whose output has shape \(5,\)'"):
+        mc_predict(Pooled(), X, samples=2, seed=0, chunk=2)
+
+
+def test_model_kwargs_with_the_batch_are_replicated() -> None:
+    model = Structured("dict").double()
+    scale = torch.linspace(0.5, 1.5, 7, dtype=torch.float64)[:, None]
+    a = mc_predict(model, X, samples=6, seed=1, chunk=6, model_kwargs={"scale": scale})
+    b = mc_predict(model, X, samples=6, seed=1, chunk=1, model_kwargs={"scale": scale})
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-12)
+    plain = mc_predict(model, X, samples=6, seed=1)
+    assert not torch.equal(a.mean, plain.mean)
+    with pytest.raises(TypeError, match=r"'model_kwargs'"):
+        mc_predict(model, X, samples=2, model_kwargs=[("scale", scale)])
+
+
+class Exploding(torch.nn.Module):
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.calls, self.after = 0, after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("boom")
+        return x
+
+
+def full_state(model: torch.nn.Module) -> list[object]:
+    """Everything mc_predict must leave as it was, bit for bit."""
+    state: list[object] = []
+    for name, module in model.named_modules():
+        state.append((name, module.training, module.__dict__.get("forward")))
+        state.append(tuple(module._forward_pre_hooks.items()))
+        state.append(tuple(module._forward_hooks.items()))
+        if isinstance(module, StochasticModule):
+            state.append((module.seed, module.offset, getattr(module, "_groups", None)))
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        state.append((name, tensor.detach().clone() if isinstance(tensor, torch.Tensor) else tensor))
+    return state
+
+
+def same_state(a: list[object], b: list[object]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], torch.Tensor):
+            if x[0] != y[0] or not torch.equal(x[1], y[1]):  # type: ignore[index]
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("after", [0, 1, 100])
+def test_everything_is_restored_bit_for_bit_even_when_the_forward_raises(after: int) -> None:
+    torch.manual_seed(0)
+    drop_path = DropPath(0.3)
+    custom = drop_path.forward  # a forward set on the instance by its user
+    drop_path.forward = custom
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.Dropout(0.2),
+        drop_path,
+        DroplabDropPath(0.2, seed=4, mode="batch"),
+        DroplabDropPath(0.1),
+        Dropout(0.3, seed=8),
+        Exploding(after),
+        torch.nn.Linear(8, 2),
+    ).double()
+    net[1].running_mean.uniform_()  # statistics that training mode would move
+    net.train()
+    net[2].eval()  # a mixed state comes back exactly
+    net[6].offset = 40
+    seen: list[int] = []
+    net[0].register_forward_hook(lambda m, i, o: seen.append(1))
+    before = full_state(net)
+    if after == 100:
+        mc_predict(net, X, samples=6, seed=0, chunk=2)
+    else:
+        with pytest.raises(RuntimeError, match="boom"):
+            mc_predict(net, X, samples=6, seed=0, chunk=2)
+    assert same_state(before, full_state(net))
+    assert net[3].__dict__["forward"] is custom
+    assert seen  # the user's hook ran, and is still there

@@ -446,7 +446,7 @@ def _picked(out: Any, output: Any, rows: int) -> dict[str, torch.Tensor]:
     if callable(output) and not isinstance(output, str):
         out, output = output(out), None
     if isinstance(out, torch.Tensor) and output is None:
-        return {"": _batch_leaf("the output", out, rows)}
+        return {"": _batch_leaf("output", out, rows)}
     leaves = dict(_leaves(out))
     floating = {k: v for k, v in leaves.items() if v.is_floating_point()}
     if output == "all":
@@ -463,7 +463,7 @@ def _picked(out: Any, output: Any, rows: int) -> dict[str, torch.Tensor]:
             raise _no_leaf(out, leaves, "pick one with output=")
     if output not in leaves:
         raise _no_leaf(out, leaves, f"no leaf is named {output!r}")
-    return {output: _batch_leaf(f"the output leaf {output!r}", leaves[output], rows)}
+    return {output: _batch_leaf(f"output leaf {output!r}", leaves[output], rows)}
 
 
 def _batch_leaf(what: str, leaf: torch.Tensor, rows: int) -> torch.Tensor:
@@ -471,7 +471,8 @@ def _batch_leaf(what: str, leaf: torch.Tensor, rows: int) -> torch.Tensor:
         raise fail(
             "model",
             f"a model whose {what} has shape {tuple(leaf.shape)}",
-            f"outputs whose dim 0 is the (replicated) batch, {rows} rows here",
+            f"a model whose outputs hold the (replicated) batch along dim 0 "
+            f"({rows} rows here)",
             owner="mc_predict",
         )
     return leaf
