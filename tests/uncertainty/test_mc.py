@@ -487,8 +487,12 @@ def test_output_leaves_are_picked_as_documented() -> None:
         assert torch.equal(got.mean, reference.mean), kind
         assert torch.equal(got.variance, reference.variance), kind
     pair = Structured("pair").double()
-    with pytest.raises(ValueError, match=r"'output'.*'0' \(7, 8\) float64, '1' \(7, 3\) float64.*pick one"):
-        mc_predict(pair, X, samples=2, seed=3, chunk=1)
+    # several floating leaves, none named logits: the statistics of each
+    both = mc_predict(pair, X, samples=8, seed=3)
+    assert sorted(both) == ["0", "1"]
+    assert torch.equal(both["1"].mean, reference.mean)
+    with pytest.raises(ValueError, match=r"'task'.*pick one leaf"):
+        mc_predict(pair, X, samples=2, seed=3, task="classification")
     assert torch.equal(mc_predict(pair, X, samples=8, seed=3, output="1").mean, reference.mean)
     picked = mc_predict(pair, X, samples=8, seed=3, output=lambda out: out[1])
     assert torch.equal(picked.mean, reference.mean)
@@ -500,8 +504,11 @@ def test_output_leaves_are_picked_as_documented() -> None:
         Structured("dataclass").double(), X, samples=8, seed=3, task="classification"
     )
     assert classified.entropy is not None and classified.entropy.shape == (7,)
-    with pytest.raises(ValueError, match=r"no leaf is named 'logit'"):
-        mc_predict(Structured("dict").double(), X, samples=2, seed=3, output="logit")
+    with pytest.raises(
+        ValueError,
+        match=r"'logits' \(7, 3\) float64, 'hidden' \(7, 8\) float64, 'ids' \(7,\) int64\] \(no leaf is named 'logit'\)",
+    ):
+        mc_predict(Structured("dict").double(), X, samples=2, seed=3, output="logit", chunk=1)
     with pytest.raises(ValueError, match=r"'task'.*output='all'"):
         mc_predict(pair, X, samples=2, seed=3, output="all", task="classification")
     with pytest.raises(TypeError, match=r"'output'"):

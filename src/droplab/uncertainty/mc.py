@@ -314,12 +314,13 @@ def mc_predict(
         output: what the statistics are of, when the model returns more than a
             tensor (a tuple, list, dict, dataclass or Hugging Face
             ``ModelOutput``). None: the tensor itself; else the leaf named
-            ``"logits"`` if there is one; else the only floating tensor leaf
-            (an error names the leaves when there are several). A leaf path
-            such as ``"logits"``, ``"0"`` or ``"hidden_states.2"`` picks that
-            leaf; a callable picks what it returns from the output; ``"all"``
-            returns a dict, leaf path -> :class:`MCPrediction`, for every
-            floating leaf whose dim 0 is the batch.
+            ``"logits"`` if there is one; else the only floating tensor leaf;
+            else every floating leaf whose dim 0 is the batch, as with
+            ``"all"``. A leaf path such as ``"logits"``, ``"0"`` or
+            ``"hidden_states.2"`` picks that leaf; a callable picks what it
+            returns from the output; ``"all"`` returns a dict, leaf path ->
+            :class:`MCPrediction`, for every floating leaf whose dim 0 is the
+            batch.
         model_kwargs: keyword arguments of the model (an ``attention_mask``,
             say); the tensors whose dim 0 is the batch are replicated with
             ``x``, the rest passed as they are.
@@ -327,7 +328,9 @@ def mc_predict(
             an error (by default it is named in a ``UserWarning``).
 
     Returns:
-        An :class:`MCPrediction` (a dict of them for ``output="all"``).
+        An :class:`MCPrediction`, or a dict of them by leaf path when the
+        statistics are of several leaves (``output="all"``, or a structured
+        output without ``logits`` and with several floating leaves).
 
     Shape:
         x: (B, ...); mean, variance: (B, *out); samples: (T, B, *out).
@@ -398,12 +401,15 @@ def mc_predict(
                 }
                 with interception:
                     out = model(args, **kwargs)
-                for path, leaf in _picked(out, output, size * batch).items():
+                picked = _picked(out, output, size * batch, task == "classification")
+                for path, leaf in picked.items():
                     if path not in accumulators:
                         accumulators[path] = _Accumulator(task, passes, keep_samples)
                     accumulators[path].add(leaf.reshape(size, batch, *leaf.shape[1:]))
                 start += size
-    if output == "all":
+    if list(accumulators) == [""]:  # the output was a tensor
+        return accumulators[""].result(seed)
+    if output == "all" or len(accumulators) > 1:
         return {path: acc.result(seed) for path, acc in accumulators.items()}
     (only,) = accumulators.values()
     return only.result(seed)
@@ -441,7 +447,9 @@ def _leaves(out: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
         yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
 
 
-def _picked(out: Any, output: Any, rows: int) -> dict[str, torch.Tensor]:
+def _picked(
+    out: Any, output: Any, rows: int, task_is_classification: bool = False
+) -> dict[str, torch.Tensor]:
     """The leaves the statistics are of (see ``output`` in :func:`mc_predict`)."""
     if callable(output) and not isinstance(output, str):
         out, output = output(out), None
@@ -451,6 +459,14 @@ def _picked(out: Any, output: Any, rows: int) -> dict[str, torch.Tensor]:
     floating = {k: v for k, v in leaves.items() if v.is_floating_point()}
     if output == "all":
         picked = {k: v for k, v in floating.items() if v.dim() and v.shape[0] == rows}
+        if task_is_classification:
+            raise fail(
+                "task",
+                "classification",
+                "'regression' for the statistics of every leaf (pick one leaf "
+                "with output=, such as the logits)",
+                owner="mc_predict",
+            )
         if not picked:
             raise _no_leaf(out, leaves, "no floating tensor leaf holds the batch")
         return picked
@@ -460,7 +476,7 @@ def _picked(out: Any, output: Any, rows: int) -> dict[str, torch.Tensor]:
         elif len(floating) == 1:
             (output,) = floating
         else:
-            raise _no_leaf(out, leaves, "pick one with output=")
+            return _picked(out, "all", rows, task_is_classification)
     if output not in leaves:
         raise _no_leaf(out, leaves, f"no leaf is named {output!r}")
     return {output: _batch_leaf(f"output leaf {output!r}", leaves[output], rows)}
