@@ -150,8 +150,12 @@ def test_mc_predict_on_the_unconverted_model_equals_the_converted(name: str) -> 
     converted = droplab.convert(MODELS[name]()).eval()
     a = mc_samples(plain, chunk=6)
     again = mc_samples(plain, chunk=2)
-    b = mc_samples(converted, chunk=4)
-    assert torch.equal(a, again) and torch.equal(a, b)
+    b = mc_samples(converted, chunk=6)
+    # the same chunking: bit for bit; another chunking: the same masks, and
+    # outputs equal to float32 rounding (a matrix product of another number of
+    # rows may be blocked, and threaded, differently: seen here under load)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, again, rtol=1e-5, atol=1e-6)
     assert not torch.equal(a[0], a[1])  # the passes differ
     assert torch_dropouts(plain) and not plain.training  # left as it was
 
