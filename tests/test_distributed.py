@@ -204,7 +204,9 @@ def mc_case() -> dict[str, torch.Tensor]:
 
     torch.manual_seed(0)
     model = MCModel().double().eval()
-    x = torch.randn(PER_RANK, IN, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = torch.randn(
+        PER_RANK, IN, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     converted = droplab.convert(copy.deepcopy(model), seed=1)
     runs = {
         name: droplab.mc_predict(net, x, samples=6, seed=9, chunk=3, keep_samples=True)

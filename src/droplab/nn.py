@@ -16,9 +16,9 @@ the variants live one per file under :mod:`droplab.variants`, whose registry
 """
 
 from droplab._core.dropout import Dropout as Dropout
-from droplab._core.modes import DROPOUT_TYPES as DROPOUT_TYPES
 from droplab._core.modes import mc_dropout as mc_dropout
 from droplab._core.module import StochasticModule as StochasticModule
+from droplab.interop.kinds import DROPOUT_TYPES as DROPOUT_TYPES
 from droplab.variants import MODULES
 from droplab.variants import AlphaDropout as AlphaDropout
 from droplab.variants import ConcreteDropout as ConcreteDropout

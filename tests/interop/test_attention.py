@@ -19,7 +19,9 @@ from droplab.interop.attention import attention_math
 ATEN_MATH = torch.ops.aten._scaled_dot_product_attention_math
 
 
-def keep_of(shape: tuple[int, ...], p: float, seed: int, offset: int = 0) -> torch.Tensor:
+def keep_of(
+    shape: tuple[int, ...], p: float, seed: int, offset: int = 0
+) -> torch.Tensor:
     """droplab's keep mask for a tensor of ``shape`` (what droplab.dropout keeps)."""
     ones = torch.ones(shape, dtype=torch.float64)
     return dropout(ones, p, seed=seed, offset=offset, scale="none") != 0
@@ -78,7 +80,9 @@ def test_math_form_is_torchs_math_form_with_the_same_mask(case, dtype) -> None:
     )
     assert torch.equal(ours, torch_out)
     # and without dropout, torch's function itself (to rounding)
-    plain = attention_math(q, k, v, mask, 0.0, causal, scale=scale, enable_gqa=gqa, draw=fixed_draw(0))
+    plain = attention_math(
+        q, k, v, mask, 0.0, causal, scale=scale, enable_gqa=gqa, draw=fixed_draw(0)
+    )
     reference = F.scaled_dot_product_attention(
         q, k, v, mask, 0.0, causal, scale=scale, enable_gqa=gqa
     )
@@ -87,8 +91,10 @@ def test_math_form_is_torchs_math_form_with_the_same_mask(case, dtype) -> None:
 
 def test_math_form_refuses_a_mask_with_is_causal() -> None:
     q = torch.randn(1, 2, 3, 4)
-    with pytest.raises(ValueError, match="'attn_mask'.*is_causal=True"):
-        attention_math(q, q, q, torch.ones(3, 3, dtype=torch.bool), 0.1, True, draw=fixed_draw(0))
+    with pytest.raises(ValueError, match=r"'attn_mask'.*is_causal=True"):
+        attention_math(
+            q, q, q, torch.ones(3, 3, dtype=torch.bool), 0.1, True, draw=fixed_draw(0)
+        )
 
 
 def test_sdpa_under_intercept_replays_and_takes_the_stream_in_order() -> None:
@@ -99,7 +105,9 @@ def test_sdpa_under_intercept_replays_and_takes_the_stream_in_order() -> None:
         second = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
     assert mode.calls == 2 and mode.offset == 2 * 2 * 3 * 4 * 4
     with droplab.intercept(seed=5):
-        assert torch.equal(F.scaled_dot_product_attention(q, k, v, dropout_p=0.3), first)
+        assert torch.equal(
+            F.scaled_dot_product_attention(q, k, v, dropout_p=0.3), first
+        )
     assert not torch.equal(first, second)
     keep = keep_of((2, 3, 4, 4), 0.3, 5, offset=2 * 3 * 4 * 4)
     expected, _ = ATEN_MATH(q, k, v, None, 0.3, False, keep)
@@ -120,7 +128,9 @@ def test_gradients_flow_through_the_math_form() -> None:
 class Block(nn.Module):
     def __init__(self, width: int = 8, heads: int = 2, p: float = 0.3) -> None:
         super().__init__()
-        self.attention = nn.MultiheadAttention(width, heads, dropout=p, batch_first=True)
+        self.attention = nn.MultiheadAttention(
+            width, heads, dropout=p, batch_first=True
+        )
         self.head = nn.Linear(width, 3)
         self.need_weights = False
 
@@ -151,10 +161,14 @@ def test_multihead_attention_draws_the_same_mask_on_both_paths() -> None:
     def heads(t: torch.Tensor) -> torch.Tensor:  # (B, L, E) -> (B, H, L, E / H)
         return t.reshape(3, 5, 2, 4).transpose(1, 2)
 
-    q, k, v = heads(F.linear(x, w_q, b_q)), heads(F.linear(x, w_k, b_k)), heads(F.linear(x, w_v, b_v))
+    q, k, v = (
+        heads(F.linear(x, w_q, b_q)),
+        heads(F.linear(x, w_k, b_k)),
+        heads(F.linear(x, w_v, b_v)),
+    )
     weights = torch.softmax(q @ k.transpose(-2, -1) / 2.0, -1)
     kept = weights * keep_of((3, 2, 5, 5), 0.5, 2) * 2.0
-    expected = mha.out_proj(( kept @ v).transpose(1, 2).reshape(3, 5, 8))
+    expected = mha.out_proj((kept @ v).transpose(1, 2).reshape(3, 5, 8))
     torch.testing.assert_close(b, expected, rtol=1e-5, atol=1e-6)
     # in eval mode the module draws nothing and is torch's
     mha.eval()

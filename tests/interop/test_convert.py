@@ -47,7 +47,7 @@ def test_every_torch_dropout_is_swapped_with_its_arguments_and_mode() -> None:
     assert modules["2.1"].training and not modules["2.0"].training
     assert modules["5"].seed == 1  # untouched
     assert not any(
-        type(m) in droplab._core.modes.TORCH_DROPOUTS for m in model.modules()
+        type(m) in droplab.interop.kinds.TORCH_DROPOUTS for m in model.modules()
     )
 
 

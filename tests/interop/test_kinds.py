@@ -39,9 +39,16 @@ StochasticDepth.__module__ = "torchvision.ops.stochastic_depth"
 def test_every_kind_is_one_record_read_by_every_transform() -> None:
     foreign = [kind.foreign for kind in KINDS]
     assert len(set(foreign)) == len(foreign)
-    assert "torchvision.ops.StochasticDepth" in foreign and "timm.layers.DropPath" in foreign
+    assert (
+        "torchvision.ops.StochasticDepth" in foreign
+        and "timm.layers.DropPath" in foreign
+    )
     rules = function_rules()
-    assert F.dropout in rules and F.feature_alpha_dropout in rules and torch.dropout in rules
+    assert (
+        F.dropout in rules
+        and F.feature_alpha_dropout in rules
+        and torch.dropout in rules
+    )
     assert kind_of(nn.Dropout(0.1)) is KINDS[0]
     assert kind_of(StochasticDepth(0.1, "row")) is KINDS[-1]
 
@@ -53,7 +60,9 @@ def test_every_kind_is_one_record_read_by_every_transform() -> None:
 
 def test_the_docs_table_is_the_registry() -> None:
     text = DOCS.read_text()
-    assert kinds_table() in text, "regenerate the table: python -c 'from droplab.interop.kinds import kinds_table; print(kinds_table())'"
+    assert kinds_table() in text, (
+        "regenerate the table: python -c 'from droplab.interop.kinds import kinds_table; print(kinds_table())'"
+    )
 
 
 @pytest.mark.parametrize("mode", ["row", "batch"])
@@ -92,7 +101,10 @@ def test_drop_path_batch_mode_draws_one_element_per_group() -> None:
     for g in range(3):
         block = grouped[2 * g : 2 * g + 2]
         assert bool((block == block[0, 0]).all())
-    with pytest.raises(ValueError, match=r"'groups' argument of drop_path must be a divisor of the batch size 6; got 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"'groups' argument of drop_path must be a divisor of the batch size 6; got 4",
+    ):
         drop_path(x, 0.5, seed=1, mode="batch", groups=4)
     with pytest.raises(ValueError, match=r"'mode' argument of drop_path"):
         drop_path(x, 0.5, seed=1, mode="col")

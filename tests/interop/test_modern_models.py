@@ -40,7 +40,9 @@ T = 256
 # ---------------------------------------------------------------- the models
 
 
-def bert(attention: str, attn: float = 0.0, hidden: float = 0.0, bare: bool = False) -> nn.Module:
+def bert(
+    attention: str, attn: float = 0.0, hidden: float = 0.0, bare: bool = False
+) -> nn.Module:
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=64,
@@ -115,10 +117,14 @@ def convnext(depth: float = 0.0) -> nn.Module:
     torch.manual_seed(0)
     blocks = [CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)]
     # layer_scale 0.5 (torchvision: 1e-6): the branches, hence their drops, count
-    return ConvNeXt(blocks, stochastic_depth_prob=depth, layer_scale=0.5, num_classes=3).eval()
+    return ConvNeXt(
+        blocks, stochastic_depth_prob=depth, layer_scale=0.5, num_classes=3
+    ).eval()
 
 
-def timm_vit(attn: float = 0.0, path: float = 0.0, other: float = 0.0, fused: bool = True) -> nn.Module:
+def timm_vit(
+    attn: float = 0.0, path: float = 0.0, other: float = 0.0, fused: bool = True
+) -> nn.Module:
     torch.manual_seed(0)
     model = timm.create_model(
         "vit_tiny_patch16_224",
@@ -180,7 +186,9 @@ def logits(output: object) -> torch.Tensor:
 def converted(model: nn.Module) -> nn.Module:
     """droplab.convert on a copy; MultiheadAttention's dropout is reported."""
     copied = copy.deepcopy(model)
-    if any(isinstance(m, nn.MultiheadAttention) and m.dropout > 0 for m in copied.modules()):
+    if any(
+        isinstance(m, nn.MultiheadAttention) and m.dropout > 0 for m in copied.modules()
+    ):
         with pytest.warns(UserWarning, match="MultiheadAttention applies dropout"):
             return droplab.convert(copied, seed=0)
     return droplab.convert(copied, seed=0)
@@ -215,7 +223,11 @@ def test_only_attention_dropout_or_only_stochastic_depth_is_sampled(name: str) -
     theirs_v, theirs_se = total_variance(torch_passes(model, x, T))
     assert ours_v > 0.0
     assert abs(ours_v - theirs_v) <= 5 * math.hypot(ours_se, theirs_se), (
-        name, ours_v, ours_se, theirs_v, theirs_se,
+        name,
+        ours_v,
+        ours_se,
+        theirs_v,
+        theirs_se,
     )
     assert not model.training and not any(m.training for m in model.modules())
 
@@ -228,7 +240,9 @@ def test_without_the_rate_the_variance_is_exactly_zero(name: str) -> None:
         for attribute in ("p", "drop_prob", "dropout"):
             if isinstance(getattr(module, attribute, None), float):
                 setattr(module, attribute, 0.0)
-        if hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
+        if hasattr(module, "attention_dropout") and isinstance(
+            module.attention_dropout, float
+        ):
             module.attention_dropout = 0.0
     # one pass per forward call: a batched convolution may round rows apart
     result = mc_predict(model, x, samples=4, seed=0, chunk=1)
@@ -240,7 +254,9 @@ def test_mc_predict_equals_mc_predict_on_the_converted_model(name: str) -> None:
     make, x = {**ONLY, **DEFAULTS}[name]
     model = make()
     plain = mc_predict(model, x, samples=12, seed=5, chunk=4, keep_samples=True)
-    twin = mc_predict(converted(model), x, samples=12, seed=5, chunk=4, keep_samples=True)
+    twin = mc_predict(
+        converted(model), x, samples=12, seed=5, chunk=4, keep_samples=True
+    )
     assert plain.samples is not None and twin.samples is not None
     assert torch.equal(plain.samples, twin.samples)
     assert bool((plain.samples != plain.samples[0]).any())  # the passes differ
@@ -268,12 +284,20 @@ def test_a_bare_hugging_face_model_works_with_mc_predict() -> None:
     model = bert("sdpa", attn=0.1, hidden=0.1, bare=True)
     mask = torch.ones_like(TOKENS)
     mask[1, -3:] = 0  # padding in the second sequence
-    result = mc_predict(model, TOKENS, samples=16, seed=0, model_kwargs={"attention_mask": mask})
+    result = mc_predict(
+        model, TOKENS, samples=16, seed=0, model_kwargs={"attention_mask": mask}
+    )
     assert sorted(result) == ["last_hidden_state", "pooler_output"]
     assert result["last_hidden_state"].mean.shape == (2, 12, 32)
     assert bool((result["pooler_output"].variance > 0).all())
-    pooled = mc_predict(model, TOKENS, samples=16, seed=0, output="pooler_output",
-                        model_kwargs={"attention_mask": mask})
+    pooled = mc_predict(
+        model,
+        TOKENS,
+        samples=16,
+        seed=0,
+        output="pooler_output",
+        model_kwargs={"attention_mask": mask},
+    )
     assert torch.equal(pooled.mean, result["pooler_output"].mean)
     classifier = bert("eager", attn=0.1, hidden=0.1)
     labels = mc_predict(classifier, TOKENS, samples=16, seed=0, task="classification")
@@ -300,7 +324,9 @@ def test_torchvision_stochastic_depth_converts_and_reverts() -> None:
     assert isinstance(batch[0], StochasticDepth) and batch[0].mode == "batch"
 
 
-def test_bare_intercept_replays_timm_drop_path_and_torchvision_stochastic_depth() -> None:
+def test_bare_intercept_replays_timm_drop_path_and_torchvision_stochastic_depth() -> (
+    None
+):
     from torchvision.ops import stochastic_depth
 
     x = torch.ones(64, 3)
@@ -314,4 +340,6 @@ def test_bare_intercept_replays_timm_drop_path_and_torchvision_stochastic_depth(
     # the masks are droplab's: the rows kept are those of droplab's drop_path
     ours = droplab.variants.drop_path(x, 0.5, seed=3, offset=0)
     assert torch.equal(a != 0, ours != 0)
-    assert torch.equal(b != 0, droplab.variants.drop_path(x, 0.5, seed=3, offset=64) != 0)
+    assert torch.equal(
+        b != 0, droplab.variants.drop_path(x, 0.5, seed=3, offset=64) != 0
+    )

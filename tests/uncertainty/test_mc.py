@@ -478,7 +478,9 @@ def test_output_leaves_are_picked_as_documented() -> None:
     tensor_model = Structured("pair")
     reference = mc_predict(
         torch.nn.Sequential(tensor_model.body, tensor_model.head).double(),
-        X, samples=8, seed=3,
+        X,
+        samples=8,
+        seed=3,
     )
     for kind in ("tuple", "dict", "dataclass"):
         model = Structured(kind).double()
@@ -493,7 +495,9 @@ def test_output_leaves_are_picked_as_documented() -> None:
     assert torch.equal(both["1"].mean, reference.mean)
     with pytest.raises(ValueError, match=r"'task'.*pick one leaf"):
         mc_predict(pair, X, samples=2, seed=3, task="classification")
-    assert torch.equal(mc_predict(pair, X, samples=8, seed=3, output="1").mean, reference.mean)
+    assert torch.equal(
+        mc_predict(pair, X, samples=8, seed=3, output="1").mean, reference.mean
+    )
     picked = mc_predict(pair, X, samples=8, seed=3, output=lambda out: out[1])
     assert torch.equal(picked.mean, reference.mean)
     every = mc_predict(Structured("dict").double(), X, samples=8, seed=3, output="all")
@@ -508,7 +512,9 @@ def test_output_leaves_are_picked_as_documented() -> None:
         ValueError,
         match=r"'logits' \(7, 3\) float64, 'hidden' \(7, 8\) float64, 'ids' \(7,\) int64\] \(no leaf is named 'logit'\)",
     ):
-        mc_predict(Structured("dict").double(), X, samples=2, seed=3, output="logit", chunk=1)
+        mc_predict(
+            Structured("dict").double(), X, samples=2, seed=3, output="logit", chunk=1
+        )
     with pytest.raises(ValueError, match=r"'task'.*output='all'"):
         mc_predict(pair, X, samples=2, seed=3, output="all", task="classification")
     with pytest.raises(TypeError, match=r"'output'"):
@@ -520,7 +526,10 @@ def test_an_output_without_the_batch_is_refused() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.dropout(x, 0.5).sum(0)
 
-    with pytest.raises(ValueError, match=r"batch along dim 0 \(14 rows here\); got 'a model whose output has shape \(5,\)'"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch along dim 0 \(14 rows here\); got 'a model whose output has shape \(5,\)'",
+    ):
         mc_predict(Pooled(), X, samples=2, seed=0, chunk=2)
 
 
@@ -558,7 +567,12 @@ def full_state(model: torch.nn.Module) -> list[object]:
         if isinstance(module, StochasticModule):
             state.append((module.seed, module.offset, getattr(module, "_groups", None)))
     for name, tensor in model.state_dict(keep_vars=True).items():
-        state.append((name, tensor.detach().clone() if isinstance(tensor, torch.Tensor) else tensor))
+        state.append(
+            (
+                name,
+                tensor.detach().clone() if isinstance(tensor, torch.Tensor) else tensor,
+            )
+        )
     return state
 
 
@@ -575,7 +589,9 @@ def same_state(a: list[object], b: list[object]) -> bool:
 
 
 @pytest.mark.parametrize("after", [0, 1, 100])
-def test_everything_is_restored_bit_for_bit_even_when_the_forward_raises(after: int) -> None:
+def test_everything_is_restored_bit_for_bit_even_when_the_forward_raises(
+    after: int,
+) -> None:
     torch.manual_seed(0)
     drop_path = DropPath(0.3)
     custom = drop_path.forward  # a forward set on the instance by its user

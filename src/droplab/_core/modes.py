@@ -36,8 +36,6 @@ from droplab._core.module import StochasticModule
 from droplab._validation import fail
 
 __all__ = [
-    "DROPOUT_TYPES",
-    "TORCH_DROPOUTS",
     "keeps_running_statistics",
     "mc_dropout",
     "weight_scaled",
@@ -46,31 +44,9 @@ __all__ = [
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
-
-def _foreign_dropouts() -> tuple[type[nn.Module], ...]:
-    """torch.nn's dropout classes (identity at evaluation), read from the one
-    registry of kinds (imported here, not at import time: it sits above
-    ``_core``)."""
-    from droplab.interop.kinds import KINDS
-
-    return tuple(
-        getattr(nn, kind.foreign.rpartition(".")[2])
-        for kind in KINDS
-        if kind.library == "torch"
-    )
-
-
-def __getattr__(name: str) -> tuple[type[nn.Module], ...]:
-    # TORCH_DROPOUTS: torch.nn's dropout classes; DROPOUT_TYPES: those and
-    # droplab's StochasticModule. Both derived from the registry on first use.
-    if name == "TORCH_DROPOUTS":
-        return _foreign_dropouts()
-    if name == "DROPOUT_TYPES":
-        return (*_foreign_dropouts(), StochasticModule)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _is_foreign_dropout(module: nn.Module) -> bool:
+    # The registry sits above _core (it maps torch's classes to droplab's):
+    # imported on use.
     from droplab.interop.kinds import kind_of
 
     return kind_of(module) is not None
@@ -91,9 +67,7 @@ def keeps_running_statistics(module: nn.Module) -> bool:
     >>> keeps_running_statistics(nn.InstanceNorm1d(3))  # no tracked statistics
     False
     """
-    return any(
-        module._buffers.get(name) is not None for name in _RUNNING_STATISTICS
-    )
+    return any(module._buffers.get(name) is not None for name in _RUNNING_STATISTICS)
 
 
 # Layers the factor can move into (linear and without a bias on the input side).

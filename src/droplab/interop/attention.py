@@ -138,7 +138,14 @@ def _mha_attention(
 ) -> torch.Tensor:
     if dropout_p <= 0.0:
         return F.scaled_dot_product_attention(
-            query, key, value, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa
+            query,
+            key,
+            value,
+            attn_mask,
+            0.0,
+            is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
         )
     return attention_math(
         query,

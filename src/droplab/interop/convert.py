@@ -104,7 +104,9 @@ def conversion_plan(model: nn.Module) -> ConversionPlan:
         kind = kind_of(module)
         if kind is not None:
             new = kind.to_droplab(module)
-            new.converted_from = kind.foreign  # which record revert takes back
+            new.__dict__["converted_from"] = (
+                kind.foreign
+            )  # the record revert takes back
             plan.swaps.append((where, type(module).__name__, new))
             continue
         if isinstance(module, StochasticModule):

@@ -71,7 +71,12 @@ def _random_functions() -> dict[Any, str]:
     for name in methods:
         if hasattr(torch.Tensor, name):
             table[getattr(torch.Tensor, name)] = f"Tensor.{name}"
-    for name in ("rrelu", "gumbel_softmax", "fractional_max_pool2d", "fractional_max_pool3d"):
+    for name in (
+        "rrelu",
+        "gumbel_softmax",
+        "fractional_max_pool2d",
+        "fractional_max_pool3d",
+    ):
         table[getattr(F, name)] = f"torch.nn.functional.{name}"
     return table
 
@@ -163,7 +168,11 @@ class Interception(TorchFunctionMode):
         self.strict = check_bool(strict, "strict", owner="intercept")
         if model is not None and not isinstance(model, nn.Module):
             raise fail(
-                "model", model, "a torch.nn.Module or None", owner="intercept", kind=TypeError
+                "model",
+                model,
+                "a torch.nn.Module or None",
+                owner="intercept",
+                kind=TypeError,
             )
         names = {} if model is None else {id(m): n for n, m in model.named_modules()}
         self.unreplayed: list[tuple[str, str]] = []
@@ -230,7 +239,11 @@ class Interception(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _dropout(
-        self, rule: FunctionRule, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        rule: FunctionRule,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
         values = dict(zip(_NAMES, args, strict=False))
         values.update(kwargs)
@@ -316,7 +329,9 @@ class Interception(TorchFunctionMode):
         noise = args[0]
         seed, offset = self.draw(noise.numel())
         self.calls += 1
-        keep = keep_mask(tuple(noise.shape), p, seed=seed, offset=offset, device=noise.device)
+        keep = keep_mask(
+            tuple(noise.shape), p, seed=seed, offset=offset, device=noise.device
+        )
         return noise.copy_(keep)
 
     def _name_unreplayed(self, what: str) -> None:

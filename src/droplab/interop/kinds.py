@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import CodeType
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,9 @@ from droplab.variants import (
 )
 
 __all__ = [
+    "DROPOUT_TYPES",
     "KINDS",
+    "TORCH_DROPOUTS",
     "FunctionRule",
     "Kind",
     "function_rules",
@@ -157,7 +159,7 @@ def _torch_back(cls: type[nn.Module]) -> Callable[[StochasticModule], nn.Module 
         ]
         if changed:
             return f"{type(module).__name__} with {', '.join(changed)} behaves unlike torch's"
-        return cls(module.p, module.inplace)  # type: ignore[call-arg]
+        return cast(Any, cls)(module.p, module.inplace)
 
     return back
 
@@ -171,7 +173,7 @@ def _torch_kind(
         foreign=f"torch.nn.{cls.__name__}",
         droplab=ours_cls,
         reach="function",
-        to_droplab=lambda m: ours_cls(m.p, m.inplace),  # type: ignore[call-arg]
+        to_droplab=lambda m: cast(Any, ours_cls)(m.p, m.inplace),
         to_foreign=_torch_back(cls),
         functions=rules,
     )
@@ -185,36 +187,37 @@ def _timm_to_droplab(module: nn.Module) -> StochasticModule:
 
 def _timm_back(module: StochasticModule) -> nn.Module | str:
     scale = getattr(module, "scale", "inverted")
-    if module.sampler != "bernoulli" or scale not in ("inverted", "none"):  # type: ignore[attr-defined]
+    if module.sampler != "bernoulli" or scale not in ("inverted", "none"):
         return (
-            f"DropPath with sampler={module.sampler!r}, scale={scale!r} "  # type: ignore[attr-defined]
+            f"DropPath with sampler={module.sampler!r}, scale={scale!r} "
             "has no timm form"
         )
-    if module.mode != "row":  # type: ignore[attr-defined]
+    if module.mode != "row":
         return "DropPath with mode='batch' has no timm form"
     try:
         from timm.layers import DropPath as TimmDropPath
     except ImportError:
         return "DropPath maps back to timm's DropPath, and timm is not installed"
-    return TimmDropPath(module.p, scale_by_keep=scale == "inverted")  # type: ignore[attr-defined]
+    return TimmDropPath(module.p, scale_by_keep=scale == "inverted")
 
 
 def _torchvision_to_droplab(module: nn.Module) -> StochasticModule:
     # torchvision.ops.StochasticDepth(p, mode): inverted scaling, row or batch.
-    return DropPath(float(module.p), mode=str(module.mode))  # type: ignore[arg-type]
+    foreign = cast(Any, module)
+    return DropPath(float(foreign.p), mode=str(foreign.mode))
 
 
 def _torchvision_back(module: StochasticModule) -> nn.Module | str:
-    if module.sampler != "bernoulli" or module.scale != "inverted":  # type: ignore[attr-defined]
+    if module.sampler != "bernoulli" or module.scale != "inverted":
         return (
-            f"DropPath with sampler={module.sampler!r}, "  # type: ignore[attr-defined]
-            f"scale={module.scale!r} has no torchvision form"  # type: ignore[attr-defined]
+            f"DropPath with sampler={module.sampler!r}, "
+            f"scale={module.scale!r} has no torchvision form"
         )
     try:
         from torchvision.ops import StochasticDepth
     except ImportError:
         return "DropPath maps back to torchvision's StochasticDepth, and torchvision is not installed"
-    return StochasticDepth(module.p, module.mode)  # type: ignore[attr-defined]
+    return StochasticDepth(module.p, module.mode)
 
 
 _DROPOUT_RULES = (
@@ -311,6 +314,16 @@ KINDS: tuple[Kind, ...] = (
 )
 
 
+# torch.nn's dropout classes (identity at evaluation), and those with droplab's
+# base class: the modules a Sequential's dropout sites are (ensemble).
+TORCH_DROPOUTS: tuple[type[nn.Module], ...] = tuple(
+    getattr(nn, kind.foreign.rpartition(".")[2])
+    for kind in KINDS
+    if kind.library == "torch"
+)
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (*TORCH_DROPOUTS, StochasticModule)
+
+
 def kind_of(module: nn.Module) -> Kind | None:
     """The record of ``module``'s kind, or None."""
     for kind in KINDS:
@@ -349,7 +362,9 @@ def droplab_back(module: StochasticModule) -> nn.Module | str:
         if not isinstance(form, str):
             return form
         reasons.append(form)
-    return reasons[0] if reasons else f"{type(module).__name__} has no torch counterpart"
+    return (
+        reasons[0] if reasons else f"{type(module).__name__} has no torch counterpart"
+    )
 
 
 def kinds_table() -> str:

@@ -42,7 +42,6 @@ import torch
 from torch import nn
 
 from droplab._core.dropout import Dropout as DroplabDropout
-from droplab._core.modes import DROPOUT_TYPES
 from droplab._validation import (
     check_choice,
     check_int,
@@ -50,6 +49,7 @@ from droplab._validation import (
     check_seed,
     fail,
 )
+from droplab.interop.kinds import DROPOUT_TYPES
 from droplab.masks import SAMPLERS, fixed_keep_count, make_mask
 from droplab.scaling import SCALES, eval_scale, realized_row_scale, train_scale
 

@@ -250,7 +250,12 @@ def _pinned_streams(
                 module.forward = target.__call__
             if isinstance(target, StochasticModule):
                 saved.append(
-                    (target, target.seed, target.offset, getattr(target, "_groups", None))
+                    (
+                        target,
+                        target.seed,
+                        target.offset,
+                        getattr(target, "_groups", None),
+                    )
                 )
                 handles.append(target.register_forward_pre_hook(make_hook(index, name)))
                 handles.append(target.register_forward_hook(make_check(index, name)))
@@ -272,7 +277,7 @@ def _pinned_streams(
         for target, old_seed, old_offset, groups in saved:
             target.seed = old_seed
             target.offset = old_offset
-            if groups is not None:
+            if isinstance(target, DropPath) and groups is not None:
                 target._groups = groups
 
 
@@ -375,7 +380,11 @@ def mc_predict(
         )
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
         raise fail(
-            "model_kwargs", model_kwargs, "a mapping or None", owner="mc_predict", kind=TypeError
+            "model_kwargs",
+            model_kwargs,
+            "a mapping or None",
+            owner="mc_predict",
+            kind=TypeError,
         )
     if seed is None:
         seed = draw_seed()
@@ -494,7 +503,7 @@ def _batch_leaf(what: str, leaf: torch.Tensor, rows: int) -> torch.Tensor:
     return leaf
 
 
-def _no_leaf(out: Any, leaves: dict[str, torch.Tensor], why: str) -> ValueError:
+def _no_leaf(out: Any, leaves: dict[str, torch.Tensor], why: str) -> Exception:
     listing = ", ".join(
         f"{k!r} {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}"
         for k, v in leaves.items()

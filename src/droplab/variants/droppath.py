@@ -167,6 +167,7 @@ class DropPath(StochasticModule):
     """
 
     traceable = True  # draws only through dropout(): compiles into the graph
+    _groups: int
 
     def __init__(
         self,
