@@ -174,8 +174,17 @@ def render_report(
     )
 
 
-def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str]]:
+def write_report(
+    out: str | Path, names: list[str], *, failed: Mapping[str, str] | None = None
+) -> tuple[Path, dict[str, str]]:
     """Render ``out/index.html`` from the saved results of ``names`` (atomically).
+
+    Args:
+        out: the report folder (results in ``out/results``).
+        names: the experiments, in page order.
+        failed: experiments that failed in this run, with the error; the page
+            shows them as failed (not as "not run yet"), even where an older
+            result is saved.
 
     Returns:
         The page's path and the experiments left out, with the reason.
@@ -183,6 +192,9 @@ def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str
     out = Path(out)
     records, missing = [], {}
     for name in names:
+        if failed and name in failed:
+            missing[name] = f"failed in this run: {failed[name]}"
+            continue
         path = result_path(out / "results", name)
         try:
             records.append(load_result(path, name))
