@@ -73,9 +73,8 @@ def _masks(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     alls = [row for row in rows if "P(all dropped) = p^n" in row["quantity"]]
     verdict = "match" if min(pvals) >= 0.01 else "do not all match"
     return (
-        f"Binomial(n, p): the dropped counts {verdict} it (smallest chi-square p = "
-        f"{min(pvals):.2g}); a whole layer goes with probability p^n, "
-        f"{alls[0]['value']:.3g} at n = 4."
+        f"Binomial(n, p): counts {verdict} (smallest chi-square p = {min(pvals):.2g}); "
+        f"a whole layer goes with probability p^n: {alls[0]['value']:.3g} at n = 4."
     )
 
 
