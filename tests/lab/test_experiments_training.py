@@ -164,8 +164,22 @@ def test_verdict_both_sides() -> None:
     assert compare.verdict(
         "A", "B", none, quantity="test error", higher_is_better=False
     ).startswith("no detectable difference")
+    # An unadjusted interval that excludes 0 is never called "no detectable
+    # difference": the sentence names Holm and the adjusted p-value instead.
+    text = compare.verdict(
+        "A", "B", worse, quantity="x", higher_is_better=False, adjusted_p=0.2,
+        family="over 4 sizes",
+    )  # fmt: skip
+    assert "no detectable difference" not in text
+    assert text == (
+        "B is ahead of A by 2.00 points of x before correction (95 % interval of the "
+        "difference [1.00, 3.00]), but not detectably after Holm over 4 sizes "
+        "(adjusted p = 0.2)"
+    )
+    # A point interval (every pair differs alike) is a sign test, not an interval.
+    point = {"mean": 0.02, "low": 0.02, "high": 0.02}
     assert compare.verdict(
-        "A", "B", worse, quantity="x", higher_is_better=False, adjusted_p=0.2
+        "A", "B", point, quantity="x", higher_is_better=False, adjusted_p=0.5
     ).startswith("no detectable difference")
 
 
@@ -308,7 +322,17 @@ def test_data_size_answer_follows_the_intervals() -> None:
     for s in result["sizes"]:
         _set(s["difference"], **NULL)
     text = data_size.answer(result)
-    assert "no difference is detectable with 20, 40" in text
+    assert "no difference is detectable after Holm with 20, 40" in text
+    # The issue's case: the unadjusted interval excludes 0, Holm does not.
+    _set(result["sizes"][0]["difference"], mean=-0.0396, low=-0.0647, high=-0.0145,
+         p_value=0.02, p_holm=0.08)  # fmt: skip
+    text = data_size.answer(result)
+    assert "no detectable difference" not in text
+    assert (
+        "20 (-3.96 points, unadjusted 95 % interval [-6.47, -1.45] excludes 0, but "
+        "Holm-adjusted p = 0.08)" in text
+    )
+    assert "but not detectably after Holm over 2 sizes (adjusted p = 0.08)" in text
     _set(result["sizes"][0]["difference"], mean=0.04, low=0.02, high=0.06, p_holm=0.01)
     _set(
         result["sizes"][1]["difference"], mean=-0.03, low=-0.05, high=-0.01, p_holm=0.01
@@ -398,9 +422,17 @@ def test_variants_answer_follows_the_intervals() -> None:
         _set(d, **NULL)
     text = variants.answer(result)
     assert (
-        "none, classic, gaussian, alpha, dropconnect, concrete show no detectable"
-        in text
+        "none, classic, gaussian, alpha, dropconnect, concrete show no difference "
+        "from standard dropout detectable after Holm" in text
     )
+    # Unadjusted interval excluding 0, Holm not: said as such, with the numbers.
+    _set(result["minus_dropout"]["alpha"], mean=-0.05, low=-0.08, high=-0.02,
+         p_value=0.01, p_holm=0.06)  # fmt: skip
+    assert (
+        "alpha (-5.00 points, unadjusted 95 % interval [-8.00, -2.00] excludes 0, "
+        "but Holm-adjusted p = 0.06)" in variants.answer(result)
+    )
+    _set(result["minus_dropout"]["alpha"], **NULL)
     _set(
         result["minus_dropout"]["gaussian"], mean=0.02, low=0.01, high=0.03, p_holm=0.01
     )
@@ -410,7 +442,7 @@ def test_variants_answer_follows_the_intervals() -> None:
     text = variants.answer(result)
     assert "gaussian is better than standard dropout by 2.00 points" in text
     assert "standard dropout is better than none by 3.00 points" in text
-    assert "classic, alpha, dropconnect, concrete show no detectable" in text
+    assert "classic, alpha, dropconnect, concrete show no difference" in text
 
 
 def test_every_variant_builds_and_rejects_unknown_names() -> None:

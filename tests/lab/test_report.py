@@ -11,6 +11,7 @@ import pytest
 from droplab.lab.experiments import gradients, masks
 from droplab.lab.report import render_report, write_report
 from droplab.lab.report.render import format_number
+from droplab.lab.report.summary import MAX_WORDS, SEED_QUESTIONS
 from droplab.lab.results import load_result, result_path
 from droplab.lab.runner import run_experiment
 
@@ -115,25 +116,85 @@ def test_format_number() -> None:
     )
 
 
-def test_the_summary_comes_first_with_every_answer_and_headline(
+def test_the_summary_comes_first_with_a_short_answer_and_headline_per_question(
     records: tuple[Path, list[dict[str, Any]]],
 ) -> None:
     _, saved = records
-    page = render_report(saved, missing={"uci": "not run yet"}).replace("&#39;", "'")
+    page = render_report(
+        saved, missing={"uci": "not run yet"}, failed={"rate": "RuntimeError: boom"}
+    ).replace("&#39;", "'")
     start, first = (
         page.index('<section id="summary">'),
         page.index('<section id="masks">'),
     )
     assert start < first
     summary = page[start:first]
-    for module, record in zip((masks, gradients), saved, strict=True):
-        assert f'<a href="#{module.NAME}">' in summary
-        assert module.answer(record["result"]) in summary  # the section's own sentence
-        rows = module.numbers(record["result"])  # by default: the first row with
-        ranged = [r for r in rows if r["low"] is not None and r["high"] is not None]
-        headline = (ranged or rows)[0]  # an interval, else the first row
-        assert f"<strong>{format_number(headline['value'])}</strong>" in summary
+    body = summary[summary.index("<tbody>") : summary.index("</tbody>")]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body, flags=re.S)
+    assert len(rows) == len(saved) + 2  # one per question, the failed, the missing
+    for module, record, row in zip((masks, gradients), saved, rows, strict=False):
+        assert f'<a href="#{module.NAME}">{SEED_QUESTIONS[module.NAME]}</a>' in row
+        answer_cell = re.findall(r"<td>(.*?)</td>", row, flags=re.S)[0]
+        words = re.sub(r"<[^>]+>", " ", answer_cell).split()
+        assert 5 <= len(words) <= MAX_WORDS, answer_cell
+        assert module.answer(record["result"]) not in summary  # the long one: below
+        assert re.search(r"<strong>[^<]+</strong>", row)  # a headline number
+    assert "Failed in this run: RuntimeError: boom" in summary
     assert '<a href="#uci">uci</a>' in summary and "No result: not run yet" in summary
+
+
+def test_every_experiment_has_a_seed_question_and_a_short_answer() -> None:
+    from droplab.lab.registry import experiment_names
+    from droplab.lab.report.summary import SHORT
+
+    assert set(SEED_QUESTIONS) == set(experiment_names()) == set(SHORT)
+    assert all(len(q.split()) <= 12 for q in SEED_QUESTIONS.values())
+
+
+def test_short_answers_of_the_shipped_full_results_fit_the_word_limit() -> None:
+    from droplab.lab.registry import get_experiment
+    from droplab.lab.report.render import shipped_results
+    from droplab.lab.report.summary import short_answer
+
+    shipped = shipped_results()
+    assert len(shipped) >= 9  # docs/results/*-full.json, as package data
+    for name, record in shipped.items():
+        rows = get_experiment(name).numbers(record["result"])
+        text = short_answer(name, record["result"], rows)
+        assert 5 <= len(text.split()) <= MAX_WORDS, (name, text)
+
+
+def test_the_forest_plot_follows_holm() -> None:
+    from droplab.lab.report.summary import forest_rows
+
+    cell = {"size": 300, "width": 64,
+            "benefit": {"mean": 0.05, "low": 0.03, "high": 0.07, "p_holm": 0.2}}
+    size = {"size": 500,
+            "difference": {"mean": -0.04, "low": -0.06, "high": -0.02, "p_holm": 0.01}}
+    rows = forest_rows({"when-it-helps": {"cells": [cell]},
+                        "data-size": {"sizes": [size]}})  # fmt: skip
+    assert [r["label"] for r in rows] == [
+        "when-it-helps: 300 ex. × 64", "data-size: 500 ex."
+    ]
+    assert rows[0]["holm"] is False  # interval excludes 0, Holm does not
+    assert rows[1]["holm"] is True
+    assert rows[1]["mean"] == pytest.approx(0.04)  # error lowered = benefit
+    assert rows[1]["low"] == pytest.approx(0.02) and rows[1]["high"] == pytest.approx(0.06)
+
+
+def test_intervals_of_positive_quantities_stay_in_range() -> None:
+    from droplab.lab.report.render import _interval
+
+    assert _interval({"quantity": "none: test error", "low": -0.03, "high": 0.11}) == (
+        "[0*, 0.11]"
+    )
+    assert _interval({"quantity": "dropout - none (paired)", "low": -0.03, "high": 0.1})
+    assert _interval(
+        {"quantity": "dropout - none (paired)", "low": -0.03, "high": 0.1}
+    ) == "[-0.03, 0.1]"
+    assert _interval({"quantity": "test accuracy", "low": 0.9, "high": 1.02}) == (
+        "[0.9, 1*]"
+    )
 
 
 def test_each_section_shows_figure_and_answer_before_the_numbers(

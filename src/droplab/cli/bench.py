@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from droplab import functional, nn
+from droplab.cli._args import int_at_least, real_in
 
 __all__ = [
     "add_arguments",
@@ -43,12 +44,16 @@ __all__ = [
 
 
 def best_seconds(
-    fns: dict[str, Callable[[], Any]], repeats: int = 5
+    fns: dict[str, Callable[[], Any]],
+    repeats: int = 5,
+    spread: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Best time per call of each function, measured round-robin.
 
     Each repeat runs every function in turn for enough calls to last ~20 ms,
-    so slow drifts of the machine's load hit all of them alike.
+    so slow drifts of the machine's load hit all of them alike. When
+    ``spread`` is given, it receives for each function how far the median
+    repeat lies above the best one (0.1: 10 %), the sign of a busy machine.
     """
     loops = {}
     for name, fn in fns.items():
@@ -56,13 +61,18 @@ def best_seconds(
         start = time.perf_counter()
         fn()
         loops[name] = max(1, int(0.02 / max(time.perf_counter() - start, 1e-7)))
-    best = dict.fromkeys(fns, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             for _ in range(loops[name]):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / loops[name])
+            times[name].append((time.perf_counter() - start) / loops[name])
+    best = {name: min(values) for name, values in times.items()}
+    if spread is not None:
+        for name, values in times.items():
+            middle = sorted(values)[len(values) // 2]
+            spread[name] = middle / best[name] - 1.0 if best[name] > 0 else 0.0
     return best
 
 
@@ -86,9 +96,17 @@ def bind_forward_backward(
 
 
 def size_sweep(
-    exponents: range, p: float = 0.5, repeats: int = 5
+    exponents: range,
+    p: float = 0.5,
+    repeats: int = 5,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """ns/element of droplab, torch and clone, forward and forward+backward, float32."""
+    """ns/element of droplab, torch and clone, forward and forward+backward, float32.
+
+    Each row also holds ``spread``: the largest median-over-best excess of its
+    timings (see :func:`best_seconds`). ``on_row`` is called with each row as
+    soon as it is measured (progress for a long sweep).
+    """
     ops: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "droplab": lambda v: functional.dropout(v, p, seed=1234),
         "torch": lambda v: torch.nn.functional.dropout(v, p),
@@ -104,11 +122,39 @@ def size_sweep(
         for name, op in ops.items():
             fns[f"fwd_{name}"] = bind_forward(op, x)
             fns[f"fb_{name}"] = bind_forward_backward(op, xg, grad)
-        seconds = best_seconds(fns, repeats)
+        spread: dict[str, float] = {}
+        seconds = best_seconds(fns, repeats, spread)
         row: dict[str, Any] = {"n": n, "log2n": e}
         row.update({k: v / n * 1e9 for k, v in seconds.items()})
+        row["spread"] = max(spread.values())
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
     return rows
+
+
+NOISY = 0.25  # median repeat this far above the best: the machine is busy
+
+
+def noise_warning(rows: list[dict[str, Any]], threads: int) -> str | None:
+    """A warning when the repeats of a sweep disagree (None when they agree).
+
+    >>> noise_warning([{"log2n": 12, "spread": 0.05}], 2) is None
+    True
+    >>> print(noise_warning([{"log2n": 12, "spread": 0.6}], 2))
+    warning: repeats disagree (median up to 60 % above the best, at 2^12, 2 threads): the machine is busy, so the ratios can contradict each other; rerun on a quiet machine or with more --repeats
+    """
+    noisy = [r for r in rows if r.get("spread", 0.0) > NOISY]
+    if not noisy:
+        return None
+    worst = max(noisy, key=lambda r: r["spread"])
+    where = ", ".join(f"2^{r['log2n']}" for r in noisy)
+    return (
+        f"warning: repeats disagree (median up to {100 * worst['spread']:.0f} % above "
+        f"the best, at {where}, {threads} threads): the machine is busy, so the "
+        "ratios can contradict each other; rerun on a quiet machine or with more "
+        "--repeats"
+    )
 
 
 def saved_bytes(
@@ -268,6 +314,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _progress(message: str) -> None:
+    print(f"droplab bench: {message} ...", file=sys.stderr, flush=True)
+
+
+def _log2(text: str) -> int:
+    value = int_at_least(1)(text)
+    if value > 30:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, 30]; got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Options of ``droplab bench``."""
     del name  # one command
@@ -279,10 +336,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "droplab.cli.bench_cuda",
     )
     parser.add_argument(
-        "--min-log2", type=int, help="smallest size, 2^k (12 on cpu, 20 on cuda)"
+        "--min-log2", type=_log2, help="smallest size, 2^k (12 on cpu, 20 on cuda)"
     )
     parser.add_argument(
-        "--max-log2", type=int, help="largest size, 2^k (26 on cpu, 28 on cuda)"
+        "--max-log2", type=_log2, help="largest size, 2^k (26 on cpu, 28 on cuda)"
     )
     parser.add_argument(
         "--dtypes",
@@ -291,8 +348,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="dtypes of the cuda size sweep (all three; the cpu sweep is float32)",
     )
-    parser.add_argument("--p", type=float, default=0.5, help="drop probability (0.5)")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats per timing (5)")
+    parser.add_argument(
+        "--p",
+        type=real_in(0.0, 1.0, high_open=True),
+        default=0.5,
+        help="drop probability in [0, 1) (0.5)",
+    )
+    parser.add_argument(
+        "--repeats", type=int_at_least(1), default=5, help="repeats per timing (5)"
+    )
     parser.add_argument(
         "--skip",
         nargs="*",
@@ -302,7 +366,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "cuda: sizes saved mc graph compiled)",
     )
     parser.add_argument(
-        "--threads", type=int, help="torch.set_num_threads first (droplab follows it)"
+        "--threads",
+        type=int_at_least(1),
+        help="torch.set_num_threads first (droplab follows it)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
@@ -314,19 +380,16 @@ def run_cli(args: argparse.Namespace) -> int:
         args.min_log2 = 20 if cuda else 12
     if args.max_log2 is None:
         args.max_log2 = 28 if cuda else 26
-    if not 1 <= args.min_log2 <= args.max_log2 <= 30:
+    if args.min_log2 > args.max_log2:
         print(
-            "droplab bench: need 1 <= --min-log2 <= --max-log2 <= 30; got "
-            f"--min-log2 {args.min_log2} and --max-log2 {args.max_log2}",
+            f"droplab bench: error: argument --max-log2: must be >= --min-log2 "
+            f"({args.min_log2}); got {args.max_log2} (see droplab bench --help)",
             file=sys.stderr,
         )
         return 2
     if cuda:
         return _run_cuda(args)
     if args.threads is not None:
-        if args.threads < 1:
-            print("droplab bench: --threads must be at least 1", file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {
         "torch": torch.__version__,
@@ -337,13 +400,25 @@ def run_cli(args: argparse.Namespace) -> int:
         "ns per element, float32, best of repeats"
     )
     if "sizes" not in args.skip:
-        rows = size_sweep(range(args.min_log2, args.max_log2 + 1), args.p, args.repeats)
+        sizes = range(args.min_log2, args.max_log2 + 1)
+        _progress(f"timing {len(sizes)} sizes, 2^{args.min_log2} to 2^{args.max_log2}, "
+                  f"{args.repeats} repeats each (a row per size as it finishes)")  # fmt: skip
+        print(format_table([]), flush=True)
+
+        def show(row: dict[str, Any]) -> None:
+            print(format_table([row]).splitlines()[-1], flush=True)
+
+        rows = size_sweep(sizes, args.p, args.repeats, on_row=show)
         results["sizes"] = rows
-        print(format_table(rows), flush=True)
+        warning = noise_warning(rows, torch.get_num_threads())
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
     if "saved" not in args.skip:
+        _progress("counting bytes saved for backward")
         results["saved"] = saved_bytes(p=args.p)
         print("bytes saved for backward, 2^20 float32 elements:", results["saved"])
     if "mlp" not in args.skip:
+        _progress(f"timing an MLP training step, 4 variants x {args.repeats} repeats")
         mlp = mlp_step(repeats=args.repeats, p=args.p)
         results["mlp"] = mlp
         steps = mlp.pop("steps")
@@ -355,6 +430,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 f"({(seconds / base - 1) * 100:+.1f} % over none)"
             )
     if "jit" not in args.skip:
+        _progress("first-call cost of the kernels, in two fresh processes")
         results["jit"] = jit_warmup()
         for case, parts in results["jit"].items():
             print(

@@ -30,6 +30,7 @@ __all__ = [
     "detectable",
     "gap_clause",
     "holm",
+    "holm_caveat",
     "paired_difference",
     "train_test_gap",
     "verdict",
@@ -139,8 +140,14 @@ def verdict(
     factor: float = 100.0,
     adjusted_p: float | None = None,
     digits: int = 2,
+    family: str = "",
 ) -> str:
     """One clause on ``a - b``: which is better and by how much, or none detectable.
+
+    The clause never contradicts the numbers it quotes: where the unadjusted
+    interval excludes 0 but the adjusted p-value is 0.05 or more, it says that
+    the difference is not detectable *after Holm's correction*, with the
+    adjusted p-value, rather than "no detectable difference".
 
     Args:
         name_a, name_b: the two sides (``diff`` is a minus b).
@@ -152,6 +159,7 @@ def verdict(
         adjusted_p: a multiplicity-adjusted p-value that must also be < 0.05
             (else ``diff["p_value"]``, when present).
         digits: decimals shown.
+        family: what the correction was over ("over 4 sizes"), for the sentence.
 
     Examples:
         >>> d = {"mean": 0.02, "low": 0.01, "high": 0.03}
@@ -160,6 +168,10 @@ def verdict(
         >>> d = {"mean": 0.02, "low": -0.01, "high": 0.05}
         >>> verdict("A", "B", d, quantity="test accuracy", higher_is_better=True)
         'no detectable difference in test accuracy between A and B (difference 2.00 points, 95 % interval [-1.00, 5.00])'
+        >>> d = {"mean": -0.04, "low": -0.065, "high": -0.015}
+        >>> verdict("A", "B", d, quantity="test error", higher_is_better=False,
+        ...         adjusted_p=0.08, family="over 4 sizes")
+        'A is ahead of B by 4.00 points of test error before correction (95 % interval of the difference [1.50, 6.50]), but not detectably after Holm over 4 sizes (adjusted p = 0.08)'
     """
     mean = diff["mean"] * factor
     low = diff["low"] * factor if diff.get("low") is not None else None
@@ -168,6 +180,18 @@ def verdict(
         return (
             f"{quantity} of {name_a} minus {name_b}: {mean:.{digits}f}{unit} "
             "(one seed: no interval, so no claim)"
+        )
+    # (a point "interval" from pairs that all differ alike is a sign test, not this)
+    excludes_zero = low < high and (low > 0 or high < 0)
+    if not detectable(diff, adjusted_p) and excludes_zero and adjusted_p is not None:
+        a_ahead = (mean > 0) == higher_is_better
+        ahead, behind = (name_a, name_b) if a_ahead else (name_b, name_a)
+        lo, hi = (low, high) if mean > 0 else (-high, -low)
+        return (
+            f"{ahead} is ahead of {behind} by {abs(mean):.{digits}f}{unit} of {quantity} "
+            f"before correction (95 % interval of the difference [{lo:.{digits}f}, "
+            f"{hi:.{digits}f}]), but not detectably after Holm"
+            f"{' ' + family if family else ''} (adjusted p = {adjusted_p:.2g})"
         )
     if not detectable(diff, adjusted_p):
         return (
@@ -182,6 +206,29 @@ def verdict(
     return (
         f"{better} is better than {worse} by {size:.{digits}f}{unit} of {quantity} "
         f"(95 % interval of the difference [{lo:.{digits}f}, {hi:.{digits}f}])"
+    )
+
+
+def holm_caveat(diff: dict[str, Any], factor: float = 100.0, digits: int = 2) -> str:
+    """For a difference that Holm leaves undetectable: "" where its unadjusted
+    interval contains 0 as well, else the clause that explains the two numbers.
+
+    >>> holm_caveat({"mean": -0.04, "low": -0.065, "high": -0.015, "p_holm": 0.08})
+    ' (-4.00 points, unadjusted 95 % interval [-6.50, -1.50] excludes 0, but Holm-adjusted p = 0.08)'
+    >>> holm_caveat({"mean": -0.04, "low": -0.065, "high": 0.01, "p_holm": 0.3})
+    ''
+    """
+    low, high, adjusted = diff.get("low"), diff.get("high"), diff.get("p_holm")
+    if low is None or high is None or adjusted is None:
+        return ""
+    if not (low < high and (low > 0 or high < 0)):  # contains 0, or a mere point
+        return ""
+    if detectable(diff, adjusted):
+        return ""
+    return (
+        f" ({factor * diff['mean']:+.{digits}f} points, unadjusted 95 % interval "
+        f"[{factor * low:.{digits}f}, {factor * high:.{digits}f}] excludes 0, but "
+        f"Holm-adjusted p = {adjusted:.2g})"
     )
 
 

@@ -21,17 +21,18 @@ To add an experiment, add its module name to :data:`EXPERIMENTS` (report order).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import importlib.util
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from droplab._validation import check_choice, fail
-
 __all__ = [
     "EXPERIMENTS",
     "PRESETS",
+    "catalog",
     "config_for",
     "experiment_names",
     "get_experiment",
@@ -83,17 +84,62 @@ def _modules() -> dict[str, ModuleType]:
     return found
 
 
+def _constants(module_name: str) -> dict[str, str] | None:
+    """``NAME`` and ``QUESTION`` of a module read from its source, without
+    importing it (an experiment's imports cost seconds); None if they are not
+    plain string literals there."""
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    with open(spec.origin, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in ("NAME", "QUESTION")
+        ):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            if isinstance(value, str):
+                found[node.targets[0].id] = value
+    return found if len(found) == 2 else None
+
+
+def catalog() -> list[tuple[str, str]]:
+    """``(NAME, QUESTION)`` of every experiment, in report order, fast: read from
+    the modules' source where they are literals (what ``droplab list`` needs).
+
+    >>> catalog()[0][0]
+    'masks'
+    """
+    rows = []
+    for module_name in EXPERIMENTS:
+        constants = _constants(module_name)
+        if constants is None:
+            module = importlib.import_module(module_name)
+            constants = {"NAME": module.NAME, "QUESTION": module.QUESTION}
+        rows.append((constants["NAME"], constants["QUESTION"]))
+    return rows
+
+
 def experiment_names() -> list[str]:
     """Names of the registered experiments, in report order.
 
     >>> experiment_names()[0]
     'masks'
     """
-    return list(_modules())
+    return [name for name, _ in catalog()]
 
 
 def get_experiment(name: str) -> ModuleType:
     """The experiment module called ``name`` (see the module doc for its contents)."""
+    from droplab._validation import fail
+
     modules = _modules()
     if name not in modules:
         raise fail("name", name, "one of " + ", ".join(modules), owner="get_experiment")
@@ -107,6 +153,8 @@ def config_for(
 
     Experiments without a ``data`` field ignore ``data`` (they use no data set).
     """
+    from droplab._validation import check_choice
+
     preset = check_choice(preset, "preset", PRESETS, owner="config_for")
     config = {
         "quick": module.Config.quick,

@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from droplab.execution import write_json
-
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -96,6 +94,8 @@ def result_path(results_dir: str | Path, name: str) -> Path:
 
 def save_result(path: str | Path, record: dict[str, Any]) -> Path:
     """Write ``record`` to ``path`` atomically (:func:`droplab.execution.write_json`)."""
+    from droplab.execution import write_json  # (imports torch: only to write)
+
     return write_json(
         path, {"format": FORMAT, "format_version": FORMAT_VERSION, **record}, indent=1
     )

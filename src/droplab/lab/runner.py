@@ -167,7 +167,16 @@ def run_experiments(
                     force=force, jobs=jobs, log=log,
                 )  # fmt: skip
             except Exception as error:  # report it, run the others
-                log(f"{name} failed:\n{traceback.format_exc()}")
+                # One line on the terminal; the traceback goes to a file beside
+                # the results, for whoever wants to debug it.
+                trace = Path(results_dir) / f"{name}.traceback.txt"
+                try:
+                    trace.parent.mkdir(parents=True, exist_ok=True)
+                    trace.write_text(traceback.format_exc(), encoding="utf-8")
+                    where = f" (traceback in {trace})"
+                except OSError:
+                    where = ""
+                log(f"{name} failed: {type(error).__name__}: {error}{where}")
                 outcome = Outcome(
                     name, "failed", None, f"{type(error).__name__}: {error}"
                 )

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-__all__ = ["chisquare_pooled", "mean_ci", "proportion_ci"]
+__all__ = ["chisquare_pooled", "geometric_ci", "mean_ci", "proportion_ci"]
 
 
 def mean_ci(
@@ -31,6 +31,27 @@ def mean_ci(
         stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
     )
     return mean, mean - half, mean + half
+
+
+def geometric_ci(
+    values: npt.ArrayLike, level: float = 0.95
+) -> tuple[float, float | None, float | None]:
+    """Geometric mean of positive values and the t interval of their logarithms,
+    mapped back: an interval that stays positive, as times and counts must.
+
+    >>> m, lo, hi = geometric_ci([2.0, 8.0])
+    >>> m, 0 < lo < m < hi
+    (4.0, True)
+    >>> geometric_ci([3.0])
+    (3.0, None, None)
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if len(x) == 0 or not bool(np.all(x > 0)):
+        raise ValueError(f"geometric_ci needs positive values; got {x.tolist()!r}")
+    mean, low, high = mean_ci(np.log(x), level)
+    if low is None or high is None:
+        return float(math.exp(mean)), None, None
+    return float(math.exp(mean)), float(math.exp(low)), float(math.exp(high))
 
 
 def proportion_ci(

@@ -31,7 +31,7 @@ from droplab.lab.curves import (
     train_with_curves,
     warm_up_kernels,
 )
-from droplab.lab.stats import mean_ci
+from droplab.lab.stats import geometric_ci, mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
 
@@ -206,12 +206,14 @@ def figure(result: dict[str, Any]) -> Any:
         for j, rule in enumerate(RULES):
             values = result["rules"][rule][key]
             ax.plot([j] * len(values), values, "o", color=COLORS[rule], alpha=0.5)
-            m, lo, hi = result["summary"][rule][key]
+            m, lo, hi = geometric_ci(values)  # log-scale interval: stays positive
             yerr = None if lo is None else [[m - lo], [hi - m]]
             ax.errorbar([j + 0.15], [m], yerr=yerr, fmt="s", color="k", capsize=4)
         ax.set_xticks(range(len(RULES)), list(RULES))
         ax.set_ylabel(label)
-        ax.set_title(f"{result['seeds']} seeds, mean and 95 % interval", fontsize=10)
+        ax.set_title(
+            f"{result['seeds']} seeds, geometric mean and 95 % interval", fontsize=10
+        )
     return fig
 
 
@@ -225,10 +227,13 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     add("validation target (error)", [result["target"], None, None])
     for rule in RULES:
-        s = result["summary"][rule]
-        add(f"{rule}: epochs to target", s["epochs"])
-        add(f"{rule}: seconds to target", s["seconds"], "s")
-        add(f"{rule}: seconds per epoch", s["epoch_seconds"], "s")
+        r = result["rules"][rule]
+        # Geometric means with intervals on the log scale: they stay positive.
+        add(f"{rule}: epochs to target (geometric mean)", list(geometric_ci(r["epochs"])))
+        add(f"{rule}: seconds to target (geometric mean)",
+            list(geometric_ci(r["seconds"])), "s")  # fmt: skip
+        add(f"{rule}: seconds per epoch (geometric mean)",
+            list(geometric_ci(r["epoch_seconds"])), "s")  # fmt: skip
         add(f"{rule}: runs that reached the target",
             [result["rules"][rule]["reached"], None, None])  # fmt: skip
     for key, label in (

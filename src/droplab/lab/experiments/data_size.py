@@ -22,6 +22,7 @@ from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import (
     detectable,
     holm,
+    holm_caveat,
     paired_difference,
     train_test_gap,
     verdict,
@@ -216,11 +217,14 @@ def answer(result: dict[str, Any]) -> str:
             f"it raises test error detectably with {', '.join(map(str, hurts))}"
         )
     if neither:
-        parts.append(f"no difference is detectable with {', '.join(map(str, neither))}")
+        by_size = {s["size"]: s["difference"] for s in result["sizes"]}
+        listing = ", ".join(f"{n}{holm_caveat(by_size[n])}" for n in neither)
+        parts.append(f"no difference is detectable after Holm with {listing}")
     biggest = max(result["sizes"], key=lambda s: -s["difference"]["mean"])
     lead = verdict(
         "dropout", "no dropout", biggest["difference"], quantity="test error",
         higher_is_better=False, adjusted_p=biggest["difference"]["p_holm"],
+        family=f"over {len(result['sizes'])} sizes",
     )  # fmt: skip
     return (
         f"Across training-set sizes ({result['seeds']} paired seeds, Holm-corrected), "

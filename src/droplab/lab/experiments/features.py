@@ -47,7 +47,7 @@ METHOD = (
     "without dropout, several seeds (paired: same initial weights and batches). On the "
     "test images: mean activation, fraction of zero activations, fraction of activations "
     "above a threshold; paired differences with 95 % t intervals. The "
-    "first-layer filters of seed 0 are drawn (8x8 images for digits, rows for MNIST-1D), "
+    "first-layer filters of seed 0 are drawn (8x8 images for digits, curves for MNIST-1D), "
     "and the histograms of Fig. 8."
 )
 

@@ -26,6 +26,7 @@ from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import (
     detectable,
     gap_clause,
+    holm_caveat,
     holm,
     paired_difference,
     train_test_gap,
@@ -254,8 +255,11 @@ def answer(result: dict[str, Any]) -> str:
         parts.append(verdict(v, "standard dropout", d, quantity="test accuracy",
                              higher_is_better=True, adjusted_p=d["p_holm"]))  # fmt: skip
     if same:
+        listing = ", ".join(
+            f"{v}{holm_caveat(result['minus_dropout'][v])}" for v in same
+        )
         parts.append(
-            f"{', '.join(same)} show no detectable difference from standard dropout"
+            f"{listing} show no difference from standard dropout detectable after Holm"
         )
     best = max(VARIANTS, key=lambda v: result["accuracy"][v][0])
     fastest = min(VARIANTS, key=lambda v: result["epoch_seconds"][v][0])

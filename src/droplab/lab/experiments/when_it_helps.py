@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from droplab.execution import one_thread, parallel_map
-from droplab.lab.compare import detectable, holm, paired_difference, verdict
+from droplab.lab.compare import (
+    detectable,
+    holm,
+    holm_caveat,
+    paired_difference,
+    verdict,
+)
 from droplab.lab.data import make_mnist1d
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
@@ -295,6 +301,7 @@ def figure(result: dict[str, Any]) -> Any:
     """Left: the heat map of dropout's benefit, each cell with its interval, a star
     where the (Holm) interval excludes zero. Right: the max-norm comparison."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     sizes, widths = result["sizes"], result["widths"]
     grid = np.zeros((len(sizes), len(widths)))
@@ -315,14 +322,20 @@ def figure(result: dict[str, Any]) -> Any:
             f"{100 * d['mean']:+.1f}{star}\n[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
             f"\np = {cell['best_p']:g}",
             ha="center", va="center", fontsize=8,
-            color="white" if abs(100 * d["mean"]) > limit / 2 else "black",
+            color="white" if star and abs(100 * d["mean"]) > limit / 2 else "black",
         )  # fmt: skip
+        if not star:  # not detectable after Holm: washed out, whatever its colour
+            left.add_patch(Rectangle(
+                (widths.index(cell["width"]) - 0.5, sizes.index(cell["size"]) - 0.5),
+                1, 1, facecolor="white", alpha=0.7, edgecolor="none", zorder=1.5,
+            ))  # fmt: skip
     left.set_xticks(range(len(widths)), [str(w) for w in widths])
     left.set_yticks(range(len(sizes)), [str(s) for s in sizes])
     left.set_xlabel(f"units per hidden layer ({result['layers']} layers)")
     left.set_ylabel("training-set size (MNIST-1D)")
     left.set_title(
-        "test accuracy, best dropout - none (points; 95 % interval; * = Holm-detectable)",
+        "test accuracy, best dropout - none (points; 95 % interval; * = Holm-detectable, "
+        "pale = not)",
         fontsize=9,
     )
     fig.colorbar(image, ax=left, label="points (blue: dropout helps)")
@@ -399,8 +412,12 @@ def answer(result: dict[str, Any]) -> str:
         )
     if groups["cannot_tell"]:
         parts.append(
-            f"the data cannot tell in {len(groups['cannot_tell'])} of {n} cells ("
-            + _listing(groups["cannot_tell"], with_interval=False)
+            f"no difference is detectable after Holm in {len(groups['cannot_tell'])} "
+            f"of {n} cells ("
+            + "; ".join(
+                _cell_name(cell) + holm_caveat(cell["benefit"])
+                for cell in groups["cannot_tell"]
+            )
             + ")"
         )
     gaps = [100 * cell["gap_none"][0] for cell in result["cells"]]

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
+from datetime import datetime, timedelta
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -27,9 +29,23 @@ import jinja2
 
 from droplab.execution import write_text
 from droplab.lab.registry import get_experiment
+from droplab.lab.report.summary import (
+    MAX_WORDS,
+    SEED_QUESTIONS,
+    forest_figure,
+    forest_rows,
+    headline_row,
+    short_answer,
+)
 from droplab.lab.results import ResultError, load_result, result_path
 
-__all__ = ["figure_png", "format_number", "render_report", "write_report"]
+__all__ = [
+    "figure_png",
+    "format_number",
+    "render_report",
+    "shipped_results",
+    "write_report",
+]
 
 
 def format_number(value: Any) -> str:
@@ -62,23 +78,66 @@ def figure_png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# Quantities that cannot be negative (or leave [0, 1]); a t interval from a few
+# seeds can reach past the bound, and the page then shows it cut there, marked.
+_NONNEGATIVE = ("error", "accuracy", "seconds", "cost", "rmse", "standard deviation",
+                "coverage", "fraction", "epochs", "units dropped")  # fmt: skip
+_DIFFERENCE = (" - ", "minus", "ratio", "difference", "log-likelihood", "gap")
+
+
+def _bounds(quantity: str, unit: str) -> tuple[float, float | None] | None:
+    """The range a quantity lives in, from its name (None: unbounded).
+
+    >>> _bounds("none: test error", ""), _bounds("dropout - none (paired)", "")
+    ((0.0, 1.0), None)
+    >>> _bounds("dropout: seconds per epoch", "s")
+    (0.0, None)
+    """
+    text = quantity.lower()
+    if any(word in text for word in _DIFFERENCE):
+        return None
+    if not any(word in text for word in _NONNEGATIVE):
+        return None
+    proportion = any(w in text for w in ("error", "accuracy", "coverage", "fraction"))
+    return (0.0, 1.0 if proportion and unit in ("", "fraction") and "rmse" not in text else None)
+
+
 def _interval(row: Mapping[str, Any]) -> str:
+    """``[low, high]``, cut (and marked ``*``) where it crosses the quantity's bound.
+
+    >>> _interval({"quantity": "epochs to target", "value": 5.5, "low": -0.85, "high": 11.9})
+    '[0*, 11.9]'
+    """
     low, high = row.get("low"), row.get("high")
     if low is None or high is None:
         return ""
-    return f"[{format_number(low)}, {format_number(high)}]"
+    bounds = _bounds(str(row.get("quantity", "")), str(row.get("unit", "")))
+    mark_low = mark_high = ""
+    if bounds is not None:
+        if low < bounds[0]:
+            low, mark_low = bounds[0], "*"
+        if bounds[1] is not None and high > bounds[1]:
+            high, mark_high = bounds[1], "*"
+    return f"[{format_number(low)}{mark_low}, {format_number(high)}{mark_high}]"
 
 
 FOLD_ROWS = 8  # number tables longer than this are folded (<details>)
 
 
 def _headline(
-    module: Any, result: Any, rows: Sequence[Mapping[str, str]]
+    module: Any,
+    result: Any,
+    rows: Sequence[Mapping[str, str]],
+    raw_rows: Sequence[Mapping[str, Any]] = (),
 ) -> Mapping[str, str] | None:
     """The number the summary shows: ``module.headline(result)`` (a row of
     ``numbers``, or its index) where the module defines it, else the first row
     with an interval, else the first row."""
-    chosen = getattr(module, "headline", None)
+    picked = headline_row(module.NAME, list(raw_rows))
+    if picked is not None:
+        chosen = lambda _result: picked  # noqa: E731
+    else:
+        chosen = getattr(module, "headline", None)
     if chosen is not None:
         pick = chosen(result)
         if isinstance(pick, int):
@@ -96,9 +155,12 @@ def _headline(
     return chosen_rows[0] if chosen_rows else None
 
 
-def _section(record: Mapping[str, Any]) -> dict[str, Any]:
+def _section(
+    record: Mapping[str, Any], shipped: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     module = get_experiment(record["name"])
     result = record["result"]
+    raw_rows = module.numbers(result)
     rows = [
         {
             "quantity": row["quantity"],
@@ -106,7 +168,7 @@ def _section(record: Mapping[str, Any]) -> dict[str, Any]:
             "interval": _interval(row),
             "unit": row.get("unit", ""),
         }
-        for row in module.numbers(result)
+        for row in raw_rows
     ]
     tables = []
     for table in getattr(module, "tables", lambda _: [])(result):
@@ -119,26 +181,84 @@ def _section(record: Mapping[str, Any]) -> dict[str, Any]:
                 ],
             }
         )
+    answer = module.answer(result)
+    short = short_answer(record["name"], result, raw_rows) or _first_sentence(answer)
+    decided = None
+    if shipped is not None and shipped.get("config_hash") != record.get("config_hash"):
+        try:
+            decided_answer = module.answer(shipped["result"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            decided_answer = ""  # saved by an older version: its keys moved
+        decided = {
+            "answer": decided_answer,
+            "short": short_answer(record["name"], shipped["result"],
+                                  _safe_numbers(module, shipped["result"])),
+            "preset": shipped.get("preset", "full"),
+            "seeds": shipped.get("config", {}).get("seeds", ""),
+            "started": str(shipped.get("started", ""))[:10],
+            "wall_time": _duration(float(shipped.get("wall_time_s", 0.0))),
+        }
     return {
         "name": record["name"],
-        "headline": _headline(module, result, rows),
+        "seed_question": SEED_QUESTIONS.get(record["name"], module.QUESTION),
+        "short": short,
+        "decided": decided,
+        "has_intervals": any(row["interval"] for row in rows),
+        "headline": _headline(module, result, rows, raw_rows),
         "question": module.QUESTION,
         "method": module.METHOD,
         "figure": figure_png(module.figure(result)),
         "numbers": rows,
         "tables": tables,
-        "answer": module.answer(result),
+        "answer": answer,
         "preset": record.get("preset", ""),
         "wall_time": f"{record['wall_time_s']:.1f} s",
         "started": record.get("started", ""),
-        "config": record.get("config", {}),
+        "config": {k: v for k, v in record.get("config", {}).items() if v != ""},
     }
+
+
+def _safe_numbers(module: Any, result: Any) -> list[dict[str, Any]]:
+    try:
+        rows: list[dict[str, Any]] = module.numbers(result)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return []
+    return rows
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of ``text`` if it has at most MAX_WORDS words, else ""."""
+    first = text.split(". ")[0].rstrip(".") + "."
+    return first if len(first.split()) <= MAX_WORDS else ""
+
+
+def _duration(seconds: float) -> str:
+    """>>> _duration(42.0), _duration(2235.0)
+    ('42 s', '37 min')
+    """
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def shipped_results() -> dict[str, dict[str, Any]]:
+    """The full-preset results that ship with droplab (package data), by name."""
+    found: dict[str, dict[str, Any]] = {}
+    folder = resources.files("droplab.lab.report") / "shipped"
+    if not folder.is_dir():
+        return found
+    for entry in folder.iterdir():
+        if entry.name.endswith("-full.json"):
+            record = json.loads(entry.read_text("utf-8"))
+            if isinstance(record, dict) and "name" in record and "result" in record:
+                found[str(record["name"])] = record
+    return found
 
 
 def render_report(
     records: Sequence[Mapping[str, Any]],
     *,
     missing: Mapping[str, str] | None = None,
+    failed: Mapping[str, str] | None = None,
+    shipped: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "droplab: what dropout does, measured",
 ) -> str:
     """Render the report page from saved result records (see :mod:`droplab.lab.results`).
@@ -146,13 +266,22 @@ def render_report(
     Args:
         records: saved records, in the order they should appear.
         missing: experiments without a result, mapped to the reason (shown as such).
+        failed: experiments that failed, mapped to the error (shown as failed).
+        shipped: saved full-preset records by name (see :func:`shipped_results`),
+            shown in each section beside the fresh run, labelled as such.
         title: the page title.
 
     Returns:
         The complete HTML document as a string.
     """
-    sections = [_section(record) for record in records]
+    shipped = shipped or {}
+    sections = [_section(record, shipped.get(str(record["name"]))) for record in records]
+    forest = forest_rows({str(r["name"]): r["result"] for r in records})
     first = records[0] if records else {}
+    ends = [
+        datetime.fromisoformat(str(r["started"])) + timedelta(seconds=float(r["wall_time_s"]))
+        for r in records if r.get("started")
+    ]  # fmt: skip
     presets = sorted({str(r.get("preset", "")) for r in records})
     total = sum(float(r["wall_time_s"]) for r in records)
     starts = [str(r["started"]) for r in records if r.get("started")]
@@ -165,17 +294,31 @@ def render_report(
         title=title,
         sections=sections,
         missing=dict(missing or {}),
+        failed=dict(failed or {}),
+        forest=figure_png(forest_figure(forest)) if forest else "",
+        max_words=MAX_WORDS,
         versions=first.get("versions", {}),
         machine=first.get("machine", {}),
         presets=", ".join(presets),
         total_time=f"{total:.1f} s",
         fold_rows=FOLD_ROWS,
-        computed=" to ".join(sorted({min(starts), max(starts)})) if starts else "",
+        computed=(
+            f"{min(starts)} to {max(ends).isoformat(timespec='seconds')}" if starts else ""
+        ),
     )
 
 
-def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str]]:
+def write_report(
+    out: str | Path, names: list[str], *, failed: Mapping[str, str] | None = None
+) -> tuple[Path, dict[str, str]]:
     """Render ``out/index.html`` from the saved results of ``names`` (atomically).
+
+    Args:
+        out: the report folder (results in ``out/results``).
+        names: the experiments, in page order.
+        failed: experiments that failed in this run, with the error; the page
+            shows them as failed (not as "not run yet"), even where an older
+            result is saved.
 
     Returns:
         The page's path and the experiments left out, with the reason.
@@ -183,6 +326,8 @@ def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str
     out = Path(out)
     records, missing = [], {}
     for name in names:
+        if failed and name in failed:
+            continue
         path = result_path(out / "results", name)
         try:
             records.append(load_result(path, name))
@@ -190,5 +335,7 @@ def write_report(out: str | Path, names: list[str]) -> tuple[Path, dict[str, str
             missing[name] = "not run yet"
         except ResultError as error:
             missing[name] = str(error)
-    html = render_report(records, missing=missing)
+    html = render_report(
+        records, missing=missing, failed=failed, shipped=shipped_results()
+    )
     return write_text(out / "index.html", html), missing
