@@ -44,8 +44,8 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and IDEs
     from droplab._validation import InputDtypeError as InputDtypeError
     from droplab._validation import InputRankError as InputRankError
     from droplab.interop import conversion_plan as conversion_plan
-    from droplab.interop import convert as convert
-    from droplab.interop import intercept as intercept
+    from droplab.interop import convert as convert  # type: ignore[no-redef]
+    from droplab.interop import intercept as intercept  # type: ignore[no-redef]
     from droplab.interop import revert as revert
     from droplab.masks import bernoulli_mask as bernoulli_mask
     from droplab.masks import fixed_count_mask as fixed_count_mask

@@ -120,7 +120,9 @@ def test_expected_time_is_printed_before_the_run(
     assert cli.main(["report", "--preset", "quick", "--only", "gradients",
                      "--out", str(out)]) == 0  # fmt: skip
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("droplab report: quick preset, 1 experiment; expected time:")
+    assert err[0].startswith(
+        "droplab report: quick preset, 1 experiment; expected time:"
+    )
     assert cli.main(["report", "--preset", "quick", "--only", "gradients",
                      "--out", str(out)]) == 0  # fmt: skip
     assert "1 saved result reused" in capsys.readouterr().err

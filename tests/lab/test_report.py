@@ -167,19 +167,27 @@ def test_short_answers_of_the_shipped_full_results_fit_the_word_limit() -> None:
 def test_the_forest_plot_follows_holm() -> None:
     from droplab.lab.report.summary import forest_rows
 
-    cell = {"size": 300, "width": 64,
-            "benefit": {"mean": 0.05, "low": 0.03, "high": 0.07, "p_holm": 0.2}}
-    size = {"size": 500,
-            "difference": {"mean": -0.04, "low": -0.06, "high": -0.02, "p_holm": 0.01}}
+    cell = {
+        "size": 300,
+        "width": 64,
+        "benefit": {"mean": 0.05, "low": 0.03, "high": 0.07, "p_holm": 0.2},
+    }
+    size = {
+        "size": 500,
+        "difference": {"mean": -0.04, "low": -0.06, "high": -0.02, "p_holm": 0.01},
+    }
     rows = forest_rows({"when-it-helps": {"cells": [cell]},
                         "data-size": {"sizes": [size]}})  # fmt: skip
     assert [r["label"] for r in rows] == [
-        "when-it-helps: 300 ex. × 64", "data-size: 500 ex."
+        "when-it-helps: 300 ex. × 64",
+        "data-size: 500 ex.",
     ]
     assert rows[0]["holm"] is False  # interval excludes 0, Holm does not
     assert rows[1]["holm"] is True
     assert rows[1]["mean"] == pytest.approx(0.04)  # error lowered = benefit
-    assert rows[1]["low"] == pytest.approx(0.02) and rows[1]["high"] == pytest.approx(0.06)
+    assert rows[1]["low"] == pytest.approx(0.02) and rows[1]["high"] == pytest.approx(
+        0.06
+    )
 
 
 def test_intervals_of_positive_quantities_stay_in_range() -> None:
@@ -189,9 +197,10 @@ def test_intervals_of_positive_quantities_stay_in_range() -> None:
         "[0*, 0.11]"
     )
     assert _interval({"quantity": "dropout - none (paired)", "low": -0.03, "high": 0.1})
-    assert _interval(
-        {"quantity": "dropout - none (paired)", "low": -0.03, "high": 0.1}
-    ) == "[-0.03, 0.1]"
+    assert (
+        _interval({"quantity": "dropout - none (paired)", "low": -0.03, "high": 0.1})
+        == "[-0.03, 0.1]"
+    )
     assert _interval({"quantity": "test accuracy", "low": 0.9, "high": 1.02}) == (
         "[0.9, 1*]"
     )

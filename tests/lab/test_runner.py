@@ -286,7 +286,9 @@ def test_a_crash_loses_no_finished_experiment(
     assert [o.status for o in outcomes] == ["failed", "ran"]
     assert "boom in fake_first" in outcomes[0].message
     assert messages[0].startswith("fake_first failed: RuntimeError: boom in fake_first")
-    assert "Traceback" in (out / "fake_first.traceback.txt").read_text()  # kept, not shown
+    assert (
+        "Traceback" in (out / "fake_first.traceback.txt").read_text()
+    )  # kept, not shown
     monkeypatch.setenv("FAKE_MODE_fake_first", "ok")
     outcomes = runner.run_experiments(
         ["fake_first", "fake_second"], results_dir=out, log=_quiet, progress=False

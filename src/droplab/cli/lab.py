@@ -129,10 +129,10 @@ def expected_time(names: list[str], preset: str, reused: set[str]) -> str:
     when = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
     counts = f"{len(todo)} experiment{'' if len(todo) == 1 else 's'} to run"
     if reused:
-        counts += f", {len(reused)} saved result{'' if len(reused) == 1 else 's'} reused"
-    return (
-        f"expected time: about {when} ({counts}; measured on 2 cores, slower under load)"
-    )
+        counts += (
+            f", {len(reused)} saved result{'' if len(reused) == 1 else 's'} reused"
+        )
+    return f"expected time: about {when} ({counts}; measured on 2 cores, slower under load)"
 
 
 def _reusable(names: list[str], out: Path, preset: str, data: str | None) -> set[str]:
@@ -176,7 +176,11 @@ def run_cli(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    reused = set() if args.force else _reusable(names, Path(args.out), args.preset, args.data)
+    reused = (
+        set()
+        if args.force
+        else _reusable(names, Path(args.out), args.preset, args.data)
+    )
     _stderr(
         f"droplab {args.command}: {args.preset} preset, {len(names)} experiment"
         f"{'' if len(names) == 1 else 's'}; {expected_time(names, args.preset, reused)}"

@@ -16,7 +16,7 @@ contains zero, and names the better side and the size of its lead otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -109,7 +109,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(v) for v in adjusted]
 
 
-def detectable(diff: dict[str, Any], adjusted_p: float | None = None) -> bool:
+def detectable(diff: Mapping[str, Any], adjusted_p: float | None = None) -> bool:
     """Whether ``diff`` (from :func:`paired_difference` or a mean/low/high triple)
     is detectably non-zero: its interval excludes 0 and its p-value (the
     ``adjusted_p`` given, else ``diff["p_value"]`` when present) is below 0.05.

@@ -207,7 +207,9 @@ def figure(result: dict[str, Any]) -> Any:
             values = result["rules"][rule][key]
             ax.plot([j] * len(values), values, "o", color=COLORS[rule], alpha=0.5)
             m, lo, hi = geometric_ci(values)  # log-scale interval: stays positive
-            yerr = None if lo is None else [[m - lo], [hi - m]]
+            yerr = (
+                None if m is None or lo is None or hi is None else [[m - lo], [hi - m]]
+            )
             ax.errorbar([j + 0.15], [m], yerr=yerr, fmt="s", color="k", capsize=4)
         ax.set_xticks(range(len(RULES)), list(RULES))
         ax.set_ylabel(label)
@@ -229,7 +231,10 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     for rule in RULES:
         r = result["rules"][rule]
         # Geometric means with intervals on the log scale: they stay positive.
-        add(f"{rule}: epochs to target (geometric mean)", list(geometric_ci(r["epochs"])))
+        add(
+            f"{rule}: epochs to target (geometric mean)",
+            list(geometric_ci(r["epochs"])),
+        )
         add(f"{rule}: seconds to target (geometric mean)",
             list(geometric_ci(r["seconds"])), "s")  # fmt: skip
         add(f"{rule}: seconds per epoch (geometric mean)",

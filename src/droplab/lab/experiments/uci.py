@@ -229,9 +229,7 @@ def answer(result: dict[str, Any]) -> str:
         return f"Not run: {result['skipped']}."
     ours = result["ours"]
     short = result["settings"]["epochs_multiplier"] < 100
-    text = (
-        "A pipeline check, not the published protocol: " if short else ""
-    ) + (
+    text = ("A pipeline check, not the published protocol: " if short else "") + (
         f"On {len(result['splits'])} split(s) of {result['dataset']} with "
         f"{result['epochs']} epochs, MC dropout gives RMSE {ours['rmse_mc']['mean']:.2f} "
         f"against {ours['rmse_weight_scaling']['mean']:.2f} for weight scaling and test "

@@ -26,8 +26,8 @@ from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import (
     detectable,
     gap_clause,
-    holm_caveat,
     holm,
+    holm_caveat,
     paired_difference,
     train_test_gap,
     verdict,

@@ -19,8 +19,8 @@ import base64
 import io
 import json
 import math
-from datetime import datetime, timedelta
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,10 @@ def _bounds(quantity: str, unit: str) -> tuple[float, float | None] | None:
     if not any(word in text for word in _NONNEGATIVE):
         return None
     proportion = any(w in text for w in ("error", "accuracy", "coverage", "fraction"))
-    return (0.0, 1.0 if proportion and unit in ("", "fraction") and "rmse" not in text else None)
+    return (
+        0.0,
+        1.0 if proportion and unit in ("", "fraction") and "rmse" not in text else None,
+    )
 
 
 def _interval(row: Mapping[str, Any]) -> str:
@@ -133,7 +136,8 @@ def _headline(
     """The number the summary shows: ``module.headline(result)`` (a row of
     ``numbers``, or its index) where the module defines it, else the first row
     with an interval, else the first row."""
-    picked = headline_row(module.NAME, list(raw_rows))
+    picked = headline_row(module.NAME, [dict(row) for row in raw_rows])
+    chosen: Any
     if picked is not None:
         chosen = lambda _result: picked  # noqa: E731
     else:
@@ -191,8 +195,11 @@ def _section(
             decided_answer = ""  # saved by an older version: its keys moved
         decided = {
             "answer": decided_answer,
-            "short": short_answer(record["name"], shipped["result"],
-                                  _safe_numbers(module, shipped["result"])),
+            "short": short_answer(
+                record["name"],
+                shipped["result"],
+                _safe_numbers(module, shipped["result"]),
+            ),
             "preset": shipped.get("preset", "full"),
             "seeds": shipped.get("config", {}).get("seeds", ""),
             "started": str(shipped.get("started", ""))[:10],
@@ -275,7 +282,9 @@ def render_report(
         The complete HTML document as a string.
     """
     shipped = shipped or {}
-    sections = [_section(record, shipped.get(str(record["name"]))) for record in records]
+    sections = [
+        _section(record, shipped.get(str(record["name"]))) for record in records
+    ]
     forest = forest_rows({str(r["name"]): r["result"] for r in records})
     first = records[0] if records else {}
     ends = [
@@ -303,7 +312,9 @@ def render_report(
         total_time=f"{total:.1f} s",
         fold_rows=FOLD_ROWS,
         computed=(
-            f"{min(starts)} to {max(ends).isoformat(timespec='seconds')}" if starts else ""
+            f"{min(starts)} to {max(ends).isoformat(timespec='seconds')}"
+            if starts
+            else ""
         ),
     )
 

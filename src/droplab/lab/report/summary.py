@@ -56,7 +56,9 @@ def _interval_pts(d: Mapping[str, Any], sign: float = 1.0) -> str:
     return f"{_pts(sign * d['mean'])} points [{_pts(low)}, {_pts(high)}]"
 
 
-def _count_helps(diffs: list[Mapping[str, Any]], helps_if_negative: bool) -> tuple[int, int]:
+def _count_helps(
+    diffs: list[Mapping[str, Any]], helps_if_negative: bool
+) -> tuple[int, int]:
     """(detectable after Holm in dropout's favour, detectable against it)."""
     good = bad = 0
     for d in diffs:
@@ -91,7 +93,9 @@ def _expectation(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def _averaging(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    ws = next(row for row in rows if "weight scaling, TV to exact average" in row["quantity"])
+    ws = next(
+        row for row in rows if "weight scaling, TV to exact average" in row["quantity"]
+    )
     closer = [
         row for row in rows
         if row["quantity"].startswith("small net: MC-") and row["high"] is not None
@@ -110,7 +114,9 @@ def _averaging(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def _gradients(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    dropped = next(row for row in rows if row["quantity"].startswith("max |term| of dropped"))
+    dropped = next(
+        row for row in rows if row["quantity"].startswith("max |term| of dropped")
+    )
     agree = next(row for row in rows if row["quantity"].startswith("max |reference"))
     n = dropped["quantity"].split("(")[1].split()[0]
     return (
@@ -163,7 +169,7 @@ def _rate(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def _data_size(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     diffs = [s["difference"] for s in r["sizes"]]
-    good, bad = _count_helps(diffs, helps_if_negative=True)
+    good, _bad = _count_helps(diffs, helps_if_negative=True)
     best = min(r["sizes"], key=lambda s: s["difference"]["mean"])
     return (
         f"Dropout lowers test error detectably (Holm) at {good} of {len(diffs)} sizes; "
@@ -205,8 +211,12 @@ def _uncertainty(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 def _variants(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     diffs = r["minus_dropout"]
-    better = [v for v, d in diffs.items() if detectable(d, d["p_holm"]) and d["mean"] > 0]
-    worse = [v for v, d in diffs.items() if detectable(d, d["p_holm"]) and d["mean"] < 0]
+    better = [
+        v for v, d in diffs.items() if detectable(d, d["p_holm"]) and d["mean"] > 0
+    ]
+    worse = [
+        v for v, d in diffs.items() if detectable(d, d["p_holm"]) and d["mean"] < 0
+    ]
     return (
         f"Better than standard dropout after Holm: {', '.join(better) or 'none'}; "
         f"worse: {', '.join(worse) or 'none'} (of {len(diffs)} compared)."
@@ -216,7 +226,11 @@ def _variants(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 def _uci(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ours, published = r["ours"]["rmse_mc"], r["published"]["rmse_mc"]
     full = r["epochs"] >= 4000
-    label = "the published protocol" if full else f"a short check ({r['epochs']} epochs, not 4,000)"
+    label = (
+        "the published protocol"
+        if full
+        else f"a short check ({r['epochs']} epochs, not 4,000)"
+    )
     return (
         f"{r['dataset']} RMSE {ours['mean']:.3g} vs {published['mean']:.3g} published, "
         f"{len(r['ours']['rmse_mc']['values'])} split(s), {label}."
@@ -341,7 +355,9 @@ def forest_figure(rows: list[dict[str, Any]]) -> Any:
                 markerfacecolor=color if filled else "white")  # fmt: skip
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(rows)), [r["label"] for r in reversed(rows)], fontsize=9)
-    ax.set_xlabel("dropout's benefit, points of test accuracy (95 % interval)", fontsize=9)
+    ax.set_xlabel(
+        "dropout's benefit, points of test accuracy (95 % interval)", fontsize=9
+    )
     ax.set_title("filled: detectable after Holm; open: not (right of 0: dropout helps)",
                  fontsize=9)  # fmt: skip
     ax.tick_params(axis="x", labelsize=9)
