@@ -172,8 +172,11 @@ def test_report_cli_resumes_per_task_with_the_local_executor(
         for d in ("a", "b")
     )
     assert without_timings(resumed["result"]) == without_timings(whole["result"])
-    with pytest.raises(SystemExit, match="'executor' argument must be local, ray"):
-        main([*args[:-1], "dask", "--out", str(tmp_path / "c")])
+    capsys.readouterr()
+    # one line and exit code 2, before any work
+    assert main([*args[:-1], "dask", "--out", str(tmp_path / "c")]) == 2
+    assert "'executor' argument must be local, ray" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 # --------------------------------------------------------------- Ray

@@ -121,7 +121,7 @@ def test_answer_names_where_it_helps_hurts_and_cannot_tell() -> None:
         in text
     )
     assert (
-        "cannot tell in 2 of 4 cells (3000 examples × width 64; 3000 examples × width 512)"
+        "no difference is detectable after Holm in 2 of 4 cells (3000 examples × width 64; 3000 examples × width 512"
         in text
     )
     assert "exceeds their test accuracy by 20.0 to 50.0 points" in text
@@ -137,8 +137,8 @@ def test_answer_names_where_it_helps_hurts_and_cannot_tell() -> None:
     [
         (HELPS, "raises test accuracy detectably", "cannot tell"),
         (HURTS, "lowers test accuracy detectably", "raises"),
-        (UNCLEAR, "cannot tell in 4 of 4", "detectably with"),
-        (HOLM_KILLS, "cannot tell in 4 of 4", "detectably with"),
+        (UNCLEAR, "no difference is detectable after Holm in 4 of 4", "detectably with"),
+        (HOLM_KILLS, "no difference is detectable after Holm in 4 of 4", "detectably with"),
     ],
 )
 def test_each_decision_flips_with_the_interval(

@@ -114,7 +114,8 @@ def catalog() -> list[tuple[str, str]]:
     """``(NAME, QUESTION)`` of every experiment, in report order, fast: read from
     the modules' source where they are literals (what ``droplab list`` needs).
 
-    >>> catalog()[0][0]
+    >>> first, _ = catalog()[0]
+    >>> first
     'masks'
     """
     rows = []

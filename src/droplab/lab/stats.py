@@ -42,7 +42,8 @@ def geometric_ci(
     >>> m, lo, hi = geometric_ci([2.0, 8.0])
     >>> m, 0 < lo < m < hi
     (4.0, True)
-    >>> geometric_ci([3.0])
+    >>> m, lo, hi = geometric_ci([3.0])
+    >>> round(m, 12), lo, hi
     (3.0, None, None)
     """
     x = np.asarray(values, dtype=np.float64).ravel()

@@ -240,7 +240,9 @@ def _first_sentence(text: str) -> str:
 
 
 def _duration(seconds: float) -> str:
-    """>>> _duration(42.0), _duration(2235.0)
+    """``seconds`` for a reader.
+
+    >>> _duration(42.0), _duration(2235.0)
     ('42 s', '37 min')
     """
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
