@@ -137,8 +137,16 @@ def test_answer_names_where_it_helps_hurts_and_cannot_tell() -> None:
     [
         (HELPS, "raises test accuracy detectably", "cannot tell"),
         (HURTS, "lowers test accuracy detectably", "raises"),
-        (UNCLEAR, "no difference is detectable after Holm in 4 of 4", "detectably with"),
-        (HOLM_KILLS, "no difference is detectable after Holm in 4 of 4", "detectably with"),
+        (
+            UNCLEAR,
+            "no difference is detectable after Holm in 4 of 4",
+            "detectably with",
+        ),
+        (
+            HOLM_KILLS,
+            "no difference is detectable after Holm in 4 of 4",
+            "detectably with",
+        ),
     ],
 )
 def test_each_decision_flips_with_the_interval(
