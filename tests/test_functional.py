@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from droplab import kernels, masks
-from droplab._core.op import masked_scale
+from droplab._core.op import MASKED_SCALE
 from droplab.functional import dropout
 from droplab.kernels.reference import reference_masked_scale
 from droplab.masks import make_mask, row_count
@@ -476,16 +476,7 @@ def test_forced_reference_backend_matches_and_unknown_backends_are_refused(monke
 def test_masked_scale_writes_into_out():
     x = sample((4, 4))
     out = torch.empty_like(x)
-    result = masked_scale(
-        x,
-        p=0.5,
-        seed=1,
-        offset=0,
-        scale="inverted",
-        sampler="bernoulli",
-        shared_dims=(),
-        out=out,
-    )
+    result = MASKED_SCALE.kernel(x, 1, 0, 0.5, "inverted", "bernoulli", (), out=out)
     assert result is out
     assert_same_bits(out, oracle(x, 0.5, seed=1))
 

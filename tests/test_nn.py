@@ -105,8 +105,8 @@ def test_state_dict_round_trip_replays_the_masks():
     expected = [model(x) for _ in range(3)]
 
     buffer.seek(0)
-    state = torch.load(buffer)  # weights_only: the stream is plain Python ints
-    assert state["1._extra_state"] == {"seed": 2**64 - 1, "offset": 3 * 40}
+    state = torch.load(buffer)  # weights_only: the stream is an int64 tensor
+    assert state["1._extra_state"].tolist() == [-1, 3 * 40]  # two's complement
     resumed = nn.Sequential(nn.Linear(6, 8), Dropout(0.5), nn.Linear(8, 2))
     resumed.load_state_dict(state)
     assert resumed[1].seed == 2**64 - 1
@@ -175,7 +175,7 @@ def test_seed_none_draws_from_torch_and_keeps_offset_zero():
     assert torch.equal(m(x), b)
     assert not torch.equal(a, b)
     assert m.offset == 0
-    assert m.get_extra_state() == {"seed": None, "offset": 0}
+    assert m.get_extra_state().shape == (0,) and m.state_dict() == {}
 
 
 def test_backward_through_the_module_is_mask_times_scale_and_saves_nothing():
@@ -434,12 +434,12 @@ def test_stream_attributes_and_extra_state_are_validated():
         m.seed = "7"
     with pytest.raises(
         ValueError,
-        match=r"The 'state' argument of Dropout\.set_extra_state must be a dict with the keys 'seed' and 'offset'; got \{'seed': 1\}\.",
+        match=r"The 'state' argument of Dropout\.set_extra_state must be an int64 tensor \[seed, offset\], or a dict with the keys 'seed' and 'offset'; got \{'seed': 1\}\.",
     ):
         m.set_extra_state({"seed": 1})
     with pytest.raises(
         TypeError,
-        match=r"The 'state' argument of Dropout\.set_extra_state must be a dict with the keys 'seed' and 'offset'; got 3\.",
+        match=r"The 'state' argument of Dropout\.set_extra_state must be an int64 tensor \[seed, offset\], or a dict with the keys 'seed' and 'offset'; got 3\.",
     ):
         m.set_extra_state(3)
     with pytest.raises(

@@ -68,8 +68,11 @@ __all__ = [
     "random_words",
     "resolve_seed",
     "seed_to_key",
+    "slice_seed",
     "stream_seed",
 ]
+
+_MASK64 = 2**64 - 1
 
 # One tag per use of stream_seed, so that the seeds each use derives never meet
 # (the tag is ASCII, in the comment). "mc_predict" is stream_seed's third
@@ -195,7 +198,33 @@ def draw_seed() -> int:
     >>> _ = torch.manual_seed(0); a == draw_seed()
     True
     """
+    if torch._C._are_functorch_transforms_active():
+        # Under torch.func.vmap the draw would be a batched tensor (one per
+        # slice) that cannot become an int: draw once, outside the transforms;
+        # the op's vmap rule then gives each slice its stream (slice_seed).
+        with torch._C._DisableFuncTorch():
+            return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+
+
+def slice_seed(seed: int, index: int) -> int:
+    """The seed of slice ``index`` of a call vmapped with ``randomness="different"``.
+
+    SplitMix64's finaliser of ``seed + (index + 1) * golden ratio`` (mod
+    ``2**64``): a different, well-mixed stream for every slice, so slice ``b``
+    of a vmapped dropout draws the mask the unbatched call would draw with
+    seed ``slice_seed(seed, b)`` at the same offset. Nested vmaps apply it
+    once per level (the innermost first).
+
+    >>> slice_seed(0, 0) != slice_seed(0, 1) != slice_seed(1, 0)
+    True
+    >>> 0 <= slice_seed(2**64 - 1, 7) < 2**64
+    True
+    """
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 def resolve_seed(

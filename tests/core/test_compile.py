@@ -5,6 +5,7 @@ Compiling on this CPU takes seconds per graph: few, small models.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -14,8 +15,11 @@ from torch._dynamo.utils import counters
 import droplab
 import droplab.functional
 import droplab.nn as dnn
-from droplab._core.registered import masked_scale_op, state_tensor
+from droplab._core.op import MASKED_SCALE
+from droplab._core.registered import state_tensor
 from droplab.distributed import use_rank
+from droplab.variants.alpha import alpha_dropout
+from droplab.variants.gaussian import gaussian_dropout
 
 # Inductor's own import of torch.jit, and Dynamo tracing an autograd Function
 # (torch 2.13), warn; not ours to fix.
@@ -64,7 +68,7 @@ def test_the_op_is_the_eager_op_with_its_state_in_a_tensor() -> None:
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     for seed, offset in [(3, 0), (2**64 - 1, 2**63 + 5), (2**63, 13)]:
         state = state_tensor(seed, offset)
-        y = masked_scale_op(x, state, 0.3, "inverted", "bernoulli", [])
+        y = MASKED_SCALE.registered(x, state, 0.3, "inverted", "bernoulli", [])
         ref = droplab.dropout(x, 0.3, seed=seed, offset=offset)
         assert torch.equal(y, ref)
         (grad,) = torch.autograd.grad(y.sum(), x)
@@ -72,11 +76,13 @@ def test_the_op_is_the_eager_op_with_its_state_in_a_tensor() -> None:
         assert torch.equal(grad, ref_grad)
     state = state_tensor(5, 6)
     torch.autograd.gradgradcheck(
-        lambda t: masked_scale_op(t, state, 0.5, "inverted", "bernoulli", []), (x,)
+        lambda t: MASKED_SCALE.registered(t, state, 0.5, "inverted", "bernoulli", []),
+        (x,),
     )
     for t in (x, x.detach().t().requires_grad_()):  # any strides: a contiguous result
         torch.library.opcheck(
-            masked_scale_op, (t, state_tensor(1, 2), 0.5, "realized", "fixed", [1])
+            MASKED_SCALE.registered,
+            (t, state_tensor(1, 2), 0.5, "realized", "fixed", [1]),
         )
 
 
@@ -210,8 +216,8 @@ def test_the_stream_stays_on_the_cpu_and_old_checkpoints_load() -> None:
     assert m.rng_state.device.type == "cpu" and m.rng_state.dtype == torch.int64
     assert m.rng_state.tolist() == [-1, 0]
     state = m.state_dict()
-    assert list(state) == ["_extra_state"]  # the format of droplab 0.1
-    old = {"_extra_state": {"seed": 2**63 + 7, "offset": 40}}
+    assert list(state) == ["_extra_state"]
+    old = {"_extra_state": {"seed": 2**63 + 7, "offset": 40}}  # droplab 0.1's dict
     m.load_state_dict(old)
     assert (m.seed, m.offset) == (2**63 + 7, 40)
     assert m.rng_state.tolist() == [2**63 + 7 - 2**64, 40]
@@ -236,7 +242,7 @@ def test_the_registered_op_reaches_the_triton_kernel_in_the_interpreter(
         ("bernoulli", "inverted", []),
         ("fixed", "realized", [1]),
     ]:
-        y = masked_scale_op(
+        y = MASKED_SCALE.registered(
             x, state_tensor(2**64 - 2, 4 * 2**32 - 3), 0.3, scale, sampler, dims
         )
         ref = reference_masked_scale(
@@ -322,8 +328,63 @@ def test_a_compiled_functional_alpha_dropout_gives_the_eager_outputs() -> None:
     x = torch.randn(3, 7)
     assert torch.equal(torch.compile(f, fullgraph=True)(x), f(x))
     state = state_tensor(5, 2)
-    from droplab.variants.alpha import alpha_dropout_op
+    from droplab.variants.alpha import ALPHA_DROPOUT
 
     torch.library.opcheck(
-        alpha_dropout_op, (x.double().requires_grad_(), state, 0.3, [])
+        ALPHA_DROPOUT.registered, (x.double().requires_grad_(), state, 0.3, [])
     )
+
+
+# Issue 22: seed=None draws at run time, in order, as eager code draws.
+
+
+def test_unseeded_modules_draw_the_eager_seeds_compiled() -> None:
+    torch.manual_seed(0)
+    eager = droplab.convert(
+        torch.nn.Sequential(
+            torch.nn.Linear(12, 16),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(16, 3),
+            torch.nn.Dropout(0.2),
+        )
+    )
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    x = X.clone().requires_grad_()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(3):
+            torch.manual_seed(100 + step)
+            want = eager(x)
+            want.sum().backward()
+            torch.manual_seed(100 + step)
+            got = compiled(x)
+            got.sum().backward()
+            assert torch.equal(got, want), step
+            # the same masks; Inductor may sum the batch in another order
+            for a, b in zip(eager.parameters(), compiled_model.parameters()):
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_unseeded_functional_calls_draw_in_program_order_compiled() -> None:
+    def f(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # the same input twice: the two draws must stay two, in this order
+        a = droplab.dropout(x, 0.5)
+        b = droplab.dropout(x, 0.5)
+        c = gaussian_dropout(x, 0.2)
+        return a, b, alpha_dropout(c, 0.1, True)
+
+    compiled = torch.compile(f, fullgraph=True)
+    x = torch.randn(8, 8)
+    for s in (0, 1):
+        torch.manual_seed(s)
+        want = f(x)
+        torch.manual_seed(s)
+        got = compiled(x)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert not torch.equal(got[0], got[1])
+        # and the generator is left where eager code leaves it
+        after = torch.randint(0, 2**62, ())
+        torch.manual_seed(s)
+        f(x)
+        assert torch.equal(after, torch.randint(0, 2**62, ()))

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from droplab._core.fx import Proxy, function_node
 from droplab._core.module import StochasticModule
-from droplab._core.op import MaskedScale
-from droplab._core.registered import graph_state, masked_scale_op
+from droplab._core.op import MASKED_SCALE, check_graph_seed
 from droplab._validation import (
     OFFSET_LIMIT,
     SEED_LIMIT,
@@ -34,11 +34,9 @@ from droplab._validation import (
     check_floating_tensor,
     check_offset,
     check_probability,
-    check_seed,
     check_shared_dims,
 )
 from droplab.masks import SAMPLERS, stream_elements
-from droplab.rng import draw_seed
 from droplab.scaling import SCALES, compute_dtype, eval_scale
 
 __all__ = ["Dropout", "dropout"]
@@ -109,24 +107,18 @@ def dropout(
         True
     """
     owner = "dropout"
-    if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
-        # a module's stream in a graph (StochasticModule.next_state); outside
-        # a graph a tensor seed gets the usual check below
-        state: torch.Tensor | None = seed
-        seed = None
-    else:
-        state = None
-    # Every argument is checked on every call. Each test below first accepts,
-    # cheaply, exactly the values its check would return unchanged (a float in
-    # [0, 1], an int in range, a known word, no shared dims); anything else goes
-    # through the check, which converts it or raises its usual error.
+    if type(x) is not torch.Tensor and isinstance(x, Proxy):  # torch.fx tracing
+        kwargs = dict(seed=seed, offset=offset, scale=scale, sampler=sampler)
+        kwargs.update(shared_dims=shared_dims, inplace=inplace)
+        return function_node(dropout, (x, p, training), kwargs)  # type: ignore[no-any-return]
     x = check_floating_tensor(x, owner=owner)
     if type(p) is not float or not 0.0 <= p <= 1.0:
         p = check_probability(p, owner=owner)
     if training is not True and training is not False:
         training = check_bool(training, "training", owner=owner)
     if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
-        seed = check_seed(seed, owner=owner)
+        # in a graph a module's stream arrives as its tensor (next_state)
+        seed = check_graph_seed(seed, owner)
     if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
         offset = check_offset(offset, owner=owner)
     if type(scale) is not str or scale not in SCALES:
@@ -147,30 +139,9 @@ def dropout(
         # Every rule keeps every unit with factor 1: x itself, as torch returns
         # its input here (the stream elements stay used, so later masks do not move).
         return x
-    if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
-        graph = graph_state(seed if state is None else state, offset, owner)
-        return _through_op(x, graph, p, scale, sampler, dims, inplace)
-    if seed is None:
-        seed = draw_seed()
-    # The one eager path: MaskedScale on the kernel droplab.kernels.select picks.
-    result: torch.Tensor = MaskedScale.apply(
-        x, (p, seed, offset, scale, sampler, dims), inplace
-    )
-    return result
-
-
-def _through_op(
-    x: torch.Tensor,
-    state: torch.Tensor,
-    p: float,
-    scale: str,
-    sampler: str,
-    dims: tuple[int, ...],
-    inplace: bool,
-) -> torch.Tensor:
-    """``torch.ops.droplab.masked_scale`` on ``state``, the path a graph records."""
-    y: torch.Tensor = masked_scale_op(x, state, p, scale, sampler, list(dims))
-    return x.copy_(y) if inplace else y
+    # The one entry: the registered op in a graph, the eager Function (or the
+    # kernel itself) otherwise; seed=None draws from torch's default generator.
+    return MASKED_SCALE(x, seed, offset, p, scale, sampler, dims, inplace=inplace)
 
 
 class Dropout(StochasticModule):

@@ -7,7 +7,8 @@ draw goes through :meth:`StochasticModule.next_stream`, which hands out the
 
 - consecutive calls draw fresh, non-overlapping parts of the stream;
 - a run can be replayed from ``(seed, offset)``, which travel in the module's
-  ``state_dict`` (as Python ints, so every seed in ``[0, 2**64)`` survives);
+  ``state_dict`` (as an int64 tensor of their two's complements, so every seed
+  in ``[0, 2**64)`` survives and safetensors files can hold it);
 - a module without a seed has no stream to save: its ``state_dict`` is empty,
   as torch's dropout modules' are, so checkpoints load both ways;
 - the pair itself is held in ``rng_state``, a 2-element int64 CPU buffer
@@ -46,7 +47,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from droplab._core.registered import snapshot
+from droplab._core.fx import Proxy, as_module_node
+from droplab._core.registered import drawn_state, snapshot
 from droplab._validation import (
     check_int,
     check_offset,
@@ -104,8 +106,8 @@ class StochasticModule(nn.Module):
         >>> m = StochasticModule(seed=2**64 - 1)
         >>> m.next_stream(10), m.next_stream(3), m.offset
         ((18446744073709551615, 0), (18446744073709551615, 10), 13)
-        >>> StochasticModule(seed=1).get_extra_state()
-        {'seed': 1, 'offset': 0}
+        >>> StochasticModule(seed=2**64 - 1).get_extra_state()  # [seed, offset], int64
+        tensor([-1,  0])
     """
 
     # Whether forward draws only through droplab.dropout (which takes the
@@ -116,14 +118,17 @@ class StochasticModule(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "forward" in cls.__dict__ and not cls.__dict__.get("traceable", False):
-            cls.forward = _eager_when_compiled(cls.__dict__["forward"])
+        if "forward" in cls.__dict__:
+            forward = cls.__dict__["forward"]
+            if not cls.__dict__.get("traceable", False):
+                forward = _eager_when_compiled(forward)
+            cls.forward = _fx_leaf(forward)
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
         # [seed, offset] as int64 two's complement, on the CPU whatever the
         # module's device (see _apply); not persistent: the state_dict keeps
-        # the plain ints of get_extra_state, as before.
+        # get_extra_state's copy of it, which is left out without a seed.
         self.register_buffer(
             "rng_state", torch.zeros(2, dtype=torch.int64), persistent=False
         )
@@ -219,9 +224,9 @@ class StochasticModule(nn.Module):
         ``forward`` calls it when ``torch.compiler.is_compiling()``): a copy of
         ``rng_state`` with the rank folded into the key, after which the offset
         advances by ``n`` in the graph itself. With ``seed=None`` the key is
-        drawn in the graph from torch's default generator (``torch.randint``;
-        compiled code draws it with Inductor's own generator, so such masks
-        follow ``torch.manual_seed`` but differ from eager ones).
+        drawn when the graph runs, from torch's default generator, in program
+        order (``droplab::draw_key``): compiled code draws the seeds eager
+        code draws under the same ``torch.manual_seed``.
 
         Args:
             n: stream elements the call uses (an int, or a SymInt when shapes
@@ -230,13 +235,8 @@ class StochasticModule(nn.Module):
         if self._owns_seed:
             state = snapshot(self.rng_state)
             self.rng_state[1] += n
-        else:
-            state = torch.cat(
-                [
-                    torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64),
-                    torch.zeros(1, dtype=torch.int64),
-                ]
-            )
+        else:  # drawn when the graph runs, as eager code draws it
+            state = drawn_state(0)
         rank = _traced_rank()
         if rank:  # fold_rank: the key XOR (rank * golden ratio mod 2**64)
             state[0] ^= _as_int64((rank * _FOLD) & _MASK64)
@@ -262,9 +262,19 @@ class StochasticModule(nn.Module):
         """``"seed=..., offset=..."`` for ``extra_repr``, or ``""`` without a seed."""
         return "" if not self._owns_seed else f"seed={self.seed}, offset={self.offset}"
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """The stream position, saved in ``state_dict`` as plain Python ints."""
-        return {"seed": self.seed, "offset": self.offset}
+    def get_extra_state(self) -> torch.Tensor:
+        """The stream position, saved in ``state_dict`` as a tensor.
+
+        int64 ``[seed, offset]``, each the two's complement of its value in
+        ``[0, 2**64)`` (read back with ``& (2**64 - 1)``): a tensor, so
+        safetensors files (``save_pretrained``, ``safetensors.torch.save_model``)
+        hold it. Without a seed, an empty tensor (and ``state_dict`` leaves the
+        entry out, as torch's dropout modules have none). :meth:`set_extra_state`
+        also takes the dict ``{"seed": ..., "offset": ...}`` of droplab 0.1.
+        """
+        if not self._owns_seed:
+            return torch.zeros(0, dtype=torch.int64)
+        return self.rng_state.clone()
 
     def _save_to_state_dict(
         self, destination: dict[str, Any], prefix: str, keep_vars: bool
@@ -276,13 +286,34 @@ class StochasticModule(nn.Module):
             destination.pop(prefix + "_extra_state", None)
 
     def set_extra_state(self, state: Any) -> None:
-        """Restore the stream position saved by :meth:`get_extra_state`."""
+        """Restore the stream position saved by :meth:`get_extra_state`.
+
+        Takes its int64 tensor (2 elements, or none for no seed) or the dict
+        with the keys ``seed`` and ``offset`` that droplab 0.1 wrote.
+        """
+        owner = f"{type(self).__name__}.set_extra_state"
+        if isinstance(state, torch.Tensor):
+            if state.dtype != torch.int64 or tuple(state.shape) not in ((2,), (0,)):
+                raise fail(
+                    "state",
+                    f"a {state.dtype} tensor of shape {tuple(state.shape)}",
+                    "an int64 tensor [seed, offset] of shape (2,), or of shape (0,) "
+                    "for no seed",
+                    owner=owner,
+                )
+            if state.numel() == 0:
+                self.seed = None
+                return
+            seed, offset = (int(v) & _MASK64 for v in state.tolist())
+            self.seed, self.offset = seed, offset
+            return
         if not isinstance(state, dict) or set(state) != {"seed", "offset"}:
             raise fail(
                 "state",
                 state,
-                "a dict with the keys 'seed' and 'offset'",
-                owner=f"{type(self).__name__}.set_extra_state",
+                "an int64 tensor [seed, offset], or a dict with the keys 'seed' "
+                "and 'offset'",
+                owner=owner,
                 kind=TypeError if not isinstance(state, dict) else ValueError,
             )
         self.seed = state["seed"]
@@ -330,6 +361,18 @@ def _eager_when_compiled(forward: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: StochasticModule, *args: Any, **kwargs: Any) -> Any:
         if self.training and torch.compiler.is_compiling():
             return eager(self, *args, **kwargs)
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _fx_leaf(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward``, recorded as one ``call_module`` node under ``symbolic_trace``."""
+
+    @functools.wraps(forward)
+    def wrapper(self: StochasticModule, *args: Any, **kwargs: Any) -> Any:
+        if args and isinstance(args[0], Proxy):
+            return as_module_node(self, args, kwargs)
         return forward(self, *args, **kwargs)
 
     return wrapper

@@ -1,129 +1,326 @@
-"""The one masked-scale autograd path: ``y = t * mask * scale``, backward the same op.
+"""Every random op of droplab, declared once: :class:`StochasticOp`.
 
-:func:`dropout` and every variant that scales the kept units of a mask (channel,
-locked, DropPath, DropConnect, weight drop, and alpha dropout's kept part) go
-through :class:`MaskedScale`. Only Python numbers are kept on ``ctx``: the mask
-is redrawn from ``(seed, offset)`` in backward, so nothing of the input's size
-is saved. The implementation is chosen by :func:`droplab.kernels.select`; the
-numerics contract is the one of :mod:`droplab.kernels.reference`.
+An op is ``y = f(x; mask or noise of (seed, offset), params)``, affine in ``x``
+with a diagonal linear part (masked scale, alpha dropout, Gaussian noise). Its
+author writes three things a single time:
+
+- the **kernel** ``kernel(x, seed, offset, *params, out=None)``, on Python ints
+  (the stream element of ``x``'s first element is ``offset``);
+- the **linear part** ``linear(t, seed, offset, *params)``: what the op does to
+  a tangent or a gradient (``dy/dx`` applied to ``t``), written with droplab's
+  op entries, so it runs eager and in a graph alike; ``None`` means the op
+  itself (an op linear in ``x``, whose ``dy/dx`` is its own mask or noise);
+- the **schema** of its non-tensor parameters.
+
+From that the declaration builds both paths and the choice between them:
+
+- an eager ``torch.autograd.Function`` (``forward``, ``setup_context``,
+  ``backward`` and ``jvp`` from the linear part, and a ``vmap`` rule), so
+  ``torch.func`` transforms, forward-mode AD and double backward work;
+- a registered operator ``torch.ops.droplab.<name>`` for ``torch.compile`` and
+  ``torch.export``, whose stream is a 2-element int64 tensor ``[seed, offset]``
+  (:mod:`droplab._core.registered`), with its fake kernel (``empty_like``, the
+  layout every kernel gives) and its autograd (saving only that state);
+- :meth:`StochasticOp.__call__`, the one entry the variants call: in a graph
+  the registered operator, eagerly the Function, or the kernel itself when no
+  autograd, forward AD or ``torch.func`` transform can see the call.
+
+Nothing of the input's size is saved for backward: the mask is redrawn from
+``(seed, offset)``. The numerics contract is the one of
+:mod:`droplab.kernels.reference`.
+
+**Under** ``torch.func.vmap`` (the stream rule, docs/compile.md): with
+``randomness="same"`` every slice uses the call's ``(seed, offset)``; with
+``"different"`` slice ``b`` uses ``(droplab.rng.slice_seed(seed, b), offset)``,
+so slices draw independent streams and a module's next call (whose offset
+moves on by one slice's elements) overlaps none of them (an input vmap does
+not batch is broadcast first, so it too gets a mask per slice); ``"error"``
+raises torch's error. A backward or jvp replays the forward's masks: under
+``"error"`` (``jacrev``, ``jacfwd``) and ``"same"`` every slice gets the one
+mask, under ``"different"`` slice ``b`` the stream of ``slice_seed(seed, b)``,
+as its forward drew under that vmap. (So a ``vjp_fn`` vmapped with
+``"different"`` over a forward that ran outside that vmap would replay slice
+streams the forward never drew: use the default ``"error"`` there.)
 """
 
 from __future__ import annotations
 
+import contextvars
+
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._C._functorch import TransformType as _TransformType
+from torch._functorch import pyfunctorch as _pyfunctorch
+from torch.autograd import forward_ad
 
 from droplab import kernels
-from droplab.scaling import compute_dtype
+from droplab._core.registered import MASK64, graph_state
+from droplab._validation import check_offset, check_seed
+from droplab.rng import draw_seed, slice_seed
 
-__all__ = ["MaskArgs", "MaskedScale", "apply_mask", "keep_scale", "masked_scale"]
+__all__ = ["MASKED_SCALE", "VMAP_ERROR", "StochasticOp", "check_graph_seed"]
 
-# (p, seed, offset, scale, sampler, shared_dims), as one argument: every
-# argument of apply costs a little on every call.
-MaskArgs = tuple[float, int, int, str, str, tuple[int, ...]]
+Kernel = Callable[..., torch.Tensor]
+
+# torch's own message for a random op under vmap(randomness="error").
+VMAP_ERROR = (
+    "vmap: called random operation while in randomness error mode. Please either "
+    "use the 'same' or 'different' randomness flags on vmap or perform the "
+    "randomness operation out of vmap"
+)
+
+_transforms_active = torch._C._are_functorch_transforms_active
+
+# True while a backward or jvp applies the linear part (a replay of the
+# forward's mask, not a draw).
+_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "droplab_replay", default=False
+)
 
 
-class MaskedScale(torch.autograd.Function):
-    """``y = x * mask * scale``; its backward is the same op on the gradient.
+class StochasticOp:
+    """One random op: its kernel, its linear part and its parameters' schema.
 
-    Only Python numbers are kept on ``ctx``: the mask is redrawn from
-    ``(seed, offset)`` in backward. When the backward itself is recorded
-    (``create_graph=True``) it calls this Function again, so the double
-    backward (and gradgradcheck) works; otherwise it runs the op directly.
+    Args:
+        name: the operator's name, registered as ``torch.ops.droplab.<name>``.
+        params: the schema of the parameters after ``x`` and the stream, e.g.
+            ``"float p, int[] shared_dims"``.
+        kernel: ``kernel(x, seed, offset, *params, out=None) -> Tensor`` on
+            Python ints; with ``out`` it writes there and returns it.
+        linear: ``linear(t, seed, offset, *params) -> Tensor``, ``dy/dx``
+            applied to ``t`` (``seed`` is a state tensor in a graph); None: the
+            op itself.
+
+    Calling it, ``op(x, seed, offset, *params, inplace=False)``: ``seed`` is an
+    int in ``[0, 2**64)``, None (a fresh seed from torch's default generator),
+    or a stream tensor ``[seed, offset]`` (a module's in a graph, or the
+    registered op's in its backward; ``offset`` then unused), which always
+    takes the registered op. Public functions refuse a tensor seed outside a
+    graph (:func:`check_graph_seed`).
     """
 
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, mask_args: MaskArgs, inplace: bool
+    def __init__(
+        self,
+        name: str,
+        params: str,
+        kernel: Kernel,
+        linear: Callable[..., torch.Tensor] | None = None,
+    ) -> None:
+        self.name = name
+        self.kernel = kernel
+        self.linear: Callable[..., torch.Tensor] = linear or self
+        self.function = _eager_function(self)
+        self.registered = _register(self, params)
+
+    def __repr__(self) -> str:
+        return f"StochasticOp(torch.ops.droplab.{self.name})"
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        seed: Any,
+        offset: Any,
+        *params: Any,
+        inplace: bool = False,
     ) -> torch.Tensor:
-        ctx.mask_args = mask_args
-        if inplace:
+        if isinstance(seed, torch.Tensor) or torch.compiler.is_compiling():
+            # torch.compile, torch.export (and the registered op's own
+            # backward): the registered op on the stream as a tensor
+            y: torch.Tensor = self.registered(
+                x, graph_state(seed, offset, self.name), *params
+            )
+            return x.copy_(y) if inplace else y
+        if seed is None:
+            seed = draw_seed()
+        elif type(seed) is not int:
+            seed = check_seed(seed, owner=self.name)
+        if type(offset) is not int:
+            offset = check_offset(offset, owner=self.name)
+        if _transforms_active():  # torch.func: vmap, grad, jvp ...
+            if not inplace:
+                x = _batched_if_vmap_asks(x)
+            y = self.function.apply(x, seed, offset, inplace, *params)
+            return y
+        if (
+            inplace  # through the Function, which bumps x's version
+            or (x.requires_grad and torch.is_grad_enabled())
+            or forward_ad._current_level >= 0  # a dual tensor may carry a tangent
+        ):
+            y = self.function.apply(x, seed, offset, inplace, *params)
+            return y
+        # Nothing can differentiate or transform this call: the kernel itself
+        # (the usual backward, and every call under no_grad).
+        return self.kernel(x, seed, offset, *params)
+
+
+def _batched_if_vmap_asks(x: torch.Tensor) -> torch.Tensor:
+    """``x``, batched at the innermost vmap if it asks for ``"different"``
+    randomness and ``x`` is not batched there.
+
+    A Function whose inputs vmap does not batch is called once, unbatched: its
+    vmap rule never runs, and every slice would get one mask. torch's own
+    random ops draw per slice there; so does droplab: a scalar drawn under the
+    vmap (a batched tensor under ``"different"``) broadcasts ``x`` to the
+    batch, values unchanged, and the vmap rule then draws per slice.
+    """
+    interpreter = _pyfunctorch.retrieve_current_functorch_interpreter()
+    if interpreter.key() != _TransformType.Vmap:
+        return x
+    if interpreter.randomness() != "different":
+        return x
+    if torch._C._functorch.maybe_get_level(x) == interpreter.level():
+        return x  # batched already
+    probe = torch.rand((), device=x.device)
+    return torch.where(probe < 2.0, x, x)
+
+
+def check_graph_seed(seed: Any, owner: str) -> Any:
+    """``seed`` checked as a public function takes it: None, an int in
+    ``[0, 2**64)``, or (only inside a graph) a module's stream tensor."""
+    if seed is None or (type(seed) is int and 0 <= seed < 2**64):
+        return seed
+    if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
+        return seed
+    return check_seed(seed, owner=owner)
+
+
+def _eager_function(op: StochasticOp) -> type[torch.autograd.Function]:
+    """The eager autograd Function of ``op`` (forward, backward, jvp, vmap)."""
+
+    def forward(
+        x: torch.Tensor, seed: int, offset: int, inplace: bool, *params: Any
+    ) -> torch.Tensor:
+        return op.kernel(x, seed, offset, *params, out=x if inplace else None)
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        # Python numbers only: the mask is redrawn from (seed, offset).
+        x, ctx.seed, ctx.offset, ctx.inplace, *ctx.params = inputs
+        if ctx.inplace:
             ctx.mark_dirty(x)
-        return apply_mask(x, mask_args, out=x if inplace else None)
 
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
-        # dy/dx = mask * scale: the same op, the same mask, applied to the gradient.
-        if torch.is_grad_enabled():
-            # create_graph=True: through the Function again, for double backward.
-            grad_input = MaskedScale.apply(grad_output, ctx.mask_args, False)
-        else:  # the usual backward: the op itself, without a second graph node
-            grad_input = apply_mask(grad_output, ctx.mask_args)
-        return (grad_input, None, None)
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        token = _REPLAY.set(True)  # the forward's mask: nothing new is drawn
+        try:
+            grad_x = op.linear(grad, ctx.seed, ctx.offset, *ctx.params)
+        finally:
+            _REPLAY.reset(token)
+        return (grad_x, None, None, None, *([None] * len(ctx.params)))
+
+    def jvp(ctx: Any, tangent: torch.Tensor, *others: Any) -> torch.Tensor:
+        token = _REPLAY.set(True)
+        try:
+            out = op.linear(tangent, ctx.seed, ctx.offset, *ctx.params)
+        finally:
+            _REPLAY.reset(token)
+        # an in-place op updates its input's tangent in place, as torch asks
+        return tangent.copy_(out) if ctx.inplace else out
+
+    def vmap(
+        info: Any,
+        in_dims: tuple[Any, ...],
+        x: torch.Tensor,
+        seed: int,
+        offset: int,
+        inplace: bool,
+        *params: Any,
+    ) -> tuple[torch.Tensor, int | None]:
+        # A backward or jvp replays the forward's mask: no draw, so no error
+        # (jacrev and jacfwd vmap it with randomness="error"); "different"
+        # keeps the slice streams the forward drew under the same vmap.
+        if info.randomness == "error" and not _REPLAY.get():
+            raise RuntimeError(VMAP_ERROR)
+        x_dim = in_dims[0]
+        if x_dim is None and info.randomness == "same":
+            return op(x, seed, offset, *params, inplace=inplace), None
+        batch = (
+            x.movedim(x_dim, 0)
+            if x_dim is not None
+            else x.expand(info.batch_size, *x.shape)
+        )
+        different = info.randomness == "different"
+        slices = [
+            op(batch[b], slice_seed(seed, b) if different else seed, offset, *params)
+            for b in range(info.batch_size)
+        ]
+        result = torch.stack(slices)
+        if inplace and x_dim is not None:
+            x.copy_(result.movedim(0, x_dim))
+            return x, x_dim
+        return result, 0
+
+    namespace = {
+        "__doc__": f"The eager path of ``torch.ops.droplab.{op.name}``.",
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "jvp": staticmethod(jvp),
+        "vmap": staticmethod(vmap),
+    }
+    return type(f"_{op.name}_function", (torch.autograd.Function,), namespace)
 
 
-def apply_mask(
-    t: torch.Tensor, mask_args: MaskArgs, out: torch.Tensor | None = None
+def _register(op: StochasticOp, params: str) -> Any:
+    """``torch.ops.droplab.<name>(x, state, *params)``: what a graph records."""
+
+    def impl(x: torch.Tensor, state: torch.Tensor, *params: Any) -> torch.Tensor:
+        seed, offset = state.tolist()
+        return op.kernel(x, seed & MASK64, offset & MASK64, *params)
+
+    def fake(x: torch.Tensor, state: torch.Tensor, *params: Any) -> torch.Tensor:
+        return torch.empty_like(x)  # the layout every kernel gives its result
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        # The 16-byte state and the Python parameters: the mask is redrawn.
+        ctx.save_for_backward(inputs[1])
+        ctx.params = inputs[2:]
+
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (state,) = ctx.saved_tensors
+        # through the registered ops again (the state is a tensor): a double
+        # backward works in a graph too
+        grad_x = op.linear(grad, state, 0, *ctx.params)
+        return (grad_x, None, *([None] * len(ctx.params)))
+
+    registered = torch.library.custom_op(
+        f"droplab::{op.name}",
+        impl,
+        mutates_args=(),
+        schema=f"(Tensor x, Tensor state, {params}) -> Tensor",
+    )
+    registered.register_fake(fake)
+    registered.register_autograd(backward, setup_context=setup_context)
+    return registered
+
+
+def _masked_scale_kernel(
+    x: torch.Tensor,
+    seed: int,
+    offset: int,
+    p: float,
+    scale: str,
+    sampler: str,
+    shared_dims: Any,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The op without autograd, on the kernel :func:`droplab.kernels.select` picks."""
-    p, seed, offset, scale, sampler, shared_dims = mask_args
-    return kernels.select(t)(
-        t,
+    return kernels.select(x)(
+        x,
         p=p,
         seed=seed,
         offset=offset,
         scale=scale,
         sampler=sampler,
-        shared_dims=shared_dims,
+        shared_dims=tuple(shared_dims),
         out=out,
     )
 
 
-def masked_scale(
-    t: torch.Tensor,
-    *,
-    p: float,
-    seed: int,
-    offset: int,
-    scale: str,
-    sampler: str,
-    shared_dims: tuple[int, ...],
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``t * mask * train-scale`` without autograd; arguments already validated.
-
-    For callers that manage their own backward or write in place (the stacked
-    UCI trainer); everyone else calls :func:`droplab.dropout`.
-
-    Args:
-        t: float16, bfloat16, float32 or float64 tensor, any shape, strides, device.
-        p: drop probability in [0, 1].
-        seed: the stream, an int in [0, 2**64).
-        offset: the stream element of the mask's first element.
-        scale: one of :data:`droplab.scaling.SCALES`.
-        sampler: one of :data:`droplab.masks.SAMPLERS`.
-        shared_dims: normalised sorted tuple of the dimensions the mask is shared along.
-        out: where to write the result (may be ``t`` itself, for in-place).
-
-    Examples:
-        >>> x = torch.ones(2, 3)
-        >>> masked_scale(x, p=0.5, seed=0, offset=0, scale="inverted",
-        ...              sampler="bernoulli", shared_dims=())
-        tensor([[2., 0., 0.],
-                [0., 0., 2.]])
-    """
-    return apply_mask(t, (p, seed, offset, scale, sampler, shared_dims), out=out)
-
-
-def keep_scale(
-    t: torch.Tensor,
-    c: float,
-    p: float,
-    seed: int,
-    offset: int,
-    shared_dims: tuple[int, ...] = (),
-) -> torch.Tensor:
-    """Differentiable ``t * c`` where the mask of ``(p, seed, offset)`` keeps, ``+0.0``
-    elsewhere (alpha dropout's kept part).
-
-    :class:`MaskedScale` with scale ``"none"`` keeps ``t`` exactly (or gives
-    ``+0.0``); the product with ``c`` is then taken in the compute dtype, so
-    the result equals ``where(keep, (t * c).to(t.dtype), +0.0)`` for ``c >= 0``.
-    """
-    masked: torch.Tensor = MaskedScale.apply(
-        t, (p, seed, offset, "none", "bernoulli", shared_dims), False
-    )
-    # A Python float: torch rounds it to the compute dtype (as a 0-d tensor of
-    # that dtype would be), and the multiply saves no tensor for backward.
-    return (masked.to(compute_dtype(t.dtype)) * c).to(t.dtype)
+MASKED_SCALE = StochasticOp(
+    "masked_scale",
+    "float p, str scale, str sampler, int[] shared_dims",
+    _masked_scale_kernel,
+)
+"""``y = x * mask * scale``, its derivative the same op: dropout and every
+variant that scales the kept units of a mask (channel, locked, DropPath,
+DropConnect, weight drop). ``torch.ops.droplab.masked_scale`` in a graph."""

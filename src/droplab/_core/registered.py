@@ -1,10 +1,8 @@
-"""The masked-scale op registered with PyTorch: ``torch.ops.droplab.masked_scale``.
+"""The stream of a registered operator in a graph: ``[seed, offset]`` as a tensor.
 
-What ``torch.compile`` and ``torch.export`` see. The op is the one of
-:mod:`droplab._core.op` (``y = x * mask * scale``, its backward the same op on
-the gradient) on the kernel :func:`droplab.kernels.select` picks, so compiled
-and eager outputs are the same bit for bit. Two things differ from the eager
-Function, both for the graph's sake:
+What ``torch.compile`` and ``torch.export`` see of droplab's ops
+(:class:`droplab._core.op.StochasticOp` registers them, e.g.
+``torch.ops.droplab.masked_scale(x, state, p, scale, sampler, shared_dims)``):
 
 - **The stream is a tensor.** ``state`` is a 2-element int64 tensor
   ``[seed, offset]``, each the two's complement of a value in ``[0, 2**64)``
@@ -12,11 +10,17 @@ Function, both for the graph's sake:
   advances the offset in the graph (``state[1] += n``), so the offset is data,
   not a Python constant Dynamo would guard on: one graph serves every call.
 - **Backward saves only that state**: 16 bytes, nothing of the input's size.
+- **A seed drawn at run time** (``seed=None``): ``droplab::draw_key`` draws it
+  from torch's default generator when the graph runs, exactly as eager code
+  draws it (:func:`droplab.rng.draw_seed`), in program order: the op mutates
+  one token tensor, so the draws of a graph are chained, never merged, dropped
+  or reordered, and Inductor does not replace them with its own generator.
+  Compiled and eager code then draw the same seeds under the same
+  ``torch.manual_seed``.
 
 The state lives on the CPU (a module keeps its ``rng_state`` there when moved):
 the kernels read it there without a device synchronisation, for CUDA inputs
-too. The eager paths keep :class:`droplab._core.op.MaskedScale` (no dispatcher
-between Python and the kernel; see docs/compile.md for the figures).
+too.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from typing import Any
 
 import torch
 
-from droplab import kernels
 from droplab._validation import check_offset, check_seed
+from droplab.rng import draw_seed
 
 __all__ = [
     "MASK64",
     "as_int64",
+    "draw_key",
+    "drawn_state",
     "graph_state",
-    "masked_scale_op",
     "snapshot",
     "state_tensor",
 ]
@@ -63,15 +68,13 @@ def graph_state(seed: Any, offset: Any, owner: str) -> torch.Tensor:
 
     A module's stream arrives as its tensor (``StochasticModule.next_state``,
     already advanced in the graph) and is used as it is; ``seed=None`` draws the
-    key in the graph from torch's default generator; an int seed gives
+    key when the graph runs (:func:`drawn_state`); an int seed gives
     ``[seed, offset]``.
     """
     if isinstance(seed, torch.Tensor):
         return seed
     if seed is None:
-        key = torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)
-        offset = check_offset(offset, owner=owner)
-        return torch.cat([key, torch.tensor([as_int64(offset)], dtype=torch.int64)])
+        return drawn_state(check_offset(offset, owner=owner))
     return state_tensor(
         check_seed(seed, owner=owner), check_offset(offset, owner=owner)
     )
@@ -94,62 +97,30 @@ def _snapshot_fake(state: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(state)
 
 
-@torch.library.custom_op("droplab::masked_scale", mutates_args=())
-def masked_scale_op(
-    x: torch.Tensor,
-    state: torch.Tensor,
-    p: float,
-    scale: str,
-    sampler: str,
-    shared_dims: list[int],
-) -> torch.Tensor:
-    """``x * mask * scale`` with the mask of ``(state[0], state[1])``.
+# The token every run-time draw mutates: it chains the draws of a graph in
+# program order. Its value counts the draws made inside graphs (nothing reads it).
+_DRAW_TOKEN = torch.zeros(1, dtype=torch.int64)
 
-    Args:
-        x: float16, bfloat16, float32 or float64 tensor, any device.
-        state: int64 ``[seed, offset]`` (two's complement of ``[0, 2**64)``),
-            on the CPU (a CUDA state works but costs a synchronisation).
-        p, scale, sampler: as :func:`droplab.dropout`, already validated.
-        shared_dims: normalised sorted dimensions the mask is shared along.
+
+@torch.library.custom_op("droplab::draw_key", mutates_args=("token",))
+def draw_key(token: torch.Tensor) -> torch.Tensor:
+    """A 1-element int64 tensor holding :func:`droplab.rng.draw_seed`, drawn now.
+
+    Opaque to the compiler, so the draw happens when the graph runs, from
+    torch's default generator, as eager code draws it. ``token`` is mutated so
+    that the draws stay ordered and distinct (the graph threads it from one
+    draw to the next).
     """
-    seed, offset = state.tolist()
-    y = kernels.select(x)(
-        x,
-        p=p,
-        seed=seed & MASK64,
-        offset=offset & MASK64,
-        scale=scale,
-        sampler=sampler,
-        shared_dims=tuple(shared_dims),
-    )
-    # Every kernel lays its result out as torch.empty_like(x), as the fake
-    # kernel promises (channels_last stays channels_last).
-    return y
+    token.add_(1)
+    return torch.tensor([draw_seed()], dtype=torch.int64)
 
 
-@masked_scale_op.register_fake
-def _masked_scale_fake(
-    x: torch.Tensor,
-    state: torch.Tensor,
-    p: float,
-    scale: str,
-    sampler: str,
-    shared_dims: list[int],
-) -> torch.Tensor:
-    return torch.empty_like(x)  # the layout every kernel gives its result
+@draw_key.register_fake
+def _draw_key_fake(token: torch.Tensor) -> torch.Tensor:
+    return torch.empty(1, dtype=torch.int64)
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    # The 16-byte state and four Python values: the mask is redrawn in backward.
-    ctx.save_for_backward(inputs[1])
-    ctx.mask_args = inputs[2:]
-
-
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-    # dy/dx = mask * scale: the same op, the same state, on the gradient (through
-    # the op again, so a double backward works too).
-    (state,) = ctx.saved_tensors
-    return (masked_scale_op(grad, state, *ctx.mask_args), None, None, None, None, None)
-
-
-masked_scale_op.register_autograd(_backward, setup_context=_setup_context)
+def drawn_state(offset: int) -> torch.Tensor:
+    """``[drawn key, offset]`` for a graph: the stream of a call with ``seed=None``."""
+    offset_t = torch.tensor([as_int64(offset)], dtype=torch.int64)
+    return torch.cat([draw_key(_DRAW_TOKEN), offset_t])

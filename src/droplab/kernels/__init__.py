@@ -10,7 +10,7 @@
 All follow the random-number contract of docs/DESIGN.md bit for bit (see
 :mod:`droplab.kernels.reference`). The choice is made here and only here:
 :func:`select` picks the ``masked_scale`` implementation for a tensor (eager
-calls run it through :class:`droplab._core.op.MaskedScale`, compiled code
+calls run it through :data:`droplab._core.op.MASKED_SCALE`, compiled code
 through the registered operator ``droplab::masked_scale``: one kernel either
 way). Setting ``DROPLAB_BACKEND`` to ``reference``, ``numba`` or ``triton``
 forces a path. Importing this package imports neither Numba

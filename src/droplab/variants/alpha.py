@@ -27,21 +27,22 @@ from typing import Any
 
 import torch
 
+from droplab._core.fx import traced_as_node
 from droplab._core.module import StochasticModule
-from droplab._core.op import keep_scale
-from droplab._core.registered import MASK64, graph_state, masked_scale_op
+from droplab._core.op import MASKED_SCALE, StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
+    check_offset,
     check_probability,
     check_shared_dims,
     fail_ndim,
 )
 from droplab.masks import stream_elements
-from droplab.rng import resolve_seed
 
 __all__ = [
+    "ALPHA_DROPOUT",
     "SELU_SATURATION",
     "AlphaDropout",
     "FeatureAlphaDropout",
@@ -68,16 +69,25 @@ def alpha_dropout_affine(p: float) -> tuple[float, float]:
     return a, -a * SELU_SATURATION * p
 
 
-def _alpha(
-    x: torch.Tensor, p: float, seed: int, offset: int, shared: tuple[int, ...]
+def _alpha_kernel(
+    x: torch.Tensor,
+    seed: int,
+    offset: int,
+    p: float,
+    shared_dims: Any,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     a, b = alpha_dropout_affine(p)
     compute = compute_dtype(x.dtype)
-    kept = keep_scale(x, a, p, seed, offset, shared)  # a * x where kept, 0 elsewhere
+    shared = tuple(shared_dims)
+    # a * x where kept, +0.0 elsewhere: the mask keeps x exactly (scale
+    # "none"), the product with the Python float a is taken in the compute dtype
+    masked = MASKED_SCALE.kernel(x, seed, offset, p, "none", "bernoulli", shared)
+    kept = (masked.to(compute) * a).to(x.dtype)
     keep = keep_mask(
         tuple(x.shape), p, seed=seed, offset=offset, shared_dims=shared, device=x.device
     )
-    # the constant part (no gradient): b where kept, a * alpha' + b where dropped
+    # the constant part: b where kept, a * alpha' + b where dropped
     const = torch.where(
         keep,
         torch.tensor(b, dtype=compute, device=x.device),
@@ -87,9 +97,28 @@ def _alpha(
         const = torch.zeros_like(const)
     # kept (laid out as x) is the first operand: the sum takes its layout, so
     # a channels_last input gives a channels_last result.
-    return (kept.to(compute) + const).to(x.dtype)
+    y = (kept.to(compute) + const).to(x.dtype)
+    return y if out is None else out.copy_(y)
 
 
+def _alpha_linear(
+    t: torch.Tensor, seed: Any, offset: Any, p: float, shared_dims: Any
+) -> torch.Tensor:
+    # dy/dx = a where kept, 0 where dropped: (t * a) in the compute dtype,
+    # rounded to t's dtype, then the mask (the constant part has no derivative)
+    a, _ = alpha_dropout_affine(p)
+    scaled = (t.to(compute_dtype(t.dtype)) * a).to(t.dtype)
+    return MASKED_SCALE(scaled, seed, offset, p, "none", "bernoulli", shared_dims)
+
+
+ALPHA_DROPOUT = StochasticOp(
+    "alpha_dropout", "float p, int[] shared_dims", _alpha_kernel, _alpha_linear
+)
+"""Alpha dropout with the mask of ``(seed, offset)``;
+``torch.ops.droplab.alpha_dropout`` in a graph."""
+
+
+@traced_as_node
 def alpha_dropout(
     x: torch.Tensor,
     p: float = 0.5,
@@ -125,6 +154,7 @@ def alpha_dropout(
     )
 
 
+@traced_as_node
 def feature_alpha_dropout(
     x: torch.Tensor,
     p: float = 0.5,
@@ -164,61 +194,12 @@ def _alpha_op(
     training = check_bool(training, "training", owner=owner)
     inplace = check_bool(inplace, "inplace", owner=owner)
     shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
-    draws = training and p > 0.0 and x.numel() > 0
-    if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
-        if not draws:
-            return x
-        state = graph_state(seed, offset, owner)  # a module's stream: its tensor
-        y = alpha_dropout_op(x, state, p, list(shared))
-        return x.copy_(y) if inplace else y
-    seed_, offset_ = resolve_seed(seed, offset, owner, draw=draws)
-    if not draws:  # x itself, as torch returns its input
-        return x
-    y = _alpha(x, p, seed_, offset_, shared)
-    # In place after the fact: nothing of x was saved for backward, so
-    # overwriting it is safe (a leaf that requires grad refuses, as in torch).
-    return x.copy_(y) if inplace else y
-
-
-@torch.library.custom_op("droplab::alpha_dropout", mutates_args=())
-def alpha_dropout_op(
-    x: torch.Tensor, state: torch.Tensor, p: float, shared_dims: list[int]
-) -> torch.Tensor:
-    """Alpha dropout with the mask of ``(state[0], state[1])``: what a graph records.
-
-    The eager computation itself (so compiled outputs are the eager ones, bit
-    for bit); ``state`` as for ``droplab::masked_scale``. Backward saves the
-    16-byte state: ``grad * a`` where kept, through ``droplab::masked_scale``.
-    """
-    seed, offset = state.tolist()
-    return _alpha(x, p, seed & MASK64, offset & MASK64, tuple(shared_dims))
-
-
-@alpha_dropout_op.register_fake
-def _alpha_dropout_fake(
-    x: torch.Tensor, state: torch.Tensor, p: float, shared_dims: list[int]
-) -> torch.Tensor:
-    return torch.empty_like(x)  # laid out as x, as the eager result
-
-
-def _alpha_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    x, state, p, shared_dims = inputs
-    ctx.save_for_backward(state)
-    ctx.p, ctx.shared_dims = p, shared_dims
-    ctx.compute = compute_dtype(x.dtype)
-
-
-def _alpha_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-    # As eager autograd computes it: (grad * a) in the compute dtype, rounded
-    # to grad's dtype, then kept where the mask keeps (the constant has none).
-    (state,) = ctx.saved_tensors
-    a, _ = alpha_dropout_affine(ctx.p)
-    scaled = (grad.to(ctx.compute) * a).to(grad.dtype)
-    masked = masked_scale_op(scaled, state, ctx.p, "none", "bernoulli", ctx.shared_dims)
-    return (masked, None, None, None)
-
-
-alpha_dropout_op.register_autograd(_alpha_backward, setup_context=_alpha_setup)
+    seed = check_graph_seed(seed, owner)
+    offset = check_offset(offset, owner=owner)
+    if not (training and p > 0.0 and x.numel() > 0):
+        return x  # x itself, as torch returns its input (and nothing is drawn)
+    # In place, a leaf that requires grad refuses, as in torch.
+    return ALPHA_DROPOUT(x, seed, offset, p, shared, inplace=inplace)
 
 
 class AlphaDropout(StochasticModule):
@@ -236,7 +217,7 @@ class AlphaDropout(StochasticModule):
     """
 
     _feature = False
-    traceable = True  # draws only through alpha_dropout_op in a graph
+    traceable = True  # draws only through ALPHA_DROPOUT (its registered op in a graph)
 
     def __init__(
         self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None

@@ -115,7 +115,11 @@ def _check_rank(ndim: int, name: str) -> None:
             ndim,
             "be a 2-d (C, L) or 3-d (N, C, L) tensor",
             owner="dropout1d",
-            note="dropout1d drops whole channels of inputs with one spatial dimension.",
+            # torch's own phrase, which its tests and its users match on
+            note=(
+                f"Expected 2D or 3D input, but received a {ndim}D input: dropout1d "
+                "drops whole channels of inputs with one spatial dimension."
+            ),
         )
     if name == "dropout2d" and ndim < 2:
         raise fail_ndim(ndim, "have at least 2 dimensions (N, C, ...)", owner=name)

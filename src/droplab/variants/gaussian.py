@@ -25,18 +25,24 @@ from typing import Any
 
 import torch
 
+from droplab._core.fx import traced_as_node
 from droplab._core.module import StochasticModule
-from droplab._core.registered import MASK64, graph_state
+from droplab._core.op import StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
     check_bool,
     check_floating_tensor,
+    check_offset,
     check_probability,
     fail,
 )
-from droplab.rng import resolve_seed
 
-__all__ = ["GaussianDropout", "gaussian_dropout", "gaussian_noise_std"]
+__all__ = [
+    "GAUSSIAN_NOISE",
+    "GaussianDropout",
+    "gaussian_dropout",
+    "gaussian_noise_std",
+]
 
 
 def gaussian_noise_std(p: float) -> float:
@@ -60,65 +66,28 @@ def _check_rate(p: Any, owner: str) -> float:
     return p
 
 
-def _noisy(t: torch.Tensor, p: float, seed: int, offset: int) -> torch.Tensor:
+def _noisy(
+    t: torch.Tensor,
+    seed: int,
+    offset: int,
+    p: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     compute = compute_dtype(t.dtype)
     z = normal_noise(
         tuple(t.shape), seed=seed, offset=offset, dtype=torch.float64, device=t.device
     )
     noise = (1.0 + gaussian_noise_std(p) * z).to(compute)
-    return (t.to(compute) * noise).to(t.dtype)
+    y = (t.to(compute) * noise).to(t.dtype)
+    return y if out is None else out.copy_(y)
 
 
-class _GaussianNoise(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        p: float,
-        seed: int,
-        offset: int,
-    ) -> torch.Tensor:
-        ctx.args = (p, seed, offset)
-        return _noisy(x, p, seed, offset)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        # dy/dx = noise: the same op, the same noise, on the gradient.
-        return (_GaussianNoise.apply(grad, *ctx.args), None, None, None)
+GAUSSIAN_NOISE = StochasticOp("gaussian_noise", "float p", _noisy)
+"""``x`` times the noise of ``(seed, offset)``, its derivative the same op;
+``torch.ops.droplab.gaussian_noise`` in a graph."""
 
 
-@torch.library.custom_op("droplab::gaussian_noise", mutates_args=())
-def gaussian_noise_op(x: torch.Tensor, state: torch.Tensor, p: float) -> torch.Tensor:
-    """``x`` times the noise of ``(state[0], state[1])``: what a graph records.
-
-    The eager computation itself, so compiled outputs are the eager ones bit
-    for bit; ``state`` as for ``droplab::masked_scale``. Its backward is the
-    same op on the gradient, saving the 16-byte state.
-    """
-    seed, offset = state.tolist()
-    return _noisy(x, p, seed & MASK64, offset & MASK64)
-
-
-@gaussian_noise_op.register_fake
-def _gaussian_noise_fake(
-    x: torch.Tensor, state: torch.Tensor, p: float
-) -> torch.Tensor:
-    return torch.empty_like(x)  # laid out as x, as the eager result
-
-
-def _gaussian_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(inputs[1])
-    ctx.p = inputs[2]
-
-
-def _gaussian_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-    (state,) = ctx.saved_tensors
-    return (gaussian_noise_op(grad, state, ctx.p), None, None)
-
-
-gaussian_noise_op.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
-
-
+@traced_as_node
 def gaussian_dropout(
     x: torch.Tensor,
     p: float = 0.5,
@@ -152,16 +121,11 @@ def gaussian_dropout(
     x = check_floating_tensor(x, owner=owner)
     p = _check_rate(p, owner)
     training = check_bool(training, "training", owner=owner)
-    if torch.compiler.is_compiling():  # torch.compile, torch.export: the registered op
-        if not training or p == 0.0:
-            return x
-        state = graph_state(seed, offset, owner)  # a module's stream: its tensor
-        return gaussian_noise_op(x, state, p)
-    seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
+    seed = check_graph_seed(seed, owner)
+    offset = check_offset(offset, owner=owner)
     if not training or p == 0.0:
-        return x
-    result: torch.Tensor = _GaussianNoise.apply(x, p, seed_, offset_)
-    return result
+        return x  # nothing is drawn
+    return GAUSSIAN_NOISE(x, seed, offset, p)
 
 
 class GaussianDropout(StochasticModule):
@@ -178,7 +142,7 @@ class GaussianDropout(StochasticModule):
         40
     """
 
-    traceable = True  # draws only through gaussian_noise_op in a graph
+    traceable = True  # draws only through GAUSSIAN_NOISE (its registered op in a graph)
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
         super().__init__(seed=seed)

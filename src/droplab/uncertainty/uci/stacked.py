@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from droplab._core.dropout import Dropout
-from droplab._core.op import masked_scale
+from droplab._core.op import MASKED_SCALE
 from droplab.execution import write_atomically
 from droplab.rng import STREAM_TAGS, stream_seed
 
@@ -304,9 +304,9 @@ def train_stacked(
         base = step * slots * batch_size * width
         for start, stop, p, first in runs:
             part = h[start:stop]
-            masked_scale(
-                part, p=p, seed=layer_seeds[layer], offset=base + first * used,
-                scale="inverted", sampler="bernoulli", shared_dims=(), out=part,
+            MASKED_SCALE.kernel(
+                part, layer_seeds[layer], base + first * used,
+                p, "inverted", "bernoulli", (), out=part,
             )  # fmt: skip
         return h
 
