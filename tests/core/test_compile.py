@@ -361,7 +361,9 @@ def test_unseeded_modules_draw_the_eager_seeds_compiled() -> None:
             got.sum().backward()
             assert torch.equal(got, want), step
             # the same masks; Inductor may sum the batch in another order
-            for a, b in zip(eager.parameters(), compiled_model.parameters()):
+            for a, b in zip(
+                eager.parameters(), compiled_model.parameters(), strict=True
+            ):
                 torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == 1
 
@@ -381,7 +383,7 @@ def test_unseeded_functional_calls_draw_in_program_order_compiled() -> None:
         want = f(x)
         torch.manual_seed(s)
         got = compiled(x)
-        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
         assert not torch.equal(got[0], got[1])
         # and the generator is left where eager code leaves it
         after = torch.randint(0, 2**62, ())

@@ -12,8 +12,8 @@ import io
 
 import pytest
 import torch
-import torch.fx
 import torch.func
+import torch.fx
 from torch import nn
 
 import droplab

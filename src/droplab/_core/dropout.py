@@ -110,7 +110,7 @@ def dropout(
     if type(x) is not torch.Tensor and isinstance(x, Proxy):  # torch.fx tracing
         kwargs = dict(seed=seed, offset=offset, scale=scale, sampler=sampler)
         kwargs.update(shared_dims=shared_dims, inplace=inplace)
-        return function_node(dropout, (x, p, training), kwargs)  # type: ignore[no-any-return]
+        return function_node(dropout, (x, p, training), kwargs)
     x = check_floating_tensor(x, owner=owner)
     if type(p) is not float or not 0.0 <= p <= 1.0:
         p = check_probability(p, owner=owner)

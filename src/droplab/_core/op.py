@@ -46,7 +46,6 @@ streams the forward never drew: use the default ``"error"`` there.)
 from __future__ import annotations
 
 import contextvars
-
 from collections.abc import Callable
 from typing import Any
 
@@ -165,7 +164,7 @@ def _batched_if_vmap_asks(x: torch.Tensor) -> torch.Tensor:
     vmap (a batched tensor under ``"different"``) broadcasts ``x`` to the
     batch, values unchanged, and the vmap rule then draws per slice.
     """
-    interpreter = _pyfunctorch.retrieve_current_functorch_interpreter()
+    interpreter: Any = _pyfunctorch.retrieve_current_functorch_interpreter()
     if interpreter.key() != _TransformType.Vmap:
         return x
     if interpreter.randomness() != "different":
