@@ -14,9 +14,12 @@ author writes three things a single time:
 
 From that the declaration builds both paths and the choice between them:
 
-- an eager ``torch.autograd.Function`` (``forward``, ``setup_context``,
-  ``backward`` and ``jvp`` from the linear part, and a ``vmap`` rule), so
-  ``torch.func`` transforms, forward-mode AD and double backward work;
+- the eager ``torch.autograd.Function`` (``backward`` and ``jvp`` from the
+  linear part), in two forms built from the same functions: with
+  ``setup_context`` and a ``vmap`` rule for calls under ``torch.func``
+  transforms, and the classic form (``forward(ctx, ...)``, no per-call
+  argument binding) for every other call; forward-mode AD and double
+  backward work in both;
 - a registered operator ``torch.ops.droplab.<name>`` for ``torch.compile`` and
   ``torch.export``, whose stream is a 2-element int64 tensor ``[seed, offset]``
   (:mod:`droplab._core.registered`), with its fake kernel (``empty_like``, the
@@ -110,7 +113,8 @@ class StochasticOp:
         self.name = name
         self.kernel = kernel
         self.linear: Callable[..., torch.Tensor] = linear or self
-        self.function = _eager_function(self)
+        self.function, self.transformable = _eager_function(self)
+        self._apply = _direct_apply(self.function)
         self.registered = _register(self, params)
 
     def __repr__(self) -> str:
@@ -140,14 +144,14 @@ class StochasticOp:
         if _transforms_active():  # torch.func: vmap, grad, jvp ...
             if not inplace:
                 x = _batched_if_vmap_asks(x)
-            y = self.function.apply(x, seed, offset, inplace, *params)
+            y = self.transformable.apply(x, (seed, offset, *params), inplace)
             return y
         if (
             inplace  # through the Function, which bumps x's version
             or (x.requires_grad and torch.is_grad_enabled())
             or forward_ad._current_level >= 0  # a dual tensor may carry a tangent
         ):
-            y = self.function.apply(x, seed, offset, inplace, *params)
+            y = self._apply(x, (seed, offset, *params), inplace)
             return y
         # Nothing can differentiate or transform this call: the kernel itself
         # (the usual backward, and every call under no_grad).
@@ -185,32 +189,69 @@ def check_graph_seed(seed: Any, owner: str) -> Any:
     return check_seed(seed, owner=owner)
 
 
-def _eager_function(op: StochasticOp) -> type[torch.autograd.Function]:
-    """The eager autograd Function of ``op`` (forward, backward, jvp, vmap)."""
+def _direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """``function.apply`` without its Python layer, for calls outside torch.func.
 
-    def forward(
-        x: torch.Tensor, seed: int, offset: int, inplace: bool, *params: Any
-    ) -> torch.Tensor:
-        return op.kernel(x, seed, offset, *params, out=x if inplace else None)
+    ``Function.apply`` (Python) binds nothing for a classic Function and,
+    outside torch.func transforms, only unwraps "dead" functorch wrappers from
+    its arguments (a tree walk, about 1.2 µs a call here) before the C++
+    ``apply``. Our arguments are ``x`` and Python numbers, so this unwraps ``x``
+    alone and calls the C++ ``apply`` directly. Where torch lacks either
+    piece, the public ``apply``.
+    """
+    c_apply = torch._C._FunctionBase.__dict__.get("apply")
+    unwrap = getattr(torch._C._functorch, "unwrap_if_dead", None)
+    if c_apply is None or unwrap is None:
+        return function.apply
+    bound = c_apply.__get__(None, function)
+
+    def apply(x: torch.Tensor, args: tuple[Any, ...], inplace: bool) -> Any:
+        return bound(unwrap(x), args, inplace)
+
+    return apply
+
+
+def _eager_function(
+    op: StochasticOp,
+) -> tuple[type[torch.autograd.Function], type[torch.autograd.Function]]:
+    """The eager autograd Functions of ``op``: plain, and for torch.func.
+
+    Both take ``(x, args, inplace)`` with ``args = (seed, offset, *params)``,
+    Python numbers only (the mask is redrawn from them in backward): one
+    tuple, as every argument of ``apply`` costs a little on every call.
+    """
+    kernel = op.kernel
+    linear = op.linear
+
+    def forward(x: torch.Tensor, args: tuple[Any, ...], inplace: bool) -> torch.Tensor:
+        return kernel(x, *args, out=x if inplace else None)
 
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        # Python numbers only: the mask is redrawn from (seed, offset).
-        x, ctx.seed, ctx.offset, ctx.inplace, *ctx.params = inputs
+        x, ctx.args, ctx.inplace = inputs
         if ctx.inplace:
             ctx.mark_dirty(x)
 
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    def forward_with_ctx(
+        ctx: Any, x: torch.Tensor, args: tuple[Any, ...], inplace: bool
+    ) -> torch.Tensor:
+        # setup_context and forward, inlined: this is every eager training call
+        ctx.args, ctx.inplace = args, inplace
+        if inplace:
+            ctx.mark_dirty(x)
+            return kernel(x, *args, out=x)
+        return kernel(x, *args)
+
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
         token = _REPLAY.set(True)  # the forward's mask: nothing new is drawn
         try:
-            grad_x = op.linear(grad, ctx.seed, ctx.offset, *ctx.params)
+            return linear(grad, *ctx.args), None, None
         finally:
             _REPLAY.reset(token)
-        return (grad_x, None, None, None, *([None] * len(ctx.params)))
 
     def jvp(ctx: Any, tangent: torch.Tensor, *others: Any) -> torch.Tensor:
         token = _REPLAY.set(True)
         try:
-            out = op.linear(tangent, ctx.seed, ctx.offset, *ctx.params)
+            out = linear(tangent, *ctx.args)
         finally:
             _REPLAY.reset(token)
         # an in-place op updates its input's tangent in place, as torch asks
@@ -220,16 +261,15 @@ def _eager_function(op: StochasticOp) -> type[torch.autograd.Function]:
         info: Any,
         in_dims: tuple[Any, ...],
         x: torch.Tensor,
-        seed: int,
-        offset: int,
+        args: tuple[Any, ...],
         inplace: bool,
-        *params: Any,
     ) -> tuple[torch.Tensor, int | None]:
         # A backward or jvp replays the forward's mask: no draw, so no error
         # (jacrev and jacfwd vmap it with randomness="error"); "different"
         # keeps the slice streams the forward drew under the same vmap.
         if info.randomness == "error" and not _REPLAY.get():
             raise RuntimeError(VMAP_ERROR)
+        seed, offset, *params = args
         x_dim = in_dims[0]
         if x_dim is None and info.randomness == "same":
             return op(x, seed, offset, *params, inplace=inplace), None
@@ -249,15 +289,34 @@ def _eager_function(op: StochasticOp) -> type[torch.autograd.Function]:
             return x, x_dim
         return result, 0
 
-    namespace = {
-        "__doc__": f"The eager path of ``torch.ops.droplab.{op.name}``.",
-        "forward": staticmethod(forward),
-        "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward),
-        "jvp": staticmethod(jvp),
-        "vmap": staticmethod(vmap),
-    }
-    return type(f"_{op.name}_function", (torch.autograd.Function,), namespace)
+    # Two classes from the same pieces. torch.func needs setup_context (and
+    # takes the vmap rule); but Function.apply then binds every call's
+    # arguments with inspect.signature, which costs more than the kernel on
+    # a small tensor. So plain eager calls take the classic form (forward
+    # with ctx), calls under a torch.func transform the other.
+    classic = type(
+        f"_{op.name}_function",
+        (torch.autograd.Function,),
+        {
+            "__doc__": f"The eager path of ``torch.ops.droplab.{op.name}``.",
+            "forward": staticmethod(forward_with_ctx),
+            "backward": staticmethod(backward),
+            "jvp": staticmethod(jvp),
+        },
+    )
+    transformable = type(
+        f"_{op.name}_transformable",
+        (torch.autograd.Function,),
+        {
+            "__doc__": f"``torch.ops.droplab.{op.name}`` under torch.func transforms.",
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+            "jvp": staticmethod(jvp),
+            "vmap": staticmethod(vmap),
+        },
+    )
+    return classic, transformable
 
 
 def _register(op: StochasticOp, params: str) -> Any:
@@ -310,7 +369,7 @@ def _masked_scale_kernel(
         offset=offset,
         scale=scale,
         sampler=sampler,
-        shared_dims=tuple(shared_dims),
+        shared_dims=shared_dims if type(shared_dims) is tuple else tuple(shared_dims),
         out=out,
     )
 
