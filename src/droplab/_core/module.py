@@ -207,6 +207,14 @@ class StochasticModule(nn.Module):
             n = check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
         if not self._owns_seed:
             return self._effective_seed(draw_seed()), 0
+        if torch._C._are_functorch_transforms_active():
+            # torch.func (vmap, grad ...) has no NumPy view of a tensor: read
+            # and advance the buffer outside the transforms
+            with torch._C._DisableFuncTorch():
+                return self._advance(n)
+        return self._advance(n)
+
+    def _advance(self, n: int) -> tuple[int, int]:
         words = self.rng_state.numpy()  # a view: read and advance in place
         seed = int(words[0]) & _MASK64
         offset = int(words[1]) & _MASK64
