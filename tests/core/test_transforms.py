@@ -344,7 +344,7 @@ def test_the_stream_saves_as_a_tensor_safetensors_can_hold(tmp_path) -> None:
     safetensors_torch.save_model(model, str(path))
     fresh = mlp(seed=5)
     missing, unexpected = safetensors_torch.load_model(fresh, str(path))
-    assert missing == [] and unexpected == []
+    assert not missing and not unexpected
     assert [(m.seed, m.offset) for m in (fresh[2], fresh[4])] == [
         (model[2].seed, model[2].offset),
         (model[4].seed, model[4].offset),
