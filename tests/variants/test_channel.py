@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import droplab.nn
 from droplab.functional import dropout
 from droplab.masks import bernoulli_mask
 from droplab.variants.channel import (
@@ -76,6 +77,13 @@ def test_unbatched_equals_a_batch_of_one(op, unbatched):
 def test_dropout1d_refuses_other_ranks():
     with pytest.raises(ValueError, match=r"dropout1d must be a 2-d \(C, L\) or 3-d"):
         dropout1d(torch.ones(2, 3, 4, 5), 0.5, seed=0)
+    # torch's phrase, which torch's own test (test/nn/test_dropout.py) matches
+    # as a RuntimeError
+    for shape, ndim in [((1, 2, 2, 2), 4), ((2,), 1)]:
+        with pytest.raises(
+            RuntimeError, match=f"Expected 2D or 3D input, but received a {ndim}D input"
+        ):
+            droplab.nn.Dropout1d(p=0.5)(torch.rand(shape))
 
 
 def test_dropout2d_on_3d_input_warns_and_reads_n_c_l_as_torch():
