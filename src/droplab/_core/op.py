@@ -294,28 +294,24 @@ def _eager_function(
     # arguments with inspect.signature, which costs more than the kernel on
     # a small tensor. So plain eager calls take the classic form (forward
     # with ctx), calls under a torch.func transform the other.
+    shared = {"backward": staticmethod(backward), "jvp": staticmethod(jvp)}
     classic = type(
         f"_{op.name}_function",
         (torch.autograd.Function,),
-        {
-            "__doc__": f"The eager path of ``torch.ops.droplab.{op.name}``.",
-            "forward": staticmethod(forward_with_ctx),
-            "backward": staticmethod(backward),
-            "jvp": staticmethod(jvp),
-        },
+        {**shared, "forward": staticmethod(forward_with_ctx)},
     )
     transformable = type(
         f"_{op.name}_transformable",
         (torch.autograd.Function,),
         {
-            "__doc__": f"``torch.ops.droplab.{op.name}`` under torch.func transforms.",
+            **shared,
             "forward": staticmethod(forward),
             "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward),
-            "jvp": staticmethod(jvp),
             "vmap": staticmethod(vmap),
         },
     )
+    classic.__doc__ = f"The eager path of ``torch.ops.droplab.{op.name}``."
+    transformable.__doc__ = f"``torch.ops.droplab.{op.name}`` under torch.func."
     return classic, transformable
 
 
