@@ -390,3 +390,35 @@ def test_a_reference_check_of_the_eager_kernel_path() -> None:
     assert torch.equal(
         plain, MASKED_SCALE.kernel(x.detach(), 4, 2, 0.5, "inverted", "bernoulli", ())
     )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda seed: dnn.Dropout(0.4, seed=seed),
+        lambda seed: dnn.Dropout2d(0.4, seed=seed),
+        lambda seed: dnn.AlphaDropout(0.3, seed=seed),
+        lambda seed: dnn.GaussianDropout(0.3, seed=seed),
+        lambda seed: dnn.DropPath(0.3, seed=seed),
+        lambda seed: dnn.LockedDropout(0.4, seed=seed),
+    ],
+)
+def test_each_transform_ready_module_follows_the_slice_rule(make) -> None:
+    x = torch.randn(3, 2, 4, 5, 6, dtype=torch.float64)  # slices (N, C, H, W)
+    got = torch.func.vmap(make(31), randomness="different")(x)
+    for b in range(3):
+        assert torch.equal(got[b], make(slice_seed(31, b))(x[b]))
+
+
+def test_modules_without_a_declared_op_refuse_torch_func_by_name() -> None:
+    for module, x in [
+        (dnn.DropBlock2d(0.3, block_size=3), torch.ones(2, 2, 3, 8, 8)),
+        (dnn.ConcreteDropout(nn.Linear(8, 8)), torch.ones(2, 5, 8)),
+    ]:
+        name = type(module).__name__
+        with pytest.raises(
+            NotImplementedError, match=f"{name} does not support torch.func"
+        ):
+            torch.func.vmap(module, randomness="different")(x)
+        module.eval()  # evaluation draws nothing: it runs
+        torch.func.vmap(module)(x)

@@ -49,7 +49,10 @@ def test_torchvision_feature_extraction_of_a_converted_vit() -> None:
     assert "encoder.layers.encoder_layer_1.dropout" in train_nodes  # one node each
     extractor = feature_extraction.create_feature_extractor(
         model,
-        return_nodes={"encoder.layers.encoder_layer_1.dropout": "feature", "heads": "out"},
+        return_nodes={
+            "encoder.layers.encoder_layer_1.dropout": "feature",
+            "heads": "out",
+        },
     )
     x = torch.randn(2, 3, 16, 16)
     for _ in range(2):  # the model's own modules: the same masks, call after call
@@ -86,12 +89,18 @@ def test_save_pretrained_and_from_pretrained_keep_the_streams(tmp_path) -> None:
     assert len(streams) == 7 and all(state[k].dtype == torch.int64 for k in streams)
     # from_pretrained builds torch's dropout (the config's), then: convert,
     # and the saved streams load into the droplab modules
-    loaded = transformers.BertModel.from_pretrained(tmp_path, attn_implementation="eager")
+    loaded = transformers.BertModel.from_pretrained(
+        tmp_path, attn_implementation="eager"
+    )
     converted(loaded, seed=None).train()
     missing, unexpected = loaded.load_state_dict(state, strict=False)
     assert missing == [] and unexpected == []
-    before = {n: (m.seed, m.offset) for n, m in model.named_modules() if hasattr(m, "offset")}
-    after = {n: (m.seed, m.offset) for n, m in loaded.named_modules() if hasattr(m, "offset")}
+    before = {
+        n: (m.seed, m.offset) for n, m in model.named_modules() if hasattr(m, "offset")
+    }
+    after = {
+        n: (m.seed, m.offset) for n, m in loaded.named_modules() if hasattr(m, "offset")
+    }
     assert after == before and len(before) == 7
     assert torch.equal(loaded(ids).last_hidden_state, model(ids).last_hidden_state)
 
@@ -119,11 +128,11 @@ def test_per_sample_gradients_through_a_converted_bert_layer() -> None:
         ):
             module.seed, module.offset = slice_seed(module.seed, b), offset
         want = torch.func.grad(
-            lambda p, s, twin=twin: torch.func.functional_call(
-                twin, p, (s.unsqueeze(0),)
-            )[0]
-            .square()
-            .mean()
+            lambda p, s, twin=twin: (
+                torch.func.functional_call(twin, p, (s.unsqueeze(0),))[0]
+                .square()
+                .mean()
+            )
         )(params, x[b])
         for name in params:
             torch.testing.assert_close(grads[name][b], want[name], rtol=1e-5, atol=1e-7)

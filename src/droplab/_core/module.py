@@ -369,6 +369,16 @@ def _eager_when_compiled(forward: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: StochasticModule, *args: Any, **kwargs: Any) -> Any:
         if self.training and torch.compiler.is_compiling():
             return eager(self, *args, **kwargs)
+        if self.training and torch._C._are_functorch_transforms_active():
+            # its draws are not on a StochasticOp: no vmap rule, no jvp
+            raise NotImplementedError(
+                f"{type(self).__name__} does not support torch.func transforms "
+                "(vmap, grad, jvp ...) in training mode yet: its random draws are "
+                "not declared as a droplab op. Use it outside the transform, or in "
+                "eval mode; Dropout, Dropout1d/2d/3d, AlphaDropout, "
+                "FeatureAlphaDropout, GaussianDropout, DropPath and LockedDropout "
+                "support them."
+            )
         return forward(self, *args, **kwargs)
 
     return wrapper
