@@ -59,7 +59,7 @@ from torch.autograd import forward_ad
 
 from droplab import kernels
 from droplab._core.registered import MASK64, graph_state
-from droplab._validation import check_offset, check_seed
+from droplab._validation import SEED_LIMIT, check_offset, check_seed
 from droplab.rng import draw_seed, slice_seed
 
 __all__ = ["MASKED_SCALE", "VMAP_ERROR", "StochasticOp", "check_graph_seed"]
@@ -182,7 +182,7 @@ def _batched_if_vmap_asks(x: torch.Tensor) -> torch.Tensor:
 def check_graph_seed(seed: Any, owner: str) -> Any:
     """``seed`` checked as a public function takes it: None, an int in
     ``[0, 2**64)``, or (only inside a graph) a module's stream tensor."""
-    if seed is None or (type(seed) is int and 0 <= seed < 2**64):
+    if seed is None or (type(seed) is int and 0 <= seed < SEED_LIMIT):
         return seed
     if isinstance(seed, torch.Tensor) and torch.compiler.is_compiling():
         return seed
@@ -241,19 +241,19 @@ def _eager_function(
             return kernel(x, *args, out=x)
         return kernel(x, *args)
 
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
-        token = _REPLAY.set(True)  # the forward's mask: nothing new is drawn
+    def replay(t: torch.Tensor, args: tuple[Any, ...]) -> torch.Tensor:
+        # the linear part on the forward's mask: nothing new is drawn
+        token = _REPLAY.set(True)
         try:
-            return linear(grad, *ctx.args), None, None
+            return linear(t, *args)
         finally:
             _REPLAY.reset(token)
 
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
+        return replay(grad, ctx.args), None, None
+
     def jvp(ctx: Any, tangent: torch.Tensor, *others: Any) -> torch.Tensor:
-        token = _REPLAY.set(True)
-        try:
-            out = linear(tangent, *ctx.args)
-        finally:
-            _REPLAY.reset(token)
+        out = replay(tangent, ctx.args)
         # an in-place op updates its input's tangent in place, as torch asks
         return tangent.copy_(out) if ctx.inplace else out
 
