@@ -68,6 +68,17 @@ def format_number(value: Any) -> str:
     return f"{number:.4g}"
 
 
+# Figures at most this wide (pixels) shrink to a phone's width (370 px: 8-point
+# text stays at 9 px or more); wider ones are shown at their own size there.
+PHONE_FIT_PX = 600
+
+
+def png_width(png_base64: str) -> int:
+    """The width in pixels of a base64 PNG (from its IHDR header)."""
+    header = base64.b64decode(png_base64[:32])
+    return int.from_bytes(header[16:20], "big")
+
+
 def figure_png(figure: Any) -> str:
     """A matplotlib Figure as a base64 PNG string (Agg, 110 dpi)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -185,6 +196,7 @@ def _section(
                 ],
             }
         )
+    figure = figure_png(module.figure(result))
     answer = module.answer(result)
     short = short_answer(record["name"], result, raw_rows) or _first_sentence(answer)
     decided = None
@@ -214,7 +226,8 @@ def _section(
         "headline": _headline(module, result, rows, raw_rows),
         "question": module.QUESTION,
         "method": module.METHOD,
-        "figure": figure_png(module.figure(result)),
+        "figure": figure,
+        "figure_wide": png_width(figure) > PHONE_FIT_PX,
         "numbers": rows,
         "tables": tables,
         "answer": answer,
@@ -307,6 +320,7 @@ def render_report(
         missing=dict(missing or {}),
         failed=dict(failed or {}),
         forest=figure_png(forest_figure(forest)) if forest else "",
+        forest_phone=figure_png(forest_figure(forest, narrow=True)) if forest else "",
         max_words=MAX_WORDS,
         versions=first.get("versions", {}),
         machine=first.get("machine", {}),

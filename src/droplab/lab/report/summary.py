@@ -350,13 +350,30 @@ def forest_rows(records: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def forest_figure(rows: list[dict[str, Any]]) -> Any:
+def _two_lines(label: str) -> str:
+    """``"when-it-helps: 300 ex. × 32"`` -> the experiment, then the comparison.
+
+    >>> _two_lines("data-size: 50 ex.")
+    'data-size:\\n50 ex.'
+    """
+    head, sep, tail = label.partition(": ")
+    return f"{head}:\n{tail}" if sep else label
+
+
+def forest_figure(rows: list[dict[str, Any]], *, narrow: bool = False) -> Any:
     """A forest plot of :func:`forest_rows`: dropout's benefit, 95 % intervals;
-    filled where detectable after Holm, open where not."""
+    filled where detectable after Holm, open where not.
+
+    ``narrow`` draws it for a phone: 3.5 inches wide (385 pixels at the page's
+    110 dpi, so it is shown near its own size and its 9-point text stays about
+    13 pixels high), each label on two lines, the title and axis label shorter.
+    """
     from matplotlib.figure import Figure
 
-    height = 1.0 + 0.28 * max(1, len(rows))
-    fig = Figure(figsize=(6.4, height), layout="constrained")
+    per_row = 0.5 if narrow else 0.28
+    height = 1.0 + per_row * max(1, len(rows))
+    width = 3.5 if narrow else 6.4
+    fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
     for i, row in enumerate(reversed(rows)):
         filled = row["holm"] is not False and (row["low"] > 0 or row["high"] < 0)
@@ -365,11 +382,21 @@ def forest_figure(rows: list[dict[str, Any]]) -> Any:
         ax.plot([100 * row["mean"]], [i], "o", ms=6, color=color,
                 markerfacecolor=color if filled else "white")  # fmt: skip
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(range(len(rows)), [r["label"] for r in reversed(rows)], fontsize=9)
+    labels = [r["label"] for r in reversed(rows)]
+    if narrow:
+        labels = [_two_lines(label) for label in labels]
+    ax.set_yticks(range(len(rows)), labels, fontsize=9)
     ax.set_xlabel(
-        "dropout's benefit, points of test accuracy (95 % interval)", fontsize=9
+        "dropout's benefit, points (95 % interval)"
+        if narrow
+        else "dropout's benefit, points of test accuracy (95 % interval)",
+        fontsize=9,
     )
-    ax.set_title("filled: detectable after Holm; open: not (right of 0: dropout helps)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        "filled: detectable after Holm; open: not\n(right of 0: dropout helps)"
+        if narrow
+        else "filled: detectable after Holm; open: not (right of 0: dropout helps)",
+        fontsize=9,
+    )
     ax.tick_params(axis="x", labelsize=9)
     return fig
