@@ -30,6 +30,7 @@ import jinja2
 from droplab.execution import write_text
 from droplab.lab.registry import get_experiment
 from droplab.lab.report.summary import (
+    EXACT_HEADLINES,
     MAX_WORDS,
     SEED_QUESTIONS,
     forest_figure,
@@ -119,13 +120,21 @@ def _bounds(quantity: str, unit: str) -> tuple[float, float | None] | None:
 def _interval(row: Mapping[str, Any]) -> str:
     """``[low, high]``, cut (and marked ``*``) where it crosses the quantity's bound.
 
+    A paired difference's point "interval" (every seed pair differed alike) is
+    said to be no interval:
+
     >>> _interval({"quantity": "epochs to target", "value": 5.5, "low": -0.85, "high": 11.9})
     '[0*, 11.9]'
+    >>> _interval({"quantity": "dropout - none (paired)", "low": -0.01, "high": -0.01})
+    '(no spread: no interval)'
     """
     low, high = row.get("low"), row.get("high")
     if low is None or high is None:
         return ""
-    bounds = _bounds(str(row.get("quantity", "")), str(row.get("unit", "")))
+    quantity = str(row.get("quantity", ""))
+    if low == high and any(w in quantity for w in ("paired", " - ", "minus")):
+        return "(no spread: no interval)"
+    bounds = _bounds(quantity, str(row.get("unit", "")))
     mark_low = mark_high = ""
     if bounds is not None:
         if low < bounds[0]:
@@ -224,6 +233,7 @@ def _section(
         "decided": decided,
         "has_intervals": any(row["interval"] for row in rows),
         "headline": _headline(module, result, rows, raw_rows),
+        "exact": EXACT_HEADLINES.get(record["name"], ""),
         "question": module.QUESTION,
         "method": module.METHOD,
         "figure": figure,

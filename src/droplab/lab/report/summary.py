@@ -16,6 +16,8 @@ from typing import Any
 from droplab.lab.compare import detectable
 
 __all__ = [
+    "EXACT_HEADLINES",
+    "HEADLINE_PICK",
     "HEADLINE_ROWS",
     "MAX_WORDS",
     "SEED_QUESTIONS",
@@ -51,8 +53,15 @@ def _pts(x: float) -> str:
 
 
 def _interval_pts(d: Mapping[str, Any], sign: float = 1.0) -> str:
+    """``+2.0 points [+1.0, +3.0]``; a point "interval" (every seed pair alike) says so.
+
+    >>> _interval_pts({"mean": -0.0084, "low": -0.0084, "high": -0.0084})
+    '-0.8 points (every seed pair alike: no interval)'
+    """
     low, high = sign * d["low"], sign * d["high"]
     low, high = min(low, high), max(low, high)
+    if low == high:
+        return f"{_pts(sign * d['mean'])} points (every seed pair alike: no interval)"
     return f"{_pts(sign * d['mean'])} points [{_pts(low)}, {_pts(high)}]"
 
 
@@ -140,8 +149,8 @@ def _smaller_network(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     good, bad = _count_helps(diffs, helps_if_negative=True)
     best = min(diffs, key=lambda d: d["mean"])
     return (
-        f"Dropout beats {good} and loses to {bad} of {len(diffs)} smaller or equal "
-        f"networks after Holm; its best lead, test error {_interval_pts(best)}."
+        f"Dropout beats {good}, loses to {bad} of {len(diffs)} smaller or equal networks "
+        f"(Holm); best dropout-minus-none test error: {_interval_pts(best)}."
     )
 
 
@@ -267,8 +276,8 @@ SHORT: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], str]] = {
 
 
 # The summary's headline number: the numbers row whose quantity contains this
-# text (the largest in size where several do), for experiments whose first
-# row with an interval is not their answer's number.
+# text (the largest in size where several do, or the one HEADLINE_PICK names),
+# for experiments whose first row with an interval is not their answer's number.
 HEADLINE_ROWS: dict[str, str] = {
     "expectation": "forum: mean(r*y/keep), average over repeats",
     "rate": "best p by validation (bootstrap interval)",
@@ -283,6 +292,22 @@ HEADLINE_ROWS: dict[str, str] = {
 }
 
 
+# Where the short answer quotes the best case ("most at 400: ..."), the headline
+# is that row too: the largest value (+1) or the smallest (-1), not the largest
+# in size, which could be another cell with the opposite sign.
+HEADLINE_PICK: dict[str, int] = {
+    "when-it-helps": +1,  # dropout - none, test accuracy: its largest benefit
+    "data-size": -1,  # dropout - none, test error: its lowest
+    "smaller-network": -1,  # dropout minus width, test error: its lowest
+}
+
+# Headlines that are exact computations (no sampling), so have no interval;
+# the summary says so in the interval's place.
+EXACT_HEADLINES: dict[str, str] = {
+    "gradients": "exact: one deterministic computation, no sampling",
+}
+
+
 def headline_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The row :data:`HEADLINE_ROWS` names for ``name`` (None: no such rule or row)."""
     text = HEADLINE_ROWS.get(name)
@@ -291,6 +316,9 @@ def headline_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None
     matches = [row for row in rows if text in row["quantity"]]
     if not matches:
         return None
+    pick = HEADLINE_PICK.get(name)
+    if pick is not None:
+        return max(matches, key=lambda row: pick * float(row["value"] or 0.0))
     return max(matches, key=lambda row: abs(float(row["value"] or 0.0)))
 
 
