@@ -62,7 +62,7 @@ def test_render_is_pure_and_contains_every_part(
 def test_page_is_self_contained(records: tuple[Path, list[dict[str, Any]]]) -> None:
     page = render_report(records[1])
     assert "<script" not in page and "<link" not in page and "@import" not in page
-    for attribute in re.findall(r'(?:src|href)="([^"]*)"', page):
+    for attribute in re.findall(r'(?:src|srcset|href)="([^"]*)"', page):
         assert attribute.startswith(("data:image/png;base64,", "#")), attribute
     assert "http://" not in page and "https://" not in page
 
@@ -241,3 +241,47 @@ def test_a_module_may_choose_its_headline(
         page.index('<section id="summary">') : page.index('<section id="masks">')
     ]
     assert rows[-1]["quantity"] in summary.replace("&#39;", "'")
+
+
+def test_the_forest_plot_has_a_phone_sized_version() -> None:
+    """The phone gets its own forest plot (picture/source), drawn near a phone's
+    width so its labels are not shrunk; the desktop one stays wide."""
+    from droplab.lab.report.render import figure_png, png_width
+    from droplab.lab.report.summary import forest_figure
+
+    rows = [
+        {"label": f"data-size: {n} ex.", "mean": 0.01 * k, "low": -0.02, "high": 0.04,
+         "holm": False}
+        for k, n in enumerate((50, 200, 1079))
+    ]  # fmt: skip
+    phone = png_width(figure_png(forest_figure(rows, narrow=True)))
+    desktop = png_width(figure_png(forest_figure(rows)))
+    assert phone <= 400 < 600 < desktop
+
+
+@pytest.fixture(scope="module")
+def shipped_page() -> tuple[list[dict[str, Any]], str]:
+    """The page rendered from the full-preset results shipped with droplab."""
+    from droplab.lab.registry import experiment_names
+    from droplab.lab.report.render import shipped_results
+
+    shipped = shipped_results()
+    saved = [shipped[n] for n in experiment_names() if n in shipped]
+    return saved, render_report(saved)
+
+
+def test_the_page_offers_the_phone_forest_plot_below_600_px(
+    shipped_page: tuple[list[dict[str, Any]], str],
+) -> None:
+    from droplab.lab.report.render import png_width
+
+    page = shipped_page[1]
+    found = re.search(
+        r'<picture><source media="\(max-width: 600px\)" '
+        r'srcset="data:image/png;base64,([^"]+)"><img src="data:image/png;base64,'
+        r'([^"]+)"',
+        page,
+    )
+    assert found, "no <picture> for the forest plot"
+    # a 370-px screen shows it at 82 % or more of its size; the desktop one is wide
+    assert png_width(found[1]) <= 450 < 600 < png_width(found[2])

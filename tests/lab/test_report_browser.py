@@ -34,17 +34,23 @@ window.addEventListener("load", () => {
   const before = summary !== null && first !== null &&
     (summary.compareDocumentPosition(first) & Node.DOCUMENT_POSITION_FOLLOWING) !== 0;
   const rows = summary ? summary.querySelectorAll("tbody tr").length : 0;
+  // The narrowest summary cell, in % of the table's width (a phone stacks them).
+  const table = summary ? summary.querySelector("table.summary") : null;
+  const cells = table ? Array.from(table.querySelectorAll("tbody td")) : [];
+  const narrowest = cells.length === 0 ? 0 : Math.floor(Math.min(...cells.map(
+    (td) => 100 * td.getBoundingClientRect().width / table.getBoundingClientRect().width)));
   const links = Array.from(document.querySelectorAll("a[href]"));
   const broken = links.filter((a) => {
     const href = a.getAttribute("href");
     return !href.startsWith("#") || document.getElementById(href.slice(1)) === null;
   }).length;
   document.body.setAttribute("data-probe", [images.length, loaded, wide ? "wide" : "fits",
-    before ? "summary-first" : "summary-late", rows, links.length, broken].join("/"));
+    before ? "summary-first" : "summary-late", rows, links.length, broken, narrowest
+  ].join("/"));
 });
 </script>
 </body>"""
-PROBED = re.compile(r'data-probe="(\d+)/(\d+)/(\w+)/([\w-]+)/(\d+)/(\d+)/(\d+)"')
+PROBED = re.compile(r'data-probe="(\d+)/(\d+)/(\w+)/([\w-]+)/(\d+)/(\d+)/(\d+)/(\d+)"')
 WIDTHS = [390, 1280]
 
 
@@ -94,6 +100,11 @@ def test_every_figure_loads_the_page_fits_and_the_summary_comes_first(
     assert fit == "fits"  # no sideways scroll: scrollWidth <= the viewport's width
     assert order == "summary-first" and rows == 2  # one row per experiment
     assert links >= 2 * 2 and broken == 0  # summary links, back links: all resolve
+    narrowest = int(found[8])
+    if width == 390:  # stacked: each cell spans the table, no word-high columns
+        assert narrowest >= 95, narrowest
+    else:  # three columns side by side
+        assert 15 <= narrowest <= 40, narrowest
 
 
 @pytest.mark.parametrize("width", WIDTHS, ids=["phone", "desktop"])

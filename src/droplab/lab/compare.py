@@ -172,6 +172,9 @@ def verdict(
         >>> verdict("A", "B", d, quantity="test error", higher_is_better=False,
         ...         adjusted_p=0.08, family="over 4 sizes")
         'A is ahead of B by 4.00 points of test error before correction (95 % interval of the difference [1.50, 6.50]), but not detectably after Holm over 4 sizes (adjusted p = 0.08)'
+        >>> d = {"mean": -0.0084, "low": -0.0084, "high": -0.0084, "p_value": 0.5}
+        >>> verdict("A", "B", d, quantity="test error", higher_is_better=False)
+        'no detectable difference in test error between A and B (difference -0.84 points in every pair alike: no spread, so no interval, sign test p = 0.5)'
     """
     mean = diff["mean"] * factor
     low = diff["low"] * factor if diff.get("low") is not None else None
@@ -192,6 +195,14 @@ def verdict(
             f"before correction (95 % interval of the difference [{lo:.{digits}f}, "
             f"{hi:.{digits}f}]), but not detectably after Holm"
             f"{' ' + family if family else ''} (adjusted p = {adjusted_p:.2g})"
+        )
+    if not detectable(diff, adjusted_p) and low == high and mean != 0:
+        p_value = adjusted_p if adjusted_p is not None else diff.get("p_value")
+        sign_test = f", sign test p = {p_value:.2g}" if p_value is not None else ""
+        return (
+            f"no detectable difference in {quantity} between {name_a} and {name_b} "
+            f"(difference {mean:.{digits}f}{unit} in every pair alike: no spread, so "
+            f"no interval{sign_test})"
         )
     if not detectable(diff, adjusted_p):
         return (
@@ -247,14 +258,42 @@ def train_test_gap(train_error: npt.ArrayLike, test_error: npt.ArrayLike) -> lis
 def gap_clause(gap: Sequence[Any] | None, *, who: str, held_out: str = "test") -> str:
     """A sentence on a train/held-out gap from :func:`train_test_gap`; empty if None.
 
+    It says "exceeds" only where the interval lies above 0 (or, with one seed and
+    no interval, where the gap is positive); an interval that contains 0 is
+    called not detectably different from 0.
+
     >>> print(gap_clause([0.25, 0.2, 0.3], who="without dropout, the network").strip())
     Without dropout, the network: test error exceeds training error by 25.0 points [20.0, 30.0].
+    >>> print(gap_clause([0.007, -0.003, 0.016], who="the network").strip())
+    The network: test error minus training error is +0.7 points [-0.3, 1.6], not detectably different from 0.
+    >>> print(gap_clause([-0.02, -0.03, -0.01], who="the network").strip())
+    The network: training error exceeds test error by 2.0 points [1.0, 3.0].
     """
     if gap is None:
         return ""
     mean, low, high = gap
-    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else ""
+    who = f"{who[0].upper()}{who[1:]}"
+    if low is None or high is None:
+        if mean > 0:
+            return (
+                f" {who}: {held_out} error exceeds training error by "
+                f"{100 * mean:.1f} points."
+            )
+        return (
+            f" {who}: {held_out} error minus training error is {100 * mean:+.1f} "
+            "points (one seed: no interval)."
+        )
+    if low > 0:
+        return (
+            f" {who}: {held_out} error exceeds training error by {100 * mean:.1f} "
+            f"points [{100 * low:.1f}, {100 * high:.1f}]."
+        )
+    if high < 0:
+        return (
+            f" {who}: training error exceeds {held_out} error by {-100 * mean:.1f} "
+            f"points [{-100 * high:.1f}, {-100 * low:.1f}]."
+        )
     return (
-        f" {who[0].upper()}{who[1:]}: {held_out} error exceeds training error by "
-        f"{100 * mean:.1f} points{interval}."
+        f" {who}: {held_out} error minus training error is {100 * mean:+.1f} points "
+        f"[{100 * low:.1f}, {100 * high:.1f}], not detectably different from 0."
     )

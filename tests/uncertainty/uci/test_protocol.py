@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -402,9 +403,12 @@ def test_experiment_runs_on_a_folder_and_renders(tmp_path: Path) -> None:
     result = experiment.run(config)
     assert json.loads(json.dumps(result, allow_nan=False)) == result
     assert [row["split"] for row in result["per_split"]] == [0, 1]
-    assert len(experiment.numbers(result)) == 9
+    # per metric: ours, published on the same splits, paired, published on all
+    assert len(experiment.numbers(result)) == 12
     assert experiment.tables(result)[0]["rows"][1][0] == 1
-    assert "published numbers on the same splits" in experiment.answer(result)
+    text = experiment.answer(result)
+    assert "published numbers on the same splits" in text
+    assert text.startswith("A pipeline check, not the published protocol")
     assert experiment.figure(result).axes
 
 
@@ -416,3 +420,48 @@ def test_experiment_says_why_it_did_not_run(tmp_path: Path) -> None:
     assert experiment.answer(result).startswith("Not run: ")
     assert experiment.numbers(result) == [] and experiment.tables(result) == []
     assert experiment.figure(result).axes
+
+
+def test_the_default_preset_is_the_published_protocol_on_one_split(
+    tmp_path: Path,
+) -> None:
+    """The default preset runs the paper's settings on one split, says so, names the
+    split and the published numbers (that split's and the mean of all splits), and
+    gives bootstrap intervals over the split's test rows."""
+    from droplab.lab.experiments import uci as experiment
+    from droplab.lab.report.summary import MAX_WORDS, short_answer
+
+    default = experiment.Config()
+    assert (default.dataset, default.splits) == ("yacht", (0,))
+    assert (default.epochs_multiplier, default.samples) == (100.0, 10_000)
+    assert experiment.Config.quick().epochs_multiplier < 100  # stays cheap
+    write_folder(tmp_path, splits=3)
+    (tmp_path / "published_per_split.csv").write_text(
+        "dataset,split,rmse_weight_scaling,rmse_mc,test_ll,tau\n"
+        "toy,0,1.0,0.9,-1.5,1\ntoy,1,1.2,0.7,-1.7,1\ntoy,2,1.1,0.8,-1.6,1\n"
+    )
+    config = dataclasses.replace(default, dataset="toy", splits=(1,),
+                                 data_dir=str(tmp_path))  # fmt: skip
+    result = experiment.run(config)
+    assert experiment.is_published_protocol(result)
+    assert result["epochs"] == 300 and result["n_splits"] == 3  # 3 x 100
+    text = experiment.answer(result)
+    assert text.startswith("The published protocol (Gal & Ghahramani 2016")
+    assert "on split 1 of toy only, one of its 3 train/test splits" in text
+    assert "Published for this split: RMSE 0.700 and log-likelihood -1.700" in text
+    # the paper's table: mean ± SE over all 3 splits of the published file
+    assert "averages all 3 splits: RMSE 0.80 ± 0.06 and log-likelihood -1.60" in text
+    row = result["per_split"][0]
+    low, high = row["rmse_mc_rows_ci95"]
+    assert 0 <= low <= row["rmse_mc"] <= high
+    assert f"RMSE {row['rmse_mc']:.3f} [{low:.3f}, {high:.3f}]" in text
+    assert f"bootstrap over its {row['test_rows']} test rows" in text
+    headline = next(
+        r for r in experiment.numbers(result)
+        if r["quantity"].startswith("RMSE, MC dropout (droplab), split 1")
+    )  # fmt: skip
+    assert (headline["low"], headline["high"]) == (low, high)
+    short = short_answer("uci", result, experiment.numbers(result))
+    assert short.startswith("Published protocol, split 1 of 3 only")
+    assert "0.7 published there (0.80 ± 0.06 over all splits)" in short
+    assert len(short.split()) <= MAX_WORDS

@@ -30,6 +30,7 @@ import jinja2
 from droplab.execution import write_text
 from droplab.lab.registry import get_experiment
 from droplab.lab.report.summary import (
+    EXACT_HEADLINES,
     MAX_WORDS,
     SEED_QUESTIONS,
     forest_figure,
@@ -66,6 +67,17 @@ def format_number(value: Any) -> str:
     if math.isnan(number) or math.isinf(number):
         return str(number)
     return f"{number:.4g}"
+
+
+# Figures at most this wide (pixels) shrink to a phone's width (370 px: 8-point
+# text stays at 9 px or more); wider ones are shown at their own size there.
+PHONE_FIT_PX = 600
+
+
+def png_width(png_base64: str) -> int:
+    """The width in pixels of a base64 PNG (from its IHDR header)."""
+    header = base64.b64decode(png_base64[:32])
+    return int.from_bytes(header[16:20], "big")
 
 
 def figure_png(figure: Any) -> str:
@@ -108,13 +120,21 @@ def _bounds(quantity: str, unit: str) -> tuple[float, float | None] | None:
 def _interval(row: Mapping[str, Any]) -> str:
     """``[low, high]``, cut (and marked ``*``) where it crosses the quantity's bound.
 
+    A paired difference's point "interval" (every seed pair differed alike) is
+    said to be no interval:
+
     >>> _interval({"quantity": "epochs to target", "value": 5.5, "low": -0.85, "high": 11.9})
     '[0*, 11.9]'
+    >>> _interval({"quantity": "dropout - none (paired)", "low": -0.01, "high": -0.01})
+    '(no spread: no interval)'
     """
     low, high = row.get("low"), row.get("high")
     if low is None or high is None:
         return ""
-    bounds = _bounds(str(row.get("quantity", "")), str(row.get("unit", "")))
+    quantity = str(row.get("quantity", ""))
+    if low == high and any(w in quantity for w in ("paired", " - ", "minus")):
+        return "(no spread: no interval)"
+    bounds = _bounds(quantity, str(row.get("unit", "")))
     mark_low = mark_high = ""
     if bounds is not None:
         if low < bounds[0]:
@@ -185,6 +205,7 @@ def _section(
                 ],
             }
         )
+    figure = figure_png(module.figure(result))
     answer = module.answer(result)
     short = short_answer(record["name"], result, raw_rows) or _first_sentence(answer)
     decided = None
@@ -212,9 +233,11 @@ def _section(
         "decided": decided,
         "has_intervals": any(row["interval"] for row in rows),
         "headline": _headline(module, result, rows, raw_rows),
+        "exact": EXACT_HEADLINES.get(record["name"], ""),
         "question": module.QUESTION,
         "method": module.METHOD,
-        "figure": figure_png(module.figure(result)),
+        "figure": figure,
+        "figure_wide": png_width(figure) > PHONE_FIT_PX,
         "numbers": rows,
         "tables": tables,
         "answer": answer,
@@ -307,6 +330,7 @@ def render_report(
         missing=dict(missing or {}),
         failed=dict(failed or {}),
         forest=figure_png(forest_figure(forest)) if forest else "",
+        forest_phone=figure_png(forest_figure(forest, narrow=True)) if forest else "",
         max_words=MAX_WORDS,
         versions=first.get("versions", {}),
         machine=first.get("machine", {}),

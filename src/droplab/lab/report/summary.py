@@ -16,6 +16,8 @@ from typing import Any
 from droplab.lab.compare import detectable
 
 __all__ = [
+    "EXACT_HEADLINES",
+    "HEADLINE_PICK",
     "HEADLINE_ROWS",
     "MAX_WORDS",
     "SEED_QUESTIONS",
@@ -51,8 +53,15 @@ def _pts(x: float) -> str:
 
 
 def _interval_pts(d: Mapping[str, Any], sign: float = 1.0) -> str:
+    """``+2.0 points [+1.0, +3.0]``; a point "interval" (every seed pair alike) says so.
+
+    >>> _interval_pts({"mean": -0.0084, "low": -0.0084, "high": -0.0084})
+    '-0.8 points (every seed pair alike: no interval)'
+    """
     low, high = sign * d["low"], sign * d["high"]
     low, high = min(low, high), max(low, high)
+    if low == high:
+        return f"{_pts(sign * d['mean'])} points (every seed pair alike: no interval)"
     return f"{_pts(sign * d['mean'])} points [{_pts(low)}, {_pts(high)}]"
 
 
@@ -140,8 +149,8 @@ def _smaller_network(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     good, bad = _count_helps(diffs, helps_if_negative=True)
     best = min(diffs, key=lambda d: d["mean"])
     return (
-        f"Dropout beats {good} and loses to {bad} of {len(diffs)} smaller or equal "
-        f"networks after Holm; its best lead, test error {_interval_pts(best)}."
+        f"Dropout beats {good}, loses to {bad} of {len(diffs)} smaller or equal networks "
+        f"(Holm); best dropout-minus-none test error: {_interval_pts(best)}."
     )
 
 
@@ -224,16 +233,27 @@ def _variants(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def _uci(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    from droplab.lab.experiments.uci import is_published_protocol
+
     ours, published = r["ours"]["rmse_mc"], r["published"]["rmse_mc"]
-    full = r["epochs"] >= 4000
-    label = (
-        "the published protocol"
-        if full
-        else f"a short check ({r['epochs']} epochs, not 4,000)"
-    )
+    splits = r["splits"]
+    if not is_published_protocol(r):
+        return (
+            f"A pipeline check ({r['epochs']} epochs, not 4,000): {r['dataset']} RMSE "
+            f"{ours['mean']:.3g} vs {published['mean']:.3g} published, "
+            f"{len(splits)} splits."
+        )
+    everything = r.get("published_all")
+    if len(splits) == 1 and everything is not None:
+        mc = everything["rmse_mc"]
+        return (
+            f"Published protocol, split {splits[0]} of {len(everything['splits'])} "
+            f"only: {r['dataset']} RMSE {ours['mean']:.3g} vs {published['mean']:.3g} "
+            f"published there ({mc['mean']:.2f} ± {mc['se']:.2f} over all splits)."
+        )
     return (
-        f"{r['dataset']} RMSE {ours['mean']:.3g} vs {published['mean']:.3g} published, "
-        f"{len(r['ours']['rmse_mc']['values'])} split(s), {label}."
+        f"Published protocol on {len(splits)} splits: {r['dataset']} RMSE "
+        f"{ours['mean']:.3g} vs {published['mean']:.3g} published."
     )
 
 
@@ -256,8 +276,8 @@ SHORT: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], str]] = {
 
 
 # The summary's headline number: the numbers row whose quantity contains this
-# text (the largest in size where several do), for experiments whose first
-# row with an interval is not their answer's number.
+# text (the largest in size where several do, or the one HEADLINE_PICK names),
+# for experiments whose first row with an interval is not their answer's number.
 HEADLINE_ROWS: dict[str, str] = {
     "expectation": "forum: mean(r*y/keep), average over repeats",
     "rate": "best p by validation (bootstrap interval)",
@@ -272,6 +292,22 @@ HEADLINE_ROWS: dict[str, str] = {
 }
 
 
+# Where the short answer quotes the best case ("most at 400: ..."), the headline
+# is that row too: the largest value (+1) or the smallest (-1), not the largest
+# in size, which could be another cell with the opposite sign.
+HEADLINE_PICK: dict[str, int] = {
+    "when-it-helps": +1,  # dropout - none, test accuracy: its largest benefit
+    "data-size": -1,  # dropout - none, test error: its lowest
+    "smaller-network": -1,  # dropout minus width, test error: its lowest
+}
+
+# Headlines that are exact computations (no sampling), so have no interval;
+# the summary says so in the interval's place.
+EXACT_HEADLINES: dict[str, str] = {
+    "gradients": "exact: one deterministic computation, no sampling",
+}
+
+
 def headline_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The row :data:`HEADLINE_ROWS` names for ``name`` (None: no such rule or row)."""
     text = HEADLINE_ROWS.get(name)
@@ -280,6 +316,9 @@ def headline_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None
     matches = [row for row in rows if text in row["quantity"]]
     if not matches:
         return None
+    pick = HEADLINE_PICK.get(name)
+    if pick is not None:
+        return max(matches, key=lambda row: pick * float(row["value"] or 0.0))
     return max(matches, key=lambda row: abs(float(row["value"] or 0.0)))
 
 
@@ -339,13 +378,30 @@ def forest_rows(records: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def forest_figure(rows: list[dict[str, Any]]) -> Any:
+def _two_lines(label: str) -> str:
+    """``"when-it-helps: 300 ex. × 32"`` -> the experiment, then the comparison.
+
+    >>> _two_lines("data-size: 50 ex.")
+    'data-size:\\n50 ex.'
+    """
+    head, sep, tail = label.partition(": ")
+    return f"{head}:\n{tail}" if sep else label
+
+
+def forest_figure(rows: list[dict[str, Any]], *, narrow: bool = False) -> Any:
     """A forest plot of :func:`forest_rows`: dropout's benefit, 95 % intervals;
-    filled where detectable after Holm, open where not."""
+    filled where detectable after Holm, open where not.
+
+    ``narrow`` draws it for a phone: 3.5 inches wide (385 pixels at the page's
+    110 dpi, so it is shown near its own size and its 9-point text stays about
+    13 pixels high), each label on two lines, the title and axis label shorter.
+    """
     from matplotlib.figure import Figure
 
-    height = 1.0 + 0.28 * max(1, len(rows))
-    fig = Figure(figsize=(6.4, height), layout="constrained")
+    per_row = 0.5 if narrow else 0.28
+    height = 1.0 + per_row * max(1, len(rows))
+    width = 3.5 if narrow else 6.4
+    fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.subplots()
     for i, row in enumerate(reversed(rows)):
         filled = row["holm"] is not False and (row["low"] > 0 or row["high"] < 0)
@@ -354,11 +410,21 @@ def forest_figure(rows: list[dict[str, Any]]) -> Any:
         ax.plot([100 * row["mean"]], [i], "o", ms=6, color=color,
                 markerfacecolor=color if filled else "white")  # fmt: skip
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(range(len(rows)), [r["label"] for r in reversed(rows)], fontsize=9)
+    labels = [r["label"] for r in reversed(rows)]
+    if narrow:
+        labels = [_two_lines(label) for label in labels]
+    ax.set_yticks(range(len(rows)), labels, fontsize=9)
     ax.set_xlabel(
-        "dropout's benefit, points of test accuracy (95 % interval)", fontsize=9
+        "dropout's benefit, points (95 % interval)"
+        if narrow
+        else "dropout's benefit, points of test accuracy (95 % interval)",
+        fontsize=9,
     )
-    ax.set_title("filled: detectable after Holm; open: not (right of 0: dropout helps)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        "filled: detectable after Holm; open: not\n(right of 0: dropout helps)"
+        if narrow
+        else "filled: detectable after Holm; open: not (right of 0: dropout helps)",
+        fontsize=9,
+    )
     ax.tick_params(axis="x", labelsize=9)
     return fig

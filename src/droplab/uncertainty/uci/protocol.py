@@ -121,8 +121,35 @@ def _fit(
     return _Fit(job, (x_eval - x_mean) / x_std, y_eval, y_mean, y_std)
 
 
-def _score(model: torch.nn.Module, fit: _Fit, samples: int) -> dict[str, float]:
-    """MC RMSE, weight-scaling RMSE and test log-likelihood on the evaluation rows."""
+BOOTSTRAP_RESAMPLES = 2000  # of the test rows, for the within-split intervals
+
+
+def _row_intervals(
+    squared_errors: np.ndarray, log_likelihoods: np.ndarray, seed: int
+) -> dict[str, list[float]]:
+    """95 % percentile-bootstrap intervals of MC RMSE and log-likelihood over the rows.
+
+    The rows are resampled with replacement :data:`BOOTSTRAP_RESAMPLES` times
+    (the same resamples for both metrics): how much the split's scores depend
+    on which test rows it happens to hold, not how they vary across splits.
+    """
+    rng = np.random.default_rng(seed)
+    n = squared_errors.size
+    picks = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+    rmses = np.sqrt(squared_errors[picks].mean(axis=1))
+    lls = log_likelihoods[picks].mean(axis=1)
+    return {
+        "rmse_mc_rows_ci95": [float(v) for v in np.percentile(rmses, [2.5, 97.5])],
+        "test_ll_rows_ci95": [float(v) for v in np.percentile(lls, [2.5, 97.5])],
+    }
+
+
+def _score(
+    model: torch.nn.Module, fit: _Fit, samples: int, *, intervals: bool = False
+) -> dict[str, Any]:
+    """MC RMSE, weight-scaling RMSE and test log-likelihood on the evaluation rows;
+    with ``intervals``, also their bootstrap intervals over the rows
+    (:func:`_row_intervals`)."""
     x = torch.as_tensor(fit.x_eval, dtype=torch.float32)
     with torch.no_grad():
         deterministic = model(x).double().numpy()[:, 0] * fit.y_std + fit.y_mean
@@ -135,11 +162,22 @@ def _score(model: torch.nn.Module, fit: _Fit, samples: int) -> dict[str, float]:
     draws = (
         mc.samples.numpy()[..., 0] * fit.y_std + fit.y_mean
     )  # (T, N), original units
-    return {
+    scores: dict[str, Any] = {
         "rmse_mc": rmse(draws.mean(axis=0), fit.y_eval),
         "rmse_weight_scaling": rmse(deterministic, fit.y_eval),
         "test_ll": gaussian_log_likelihood(draws, fit.y_eval, fit.job.tau),
     }
+    if intervals:
+        y = np.asarray(fit.y_eval, dtype=np.float64).reshape(-1)
+        per_row_ll = np.array([
+            gaussian_log_likelihood(draws[:, [n]], y[[n]], fit.job.tau)
+            for n in range(y.size)
+        ])  # fmt: skip
+        squared = (draws.mean(axis=0) - y) ** 2
+        scores.update(
+            _row_intervals(squared, per_row_ll, stream_seed(fit.job.seed, 3, 2))
+        )
+    return scores
 
 
 def _train(
@@ -274,7 +312,7 @@ def run_splits(
     for k, (fit, model) in enumerate(zip(fits, models, strict=True)):
         if report is not None:
             report(k, len(fits))
-        scores.append(_score(model, fit, settings.samples))
+        scores.append(_score(model, fit, settings.samples, intervals=True))
     share = (time.perf_counter() - started) / len(splits)
     results = []
     for split, fit, score in zip(splits, fits, scores, strict=True):
@@ -285,6 +323,7 @@ def run_splits(
             "epochs": epochs,
             "dropout_rate": fit.job.p,
             "tau": fit.job.tau,
+            "test_rows": len(fit.y_eval),
             **score,
             "grid": grids[split],
             "seconds": share,  # this split's share of the stacked run

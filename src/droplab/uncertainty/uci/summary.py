@@ -22,7 +22,13 @@ from scipy import stats
 
 from droplab.uncertainty.uci.folder import UCIFormatError, read_text
 
-__all__ = ["METRICS", "format_summary", "read_published", "summarize"]
+__all__ = [
+    "METRICS",
+    "format_summary",
+    "published_means",
+    "read_published",
+    "summarize",
+]
 
 # (key, label, True if higher is better)
 METRICS = (
@@ -77,6 +83,23 @@ def _mean_se(values: list[float]) -> dict[str, Any]:
         float(array.std(ddof=1) / math.sqrt(array.size)) if array.size > 1 else math.nan
     )
     return {"mean": float(array.mean()), "se": se, "values": array.tolist()}
+
+
+def published_means(published: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Mean ± standard error of each metric over every split of the published file
+    (the numbers of the paper's table), with the splits they average over.
+
+    >>> means = published_means({0: {"rmse_mc": 1.0, "test_ll": -1.0,
+    ...     "rmse_weight_scaling": 2.0}, 1: {"rmse_mc": 3.0, "test_ll": -2.0,
+    ...     "rmse_weight_scaling": 2.0}})
+    >>> means["splits"], means["rmse_mc"]["mean"], means["rmse_mc"]["se"]
+    ([0, 1], 2.0, 1.0)
+    """
+    splits = sorted(published)
+    out: dict[str, Any] = {"splits": splits}
+    for key, _, _ in METRICS:
+        out[key] = _mean_se([published[s][key] for s in splits])
+    return out
 
 
 def _paired(
