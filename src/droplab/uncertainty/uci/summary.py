@@ -92,7 +92,8 @@ def published_means(published: dict[int, dict[str, float]]) -> dict[str, Any]:
     >>> means = published_means({0: {"rmse_mc": 1.0, "test_ll": -1.0,
     ...     "rmse_weight_scaling": 2.0}, 1: {"rmse_mc": 3.0, "test_ll": -2.0,
     ...     "rmse_weight_scaling": 2.0}})
-    >>> means["splits"], means["rmse_mc"]["mean"], means["rmse_mc"]["se"]
+    >>> rmse = means["rmse_mc"]
+    >>> means["splits"], rmse["mean"], rmse["se"]
     ([0, 1], 2.0, 1.0)
     """
     splits = sorted(published)
