@@ -464,3 +464,16 @@ def test_cli_report_exits_nonzero_when_an_experiment_fails(
     page = (out / "index.html").read_text()
     assert "size is 2" in page and "not run yet" not in page
     assert "Failed in this run: RuntimeError: boom in fake_second" in page
+
+
+def test_the_machine_record_names_the_cpu_and_torchs_instruction_set() -> None:
+    """Results can differ in their last digits between instruction sets, so the
+    record says which one ran (README, "Reproducibility")."""
+    import torch
+
+    from droplab.lab.results import machine_info
+
+    info = machine_info()
+    assert isinstance(info["cpu_model"], str) and info["cpu_model"]
+    assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["cpus"] == os.cpu_count()

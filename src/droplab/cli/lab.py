@@ -100,16 +100,15 @@ def _experiment_list(text: str) -> list[str]:
 
 
 # Seconds each experiment took in the default preset on this project's 2-core
-# AMD EPYC machine (README, "Results"); only for the estimate printed at the
-# start, never shown as a result. Quick is about a tenth of default.
+# Intel Xeon machine (AVX-512), quiet (load <= 1), from a fresh venv, 2026-12-03
+# (README, "Results"); only for the estimate printed at the start, never shown as
+# a result. Quick is about a tenth of default.
 DEFAULT_SECONDS = {
-    "masks": 0.3, "expectation": 1.7, "averaging": 6.1, "gradients": 0.1,
-    "exact-count": 10.9, "smaller-network": 14.1, "convergence": 3.7,
-    "rate": 16.9, "data-size": 16.8, "when-it-helps": 43.6, "features": 6.4,
-    "uncertainty": 4.3, "variants": 22.3, "uci": 14.0,
+    "masks": 0.9, "expectation": 2.2, "averaging": 8.2, "gradients": 0.1,
+    "exact-count": 17.2, "smaller-network": 17.2, "convergence": 4.3,
+    "rate": 20.7, "data-size": 19.7, "when-it-helps": 61.2, "features": 10.1,
+    "uncertainty": 8.6, "variants": 32.7, "uci": 10.8,
 }  # fmt: skip
-# uci: the published protocol on yacht's split 0 since issue 24 (13.9 s measured
-# alone on the shared machine, 2026-12-03); the other figures are the README's.
 PRESET_FACTOR = {"quick": 0.1, "default": 1.0}
 
 
@@ -117,7 +116,9 @@ def expected_time(names: list[str], preset: str, reused: set[str]) -> str:
     """A sentence on how long the run should take (reused results cost nothing).
 
     >>> expected_time(["masks", "rate"], "default", {"masks"})
-    'expected time: about 17 s (1 experiment to run, 1 saved result reused; measured on 2 cores, slower under load)'
+    'expected time: about 21 s (1 experiment to run, 1 saved result reused; measured on 2 cores, slower under load)'
+    >>> expected_time(["when-it-helps", "variants", "rate"], "default", set())
+    'expected time: about 1 min 50 s (3 experiments to run; measured on 2 cores, slower under load)'
     >>> expected_time(["rate"], "full", set())
     'expected time: the full preset takes minutes to hours per experiment (when-it-helps: 37 min on 2 cores)'
     """
@@ -128,7 +129,13 @@ def expected_time(names: list[str], preset: str, reused: set[str]) -> str:
         )
     todo = [n for n in names if n not in reused]
     seconds = PRESET_FACTOR[preset] * sum(DEFAULT_SECONDS.get(n, 10.0) for n in todo)
-    when = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    if seconds < 90:
+        when = f"{seconds:.0f} s"
+    else:  # minutes and seconds, to 10 s
+        tens = round(seconds / 10)
+        when = (
+            f"{tens // 6} min {10 * (tens % 6)} s" if tens % 6 else f"{tens // 6} min"
+        )
     counts = f"{len(todo)} experiment{'' if len(todo) == 1 else 's'} to run"
     if reused:
         counts += (

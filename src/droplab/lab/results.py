@@ -78,13 +78,36 @@ def versions() -> dict[str, str]:
 
 
 def machine_info() -> dict[str, Any]:
-    """The machine a result was computed on (no host name)."""
-    return {
+    """The machine a result was computed on (no host name).
+
+    ``cpu_model`` and ``torch_cpu_capability`` (the vector instructions torch's
+    kernels use: AVX512, AVX2, ...) are kept because float32 training can round
+    differently on another instruction set, so a result may differ in its last
+    digits between machines while it repeats exactly on one.
+    """
+    info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpus": os.cpu_count(),
         "python_implementation": sys.implementation.name,
     }
+    torch = sys.modules.get("torch")  # only when already imported: no import here
+    if torch is not None:
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform's guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def result_path(results_dir: str | Path, name: str) -> Path:
