@@ -26,6 +26,7 @@ from droplab.lab.report import render_report
 from droplab.lab.report.render import _bounds, shipped_results
 from droplab.lab.report.summary import (
     EXACT_HEADLINES,
+    HEADLINE_POINTS,
     MAX_WORDS,
     SEED_QUESTIONS,
     short_answer,
@@ -284,3 +285,23 @@ def test_the_quick_uci_row_says_it_is_a_pipeline_check(
 ) -> None:
     row = next(r for r in _rows(quick[1]) if r["name"] == "uci")
     assert row["answer"].startswith("A pipeline check (400 epochs, not 4,000)")
+
+
+@pytest.mark.parametrize("which", PAGES)
+def test_headlines_of_paired_differences_speak_in_points_as_the_answers_do(
+    request: pytest.FixtureRequest, which: str
+) -> None:
+    """A reader must not compare a headline of 0.056 with an answer's +5.6
+    points: where the answer is in points, so is the headline, and an answer
+    that quotes the headline's difference rounds the same number."""
+    rows = {row["name"]: row for row in _rows(_page(request, which)[1])}
+    checked = 0
+    for name in HEADLINE_POINTS & rows.keys():
+        row = rows[name]
+        found = re.search(r"<strong>([^<]+)</strong> points", row["headline"])
+        assert found, row
+        value = float(found[1])
+        quoted = [float(x) for x in re.findall(r"([+-]?\d+\.\d) points", row["answer"])]
+        if any(abs(q) == round(abs(value), 1) for q in quoted):
+            checked += 1
+    assert checked >= 1  # at least one answer quotes its headline's difference

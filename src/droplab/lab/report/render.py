@@ -31,11 +31,13 @@ from droplab.execution import write_text
 from droplab.lab.registry import get_experiment
 from droplab.lab.report.summary import (
     EXACT_HEADLINES,
+    HEADLINE_POINTS,
     MAX_WORDS,
     SEED_QUESTIONS,
     forest_figure,
     forest_rows,
     headline_row,
+    in_points,
     short_answer,
 )
 from droplab.lab.results import ResultError, load_result, result_path
@@ -157,6 +159,8 @@ def _headline(
     ``numbers``, or its index) where the module defines it, else the first row
     with an interval, else the first row."""
     picked = headline_row(module.NAME, [dict(row) for row in raw_rows])
+    if picked is not None and module.NAME in HEADLINE_POINTS:
+        picked = in_points(picked)
     chosen: Any
     if picked is not None:
         chosen = lambda _result: picked  # noqa: E731

@@ -301,6 +301,28 @@ HEADLINE_PICK: dict[str, int] = {
     "smaller-network": -1,  # dropout minus width, test error: its lowest
 }
 
+# Headlines that are paired differences of accuracy or error fractions: the short
+# answers state them in points (0.05 is 5 points), so the summary's headline
+# column does too, and a reader never compares 0.056 with +5.6 points.
+HEADLINE_POINTS = frozenset(
+    {"when-it-helps", "data-size", "smaller-network", "variants"}
+)
+
+
+def in_points(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with its value and interval times 100 and the unit ``points``.
+
+    >>> in_points({"quantity": "dropout - none", "value": 0.05, "low": 0.01, "high": None})
+    {'quantity': 'dropout - none', 'value': 5.0, 'low': 1.0, 'high': None, 'unit': 'points'}
+    """
+    scaled = dict(row)
+    for key in ("value", "low", "high"):
+        if scaled.get(key) is not None:
+            scaled[key] = 100 * float(scaled[key])
+    scaled["unit"] = "points"
+    return scaled
+
+
 # Headlines that are exact computations (no sampling), so have no interval;
 # the summary says so in the interval's place.
 EXACT_HEADLINES: dict[str, str] = {
