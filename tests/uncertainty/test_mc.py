@@ -302,6 +302,10 @@ def test_log_likelihood_equals_the_direct_mixture_density() -> None:
     assert value == pytest.approx(float(np.mean(direct)), rel=1e-12)
     column = metrics.gaussian_log_likelihood(samples[..., None], y[:, None], tau)
     assert column == pytest.approx(value, rel=1e-14)
+    per_point = metrics.gaussian_log_likelihood_per_point(samples, y, tau)
+    assert per_point.shape == (9,)
+    np.testing.assert_allclose(per_point, direct, rtol=1e-12)
+    assert float(np.mean(per_point)) == value  # the mean is the same computation
 
 
 def test_log_likelihood_is_stable_far_in_the_tail() -> None:
@@ -317,6 +321,10 @@ def test_log_likelihood_bad_tau_and_shapes() -> None:
         ValueError, match="'samples' argument of gaussian_log_likelihood"
     ):
         metrics.gaussian_log_likelihood([[0.0, 1.0]], [0.0], tau=1.0)
+    with pytest.raises(
+        ValueError, match="'tau' argument of gaussian_log_likelihood_per_point"
+    ):
+        metrics.gaussian_log_likelihood_per_point([[0.0]], [0.0], tau=-1.0)
 
 
 def test_rmse_known_answer() -> None:

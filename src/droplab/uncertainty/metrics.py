@@ -27,6 +27,7 @@ __all__ = [
     "brier_score",
     "expected_calibration_error",
     "gaussian_log_likelihood",
+    "gaussian_log_likelihood_per_point",
     "mutual_information",
     "negative_log_likelihood",
     "predictive_entropy",
@@ -92,10 +93,9 @@ def _probabilities(value: Any, owner: str, ndim: int) -> FloatArray:
 def gaussian_log_likelihood(samples: Any, targets: Any, tau: float) -> float:
     """Mean test log-likelihood of the MC predictive of Gal & Ghahramani (2016).
 
-    Per point ``n``: ``logsumexp_t(-tau/2 (y_n - yhat_tn)^2) - log T - log(2 pi)/2
-    + log(tau)/2``, the log density of a uniform mixture of the T Gaussians
-    N(yhat_t, 1/tau); the result is the average over points. Samples, targets
-    and ``tau`` must be in the same units (the paper: original target units).
+    The average over points of :func:`gaussian_log_likelihood_per_point`.
+    Samples, targets and ``tau`` must be in the same units (the paper: original
+    target units).
 
     Args:
         samples: (T, N) or (T, N, 1): the T stochastic predictions of each point.
@@ -105,7 +105,32 @@ def gaussian_log_likelihood(samples: Any, targets: Any, tau: float) -> float:
     >>> round(gaussian_log_likelihood([[0.0]], [0.0], tau=1.0), 6)  # N(0; 0, 1)
     -0.918939
     """
-    owner = "gaussian_log_likelihood"
+    per_point = _gaussian_per_point(samples, targets, tau, "gaussian_log_likelihood")
+    return float(np.mean(per_point))
+
+
+def gaussian_log_likelihood_per_point(
+    samples: Any, targets: Any, tau: float
+) -> FloatArray:
+    """Each point's log-likelihood under the MC predictive, shape (N,).
+
+    Per point ``n``: ``logsumexp_t(-tau/2 (y_n - yhat_tn)^2) - log T - log(2 pi)/2
+    + log(tau)/2``, the log density of a uniform mixture of the T Gaussians
+    N(yhat_t, 1/tau). Arguments as :func:`gaussian_log_likelihood`, whose value
+    is the mean of these.
+
+    >>> gaussian_log_likelihood_per_point([[0.0, 1.0]], [0.0, 0.0], tau=1.0).round(6)
+    array([-0.918939, -1.418939])
+    """
+    return _gaussian_per_point(
+        samples, targets, tau, "gaussian_log_likelihood_per_point"
+    )
+
+
+def _gaussian_per_point(
+    samples: Any, targets: Any, tau: float, owner: str
+) -> FloatArray:
+    """:func:`gaussian_log_likelihood_per_point`, its errors naming ``owner``."""
     predictions = _array(samples, "samples", owner)
     y = _array(targets, "targets", owner).reshape(-1)
     if predictions.ndim == 3 and predictions.shape[-1] == 1:
@@ -131,7 +156,7 @@ def gaussian_log_likelihood(samples: Any, targets: Any, tau: float) -> float:
         - 0.5 * math.log(2.0 * math.pi)
         + 0.5 * math.log(tau)
     )
-    return float(np.mean(per_point))
+    return np.asarray(per_point, dtype=np.float64)
 
 
 def rmse(predictions: Any, targets: Any) -> float:

@@ -47,7 +47,7 @@ from droplab.execution.progress import Progress
 from droplab.execution.progress import current as current_progress
 from droplab.rng import STREAM_TAGS, stream_seed
 from droplab.uncertainty.mc import mc_predict
-from droplab.uncertainty.metrics import gaussian_log_likelihood, rmse
+from droplab.uncertainty.metrics import gaussian_log_likelihood_per_point, rmse
 from droplab.uncertainty.uci.folder import UCIFolder, load_uci_folder
 from droplab.uncertainty.uci.stacked import Job, build_network, slot, train_stacked
 
@@ -162,17 +162,14 @@ def _score(
     draws = (
         mc.samples.numpy()[..., 0] * fit.y_std + fit.y_mean
     )  # (T, N), original units
+    per_row_ll = gaussian_log_likelihood_per_point(draws, fit.y_eval, fit.job.tau)
     scores: dict[str, Any] = {
         "rmse_mc": rmse(draws.mean(axis=0), fit.y_eval),
         "rmse_weight_scaling": rmse(deterministic, fit.y_eval),
-        "test_ll": gaussian_log_likelihood(draws, fit.y_eval, fit.job.tau),
+        "test_ll": float(np.mean(per_row_ll)),  # = gaussian_log_likelihood
     }
     if intervals:
         y = np.asarray(fit.y_eval, dtype=np.float64).reshape(-1)
-        per_row_ll = np.array([
-            gaussian_log_likelihood(draws[:, [n]], y[[n]], fit.job.tau)
-            for n in range(y.size)
-        ])  # fmt: skip
         squared = (draws.mean(axis=0) - y) ** 2
         scores.update(
             _row_intervals(squared, per_row_ll, stream_seed(fit.job.seed, 3, 2))
