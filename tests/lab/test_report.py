@@ -259,17 +259,6 @@ def test_the_forest_plot_has_a_phone_sized_version() -> None:
     assert phone <= 400 < 600 < desktop
 
 
-@pytest.fixture(scope="module")
-def shipped_page() -> tuple[list[dict[str, Any]], str]:
-    """The page rendered from the full-preset results shipped with droplab."""
-    from droplab.lab.registry import experiment_names
-    from droplab.lab.report.render import shipped_results
-
-    shipped = shipped_results()
-    saved = [shipped[n] for n in experiment_names() if n in shipped]
-    return saved, render_report(saved)
-
-
 def test_the_page_offers_the_phone_forest_plot_below_600_px(
     shipped_page: tuple[list[dict[str, Any]], str],
 ) -> None:
