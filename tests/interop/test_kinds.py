@@ -3,6 +3,8 @@ intercept and mc_predict read it; the docs table is generated from it."""
 
 from __future__ import annotations
 
+import inspect
+
 from pathlib import Path
 
 import pytest
@@ -95,17 +97,25 @@ def test_drop_path_batch_mode_draws_one_element_per_group() -> None:
     x = torch.ones(6, 3, dtype=torch.float64)
     one = drop_path(x, 0.5, seed=1, mode="batch")
     assert bool((one == one[0, 0]).all())  # one draw for the whole batch
-    grouped = drop_path(x, 0.5, seed=1, mode="batch", groups=3)
+    # a replicated batch is declared on the module (the mc_predict protocol),
+    # not through the public function's signature
+    module = DropPath(0.5, seed=1, mode="batch")
+    assert module.replicated(3) == 1
+    grouped = module(x)
+    assert module.offset == 3  # one stream element per group
     # group g takes stream element g: the first group equals the one-group draw
     assert torch.equal(grouped[:2], one[:2])
     for g in range(3):
         block = grouped[2 * g : 2 * g + 2]
         assert bool((block == block[0, 0]).all())
+    assert "groups" not in inspect.signature(drop_path).parameters
+    module.replicated(4)
     with pytest.raises(
         ValueError,
-        match=r"'groups' argument of drop_path must be a divisor of the batch size 6; got 4",
+        match=r"'groups' argument of DropPath must be a divisor of the batch size 6; got 4",
     ):
-        drop_path(x, 0.5, seed=1, mode="batch", groups=4)
+        module(x)
+    assert module.offset == 3  # a refused call draws nothing
     with pytest.raises(ValueError, match=r"'mode' argument of drop_path"):
         drop_path(x, 0.5, seed=1, mode="col")
 

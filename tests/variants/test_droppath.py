@@ -57,7 +57,7 @@ def test_module_stream_and_state_dict():
     other.load_state_dict(state)
     assert torch.equal(other(x), second)
     assert torch.equal(DropPath(0.5, seed=5)(x), first)
-    assert repr(m) == "DropPath(p=0.5, seed=5, offset=16, scale='inverted')"
+    assert repr(m) == "DropPath(p=0.5, seed=5, offset=16)"
     assert m.eval()(x) is x
 
 

@@ -67,7 +67,7 @@ def test_module_stream_and_state_dict():
     other.load_state_dict(state)
     assert torch.equal(other(x), second)
     assert torch.equal(LockedDropout(0.5, seed=8)(x), first)
-    assert repr(m) == "LockedDropout(p=0.5, batch_first=False, seed=8, offset=12)"
+    assert repr(m) == "LockedDropout(p=0.5, seed=8, offset=12)"
     m.eval()
     assert m(x) is x
 

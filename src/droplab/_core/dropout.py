@@ -22,15 +22,15 @@ from typing import Any
 
 import torch
 
+from droplab._core.base import DropoutBase
 from droplab._core.fx import Proxy, function_node
-from droplab._core.module import StochasticModule
 from droplab._core.op import MASKED_SCALE, check_graph_seed
 from droplab._validation import (
+    FLOAT_DTYPES,
     OFFSET_LIMIT,
     SEED_LIMIT,
     check_bool,
     check_choice,
-    check_dims_type,
     check_floating_tensor,
     check_offset,
     check_probability,
@@ -112,6 +112,31 @@ def dropout(
         kwargs.update(shared_dims=shared_dims, inplace=inplace)
         return function_node(dropout, (x, p, training), kwargs)
     x = check_floating_tensor(x, owner=owner)
+    p, training, seed, offset, scale, sampler, inplace = check_arguments(
+        owner, p, training, seed, offset, scale, sampler, inplace
+    )
+    if type(shared_dims) is tuple and not shared_dims:
+        dims: tuple[int, ...] = ()
+    else:
+        dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
+    return _dropout(x, p, training, seed, offset, scale, sampler, dims, inplace)
+
+
+def check_arguments(
+    owner: str,
+    p: Any,
+    training: Any,
+    seed: Any,
+    offset: Any,
+    scale: Any,
+    sampler: Any,
+    inplace: Any,
+) -> tuple[float, bool, Any, int, str, str, bool]:
+    """The arguments :func:`dropout` and the variants built on it share, checked.
+
+    The door of every public function that ends in :func:`_dropout`; each
+    check is one comparison when the value is already right.
+    """
     if type(p) is not float or not 0.0 <= p <= 1.0:
         p = check_probability(p, owner=owner)
     if training is not True and training is not False:
@@ -125,13 +150,28 @@ def dropout(
         scale = check_choice(scale, "scale", SCALES, owner=owner)
     if type(sampler) is not str or sampler not in SAMPLERS:
         sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
-    if type(shared_dims) is tuple and not shared_dims:
-        dims: tuple[int, ...] = ()
-    else:
-        dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
     if inplace is not True and inplace is not False:
         inplace = check_bool(inplace, "inplace", owner=owner)
+    return p, training, seed, offset, scale, sampler, inplace
 
+
+def _dropout(
+    x: torch.Tensor,
+    p: float,
+    training: bool,
+    seed: Any,
+    offset: Any,
+    scale: str,
+    sampler: str,
+    dims: tuple[int, ...],
+    inplace: bool,
+) -> torch.Tensor:
+    """:func:`dropout` on arguments already checked: the trusted internal form.
+
+    What modules and variants call once their own door has checked the
+    arguments (``dims`` normalised for ``x.ndim``); in a graph ``seed`` may be
+    a module's stream tensor.
+    """
     if not training:
         factor = eval_scale(p, scale)
         return x if factor == 1.0 else _scale_for_eval(x, factor, inplace)
@@ -144,7 +184,7 @@ def dropout(
     return MASKED_SCALE(x, seed, offset, p, scale, sampler, dims, inplace=inplace)
 
 
-class Dropout(StochasticModule):
+class Dropout(DropoutBase):
     """Zero each unit with probability ``p`` during training and scale the rest.
 
     A drop-in for ``torch.nn.Dropout``: the same positional arguments, identity in
@@ -182,6 +222,12 @@ class Dropout(StochasticModule):
     """
 
     traceable = True  # draws only through dropout(): compiles into the graph
+    repr_always = ("p", "inplace")
+    repr_defaults = (
+        ("scale", "inverted"),
+        ("sampler", "bernoulli"),
+        ("shared_dims", ()),
+    )
 
     def __init__(
         self,
@@ -194,55 +240,30 @@ class Dropout(StochasticModule):
         shared_dims: Any = (),
     ) -> None:
         super().__init__(seed=seed)
-        owner = type(self).__name__
-        self.p = check_probability(p, owner=owner)
-        self.inplace = check_bool(inplace, "inplace", owner=owner)
-        self.scale = check_choice(scale, "scale", SCALES, owner=owner)
-        self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
-        self.shared_dims = check_dims_type(shared_dims, owner=owner)
+        # each assignment is checked once, here (DropoutBase.checks)
+        self.p, self.inplace = p, inplace
+        self.scale, self.sampler, self.shared_dims = scale, sampler, shared_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
+            x = check_floating_tensor(x, owner=type(self).__name__)
+        dims = self.shared_dims
         if not self.training:
-            return dropout(
-                x,
-                self.p,
-                False,
-                scale=self.scale,
-                sampler=self.sampler,
-                shared_dims=self.shared_dims,
-                inplace=self.inplace,
-            )
-        owner = type(self).__name__
-        x = check_floating_tensor(x, owner=owner)
-        shared_dims = self.shared_dims
-        if type(shared_dims) is tuple and not shared_dims:  # the common case
-            dims: tuple[int, ...] = ()
-            n = x.numel()  # = stream_elements(x.shape, ()), the mask covers x
+            seed, offset = None, 0
+        elif not dims:  # the common case: the mask covers x
+            seed, offset = self.next_stream(x.numel())
         else:
-            dims = check_shared_dims(shared_dims, x.ndim, owner=owner)
-            n = stream_elements(x.shape, dims)
+            dims = check_shared_dims(dims, x.ndim, owner=type(self).__name__)
+            seed, offset = self.next_stream(stream_elements(x.shape, dims))
         # In a graph, seed is the module's stream as a tensor (next_stream).
-        seed, offset = self.next_stream(n)
-        return dropout(
+        return _dropout(
             x,
             self.p,
-            True,
-            seed=seed,
-            offset=offset,
-            scale=self.scale,
-            sampler=self.sampler,
-            shared_dims=dims,
-            inplace=self.inplace,
+            self.training,
+            seed,
+            offset,
+            self.scale,
+            self.sampler,
+            dims,
+            self.inplace,
         )
-
-    def extra_repr(self) -> str:
-        parts = [f"p={self.p}", f"inplace={self.inplace}"]
-        if self.stream_repr():
-            parts.append(self.stream_repr())
-        if self.scale != "inverted":
-            parts.append(f"scale={self.scale!r}")
-        if self.sampler != "bernoulli":
-            parts.append(f"sampler={self.sampler!r}")
-        if self.shared_dims:
-            parts.append(f"shared_dims={self.shared_dims}")
-        return ", ".join(parts)

@@ -59,7 +59,7 @@ from torch.autograd import forward_ad
 
 from droplab import kernels
 from droplab._core.registered import MASK64, graph_state
-from droplab._validation import SEED_LIMIT, check_offset, check_seed
+from droplab._validation import SEED_LIMIT, check_seed
 from droplab.rng import draw_seed, slice_seed
 
 __all__ = ["MASKED_SCALE", "VMAP_ERROR", "StochasticOp", "check_graph_seed"]
@@ -99,8 +99,9 @@ class StochasticOp:
     int in ``[0, 2**64)``, None (a fresh seed from torch's default generator),
     or a stream tensor ``[seed, offset]`` (a module's in a graph, or the
     registered op's in its backward; ``offset`` then unused), which always
-    takes the registered op. Public functions refuse a tensor seed outside a
-    graph (:func:`check_graph_seed`).
+    takes the registered op. The op trusts its caller: the public functions
+    check every argument once, at their door (a tensor seed is refused
+    outside a graph by :func:`check_graph_seed`), and pass them on.
     """
 
     def __init__(
@@ -137,10 +138,7 @@ class StochasticOp:
             return x.copy_(y) if inplace else y
         if seed is None:
             seed = draw_seed()
-        elif type(seed) is not int:
-            seed = check_seed(seed, owner=self.name)
-        if type(offset) is not int:
-            offset = check_offset(offset, owner=self.name)
+        # seed and offset are trusted: the public door that called checked them
         if _transforms_active():  # torch.func: vmap, grad, jvp ...
             if not inplace:
                 x = _batched_if_vmap_asks(x)

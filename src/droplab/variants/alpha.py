@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 
+from droplab._core.base import DropoutBase
 from droplab._core.fx import traced_as_node
-from droplab._core.module import StochasticModule
 from droplab._core.op import MASKED_SCALE, StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
+    FLOAT_DTYPES,
     check_bool,
     check_floating_tensor,
     check_offset,
@@ -202,7 +203,7 @@ def _alpha_op(
     return ALPHA_DROPOUT(x, seed, offset, p, shared, inplace=inplace)
 
 
-class AlphaDropout(StochasticModule):
+class AlphaDropout(DropoutBase):
     """Module form of :func:`alpha_dropout`; a drop-in for ``torch.nn.AlphaDropout``.
 
     As torch's module, it stores ``inplace`` (and shows it) but computes out of
@@ -219,27 +220,30 @@ class AlphaDropout(StochasticModule):
     _feature = False
     traceable = True  # draws only through ALPHA_DROPOUT (its registered op in a graph)
 
+    repr_always = ("p", "inplace")
+
     def __init__(
         self, p: float = 0.5, inplace: bool = False, *, seed: int | None = None
     ) -> None:
         super().__init__(seed=seed)
-        owner = type(self).__name__
-        self.p = check_probability(p, owner=owner)
-        self.inplace = check_bool(inplace, "inplace", owner=owner)
+        self.p, self.inplace = p, inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        x = check_floating_tensor(x, owner=type(self).__name__)
+        owner = type(self).__name__
+        if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
+            x = check_floating_tensor(x, owner=owner)
+        if self._feature and x.ndim < 2:
+            raise fail_ndim(
+                x.ndim, "have at least 2 dimensions (N, C, ...)", owner=owner
+            )
         shared = tuple(range(2, x.ndim)) if self._feature else ()
         seed, offset = self.next_stream(stream_elements(tuple(x.shape), shared))
-        op = feature_alpha_dropout if self._feature else alpha_dropout
-        # inplace=False whatever self.inplace says: torch's module does the same.
-        return op(x, self.p, True, False, seed=seed, offset=offset)
-
-    def extra_repr(self) -> str:
-        parts = [f"p={self.p}", f"inplace={self.inplace}", self.stream_repr()]
-        return ", ".join(filter(None, parts))
+        if self.p == 0.0 or x.numel() == 0:
+            return x  # x itself, as torch returns its input
+        # out of place whatever self.inplace says: torch's module does the same.
+        return ALPHA_DROPOUT(x, seed, offset, self.p, shared)
 
 
 class FeatureAlphaDropout(AlphaDropout):

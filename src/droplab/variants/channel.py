@@ -26,18 +26,9 @@ from typing import Any
 
 import torch
 
-from droplab._core.dropout import dropout
-from droplab._core.module import StochasticModule
-from droplab._validation import (
-    check_bool,
-    check_choice,
-    check_floating_tensor,
-    check_probability,
-    fail,
-    fail_ndim,
-)
-from droplab.masks import SAMPLERS
-from droplab.scaling import SCALES
+from droplab._core.base import DropoutBase
+from droplab._core.dropout import _dropout, check_arguments
+from droplab._validation import check_floating_tensor, fail, fail_ndim
 
 __all__ = [
     "Dropout1d",
@@ -142,7 +133,7 @@ def _batched(x: torch.Tensor, name: str) -> bool:
             f"exists to provide channel-wise dropout on inputs with {spatial} spatial "
             f"dimensions, a channel dimension, and an optional batch dimension (i.e. "
             f"{spatial + 1}D or {spatial + 2}D inputs).",
-            stacklevel=4,
+            stacklevel=5,
         )
     if name == "dropout2d":
         if ndim == 3:
@@ -154,7 +145,7 @@ def _batched(x: torch.Tensor, name: str) -> bool:
                 "batch dimension, i.e. shape (C, H, W). To maintain the 1D "
                 "channel-wise dropout behavior, please switch to using dropout1d "
                 "instead.",
-                stacklevel=4,
+                stacklevel=5,
             )
         return True
     return ndim == spatial + 2
@@ -171,22 +162,31 @@ def _channel_dropout(
     sampler: Any,
     inplace: Any,
 ) -> torch.Tensor:
+    """The public door of :func:`dropout1d` / 2d / 3d: checks, then applies."""
     x = check_floating_tensor(x, owner=name)
-    p = check_probability(p, owner=name)
+    p, training, seed, offset, scale, sampler, inplace = check_arguments(
+        name, p, training, seed, offset, scale, sampler, inplace
+    )
+    return _apply(name, x, p, training, seed, offset, scale, sampler, inplace)
+
+
+def _apply(
+    name: str,
+    x: torch.Tensor,
+    p: float,
+    training: bool,
+    seed: Any,
+    offset: Any,
+    scale: str,
+    sampler: str,
+    inplace: bool,
+) -> torch.Tensor:
+    """Channel dropout on checked arguments (the rank is checked here, as
+    torch checks it, with its warnings)."""
     batched = _batched(x, name)
     work = x if batched else x.unsqueeze(0)  # a view: in-place writes reach x
     shared = tuple(range(2, work.ndim))
-    out = dropout(
-        work,
-        p,
-        training,
-        seed=seed,
-        offset=offset,
-        scale=scale,
-        sampler=sampler,
-        shared_dims=shared,
-        inplace=inplace,
-    )
+    out = _dropout(work, p, training, seed, offset, scale, sampler, shared, inplace)
     if inplace or out is work:  # in place, or evaluation with an identity rule
         return x
     return out if batched else out.squeeze(0)
@@ -282,9 +282,11 @@ def _stream_elements(shape: Sequence[int], name: str) -> int:
     return math.prod(lead)
 
 
-class _ChannelDropout(StochasticModule):
+class _ChannelDropout(DropoutBase):
     _name = "dropout1d"
     traceable = True  # draws only through dropout(): compiles into the graph
+    repr_always = ("p", "inplace")
+    repr_defaults = (("scale", "inverted"), ("sampler", "bernoulli"))
 
     def __init__(
         self,
@@ -296,11 +298,7 @@ class _ChannelDropout(StochasticModule):
         sampler: str = "bernoulli",
     ) -> None:
         super().__init__(seed=seed)
-        owner = type(self).__name__
-        self.p = check_probability(p, owner=owner)
-        self.inplace = check_bool(inplace, "inplace", owner=owner)
-        self.scale = check_choice(scale, "scale", SCALES, owner=owner)
-        self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
+        self.p, self.inplace, self.scale, self.sampler = p, inplace, scale, sampler
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_floating_tensor(x, owner=type(self).__name__)
@@ -310,7 +308,7 @@ class _ChannelDropout(StochasticModule):
             seed, offset = self.next_stream(
                 _stream_elements(tuple(x.shape), self._name)
             )
-        return _channel_dropout(
+        return _apply(
             self._name,
             x,
             self.p,
@@ -325,15 +323,6 @@ class _ChannelDropout(StochasticModule):
     def mask_elements(self, x: torch.Tensor) -> int:
         """Stream elements a training call on ``x`` draws: one per (sample, channel)."""
         return _stream_elements(tuple(x.shape), self._name)
-
-    def extra_repr(self) -> str:
-        # torch's repr, then what differs from torch's behaviour
-        parts = [f"p={self.p}", f"inplace={self.inplace}", self.stream_repr()]
-        if self.scale != "inverted":
-            parts.append(f"scale={self.scale!r}")
-        if self.sampler != "bernoulli":
-            parts.append(f"sampler={self.sampler!r}")
-        return ", ".join(filter(None, parts))
 
 
 class Dropout1d(_ChannelDropout):

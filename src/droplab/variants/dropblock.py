@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from droplab._core.module import StochasticModule
+from droplab._core.base import DropoutBase, bool_check, int_check
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
     check_bool,
@@ -171,7 +171,7 @@ def drop_block2d(
     return result
 
 
-class DropBlock2d(StochasticModule):
+class DropBlock2d(DropoutBase):
     """Module form of :func:`drop_block2d`, with the paper's linear schedule.
 
     Args:
@@ -192,6 +192,13 @@ class DropBlock2d(StochasticModule):
     """
 
     num_steps: torch.Tensor
+    checks = DropoutBase.with_checks(
+        block_size=int_check("block_size", 1),
+        warmup_steps=int_check("warmup_steps", 0),
+        shared_channels=bool_check("shared_channels"),
+    )
+    repr_always = ("p", "block_size")
+    repr_defaults = (("warmup_steps", 0), ("shared_channels", False))
 
     def __init__(
         self,
@@ -203,13 +210,8 @@ class DropBlock2d(StochasticModule):
         seed: int | None = None,
     ) -> None:
         super().__init__(seed=seed)
-        owner = type(self).__name__
-        self.p = check_probability(p, owner=owner)
-        self.block_size = check_int(block_size, "block_size", low=1, owner=owner)
-        self.warmup_steps = check_int(warmup_steps, "warmup_steps", low=0, owner=owner)
-        self.shared_channels = check_bool(
-            shared_channels, "shared_channels", owner=owner
-        )
+        self.p, self.block_size = p, block_size
+        self.warmup_steps, self.shared_channels = warmup_steps, shared_channels
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
 
     @property
@@ -222,26 +224,17 @@ class DropBlock2d(StochasticModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        x, _, _ = _check(x, self.p, self.block_size, type(self).__name__)
+        owner = type(self).__name__
+        x = check_floating_tensor(x, owner=owner)
+        if x.ndim != 4:
+            raise fail_ndim(x.ndim, "be a 4-d (N, C, H, W) tensor", owner=owner)
         p = self.current_p
         self.num_steps += 1
         n, c, h, w = x.shape
         seed, offset = self.next_stream(n * (1 if self.shared_channels else c) * h * w)
-        return drop_block2d(
-            x,
-            p,
-            self.block_size,
-            True,
-            seed=seed,
-            offset=offset,
-            shared_channels=self.shared_channels,
+        if p == 0.0 or x.numel() == 0:
+            return x
+        result: torch.Tensor = _DropBlock.apply(
+            x, p, self.block_size, seed, offset, self.shared_channels
         )
-
-    def extra_repr(self) -> str:
-        parts = [
-            f"p={self.p}",
-            f"block_size={self.block_size}",
-            f"warmup_steps={self.warmup_steps}",
-            self.stream_repr(),
-        ]
-        return ", ".join(filter(None, parts))
+        return result

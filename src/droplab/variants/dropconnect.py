@@ -37,14 +37,13 @@ from typing import Any
 
 import torch
 
+from droplab._core.base import DropoutBase, bool_check, choice_check, int_check
 from droplab._core.dropout import dropout
-from droplab._core.module import StochasticModule
 from droplab._core.stream import normal_noise
 from droplab._validation import (
     check_bool,
     check_choice,
     check_floating_tensor,
-    check_int,
     check_probability,
     fail,
 )
@@ -158,7 +157,7 @@ def drop_connect_linear(
     return out if bias is None else out + bias
 
 
-class DropConnectLinear(StochasticModule):
+class DropConnectLinear(DropoutBase):
     """A ``torch.nn.Linear`` whose weights are dropped in training (DropConnect).
 
     Parameters ``weight`` and ``bias`` are named and initialised as in
@@ -183,6 +182,15 @@ class DropConnectLinear(StochasticModule):
         (torch.Size([2, 3]), 12)
     """
 
+    checks = DropoutBase.with_checks(
+        in_features=int_check("in_features", 1),
+        out_features=int_check("out_features", 1),
+        per_sample=bool_check("per_sample"),
+        scale=choice_check("scale", ("inverted", "classic")),
+        inference=choice_check("inference", INFERENCE),
+        samples=int_check("samples", 1),
+    )
+
     def __init__(
         self,
         in_features: int,
@@ -202,14 +210,15 @@ class DropConnectLinear(StochasticModule):
     ) -> None:
         super().__init__(seed=seed)
         owner = type(self).__name__
-        self.in_features = check_int(in_features, "in_features", low=1, owner=owner)
-        self.out_features = check_int(out_features, "out_features", low=1, owner=owner)
-        self.p = check_probability(p, owner=owner)
-        self.per_sample = check_bool(per_sample, "per_sample", owner=owner)
-        self.scale = check_choice(scale, "scale", ("inverted", "classic"), owner=owner)
-        self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
-        self.inference = check_choice(inference, "inference", INFERENCE, owner=owner)
-        self.samples = check_int(samples, "samples", low=1, owner=owner)
+        # each assignment is checked (DropoutBase.checks)
+        self.in_features, self.out_features = in_features, out_features
+        self.p, self.per_sample, self.scale, self.sampler = (
+            p,
+            per_sample,
+            scale,
+            sampler,
+        )
+        self.inference, self.samples = inference, samples
         if activation is not None and not callable(activation):
             raise fail(
                 "activation",

@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from droplab._core.dropout import dropout
-from droplab._core.module import StochasticModule
+from droplab._core.base import DropoutBase, choice_check
+from droplab._core.dropout import _dropout, check_arguments
 from droplab._validation import (
+    FLOAT_DTYPES,
     check_choice,
     check_floating_tensor,
     check_int,
@@ -31,8 +32,6 @@ from droplab._validation import (
     fail,
     fail_ndim,
 )
-from droplab.masks import SAMPLERS
-from droplab.scaling import SCALES
 
 __all__ = ["MODES", "DropPath", "drop_path", "linear_drop_rates"]
 
@@ -53,7 +52,8 @@ def linear_drop_rates(p_last: float, depth: int) -> list[float]:
 
 
 def _check_input(x: Any, owner: str) -> torch.Tensor:
-    x = check_floating_tensor(x, owner=owner)
+    if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
+        x = check_floating_tensor(x, owner=owner)
     if x.ndim < 1:
         raise fail_ndim(x.ndim, "have a batch dimension (at least 1-d)", owner=owner)
     return x
@@ -69,7 +69,6 @@ def drop_path(
     scale: str = "inverted",
     sampler: str = "bernoulli",
     mode: str = "row",
-    groups: int = 1,
 ) -> torch.Tensor:
     """Zero each sample ``x[n]`` entirely with probability ``p``.
 
@@ -86,10 +85,6 @@ def drop_path(
         mode: ``"row"`` (one draw per sample, ``N`` stream elements) or
             ``"batch"`` (one draw for the whole batch, as torchvision's
             ``mode="batch"``).
-        groups: with ``mode="batch"``, the batch holds ``groups`` batches one
-            after the other along dim 0 (the replicated batch of
-            :func:`droplab.mc_predict`), each with its own draw: ``groups``
-            stream elements.
 
     Returns:
         A tensor of ``x``'s shape and dtype.
@@ -101,56 +96,51 @@ def drop_path(
                 [0., 0.],
                 [0., 0.]])
     """
-    x = _check_input(x, "drop_path")
-    mode = check_choice(mode, "mode", MODES, owner="drop_path")
+    owner = "drop_path"
+    x = _check_input(x, owner)
+    if type(mode) is not str or mode not in MODES:
+        mode = check_choice(mode, "mode", MODES, owner=owner)
+    inplace = False
+    p, training, seed, offset, scale, sampler, inplace = check_arguments(
+        owner, p, training, seed, offset, scale, sampler, inplace
+    )
+    return _drop_path(x, p, training, seed, offset, scale, sampler, mode, 1)
+
+
+def _drop_path(
+    x: torch.Tensor,
+    p: float,
+    training: bool,
+    seed: Any,
+    offset: Any,
+    scale: str,
+    sampler: str,
+    mode: str,
+    groups: int,
+) -> torch.Tensor:
+    """:func:`drop_path` on checked arguments.
+
+    ``groups`` (``mode="batch"``): the batch holds ``groups`` batches one after
+    the other along dim 0, each with its own draw (``groups`` stream
+    elements): the replicated batch of :func:`droplab.mc_predict`, declared by
+    :meth:`DropPath.replicated`.
+    """
     if mode == "batch":
-        groups = check_int(groups, "groups", low=1, owner="drop_path")
-        if x.shape[0] % groups:
-            raise fail(
-                "groups",
-                groups,
-                f"a divisor of the batch size {x.shape[0]}",
-                owner="drop_path",
-            )
         # (groups, rest): the mask has one element per group
         grouped = x.reshape(groups, -1) if x.numel() else x
-        out = drop_path(
-            grouped,
-            p,
-            training,
-            seed=seed,
-            offset=offset,
-            scale=scale,
-            sampler=sampler,
-        )
+        out = _drop_path(grouped, p, training, seed, offset, scale, sampler, "row", 1)
         return out.reshape(x.shape)
     if sampler == "fixed":
         # one row holding the whole batch: exactly round(N (1-p)) samples kept
         flat = x.reshape(1, x.shape[0], -1) if x.numel() else x.reshape(1, *x.shape)
-        out = dropout(
-            flat,
-            p,
-            training,
-            seed=seed,
-            offset=offset,
-            scale=scale,
-            sampler=sampler,
-            shared_dims=tuple(range(2, flat.ndim)),
-        )
+        shared = tuple(range(2, flat.ndim))
+        out = _dropout(flat, p, training, seed, offset, scale, sampler, shared, False)
         return out.reshape(x.shape)
-    return dropout(
-        x,
-        p,
-        training,
-        seed=seed,
-        offset=offset,
-        scale=scale,
-        sampler=sampler,
-        shared_dims=tuple(range(1, x.ndim)),
-    )
+    shared = tuple(range(1, x.ndim))
+    return _dropout(x, p, training, seed, offset, scale, sampler, shared, False)
 
 
-class DropPath(StochasticModule):
+class DropPath(DropoutBase):
     """Module form of :func:`drop_path`; a drop-in for ``timm.layers.DropPath``.
 
     Args:
@@ -163,10 +153,12 @@ class DropPath(StochasticModule):
         >>> _ = m(torch.ones(8, 3, 4)); m.offset
         8
         >>> DropPath(0.2, seed=0, mode="batch")
-        DropPath(p=0.2, seed=0, offset=0, scale='inverted', mode='batch')
+        DropPath(p=0.2, seed=0, offset=0, mode='batch')
     """
 
     traceable = True  # draws only through dropout(): compiles into the graph
+    checks = DropoutBase.with_checks(mode=choice_check("mode", MODES))
+    repr_defaults = (("scale", "inverted"), ("sampler", "bernoulli"), ("mode", "row"))
     _groups: int
 
     def __init__(
@@ -179,39 +171,45 @@ class DropPath(StochasticModule):
         mode: str = "row",
     ) -> None:
         super().__init__(seed=seed)
-        owner = type(self).__name__
-        self.p = check_probability(p, owner=owner)
-        self.scale = check_choice(scale, "scale", SCALES, owner=owner)
-        self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
-        self.mode = check_choice(mode, "mode", MODES, owner=owner)
-        # Batches one after the other along dim 0 in "batch" mode: set by
-        # droplab.mc_predict for its replicated batch (one draw per pass).
-        self._groups = 1
+        self.p, self.scale, self.sampler, self.mode = p, scale, sampler, mode
+        self._groups = 1  # see replicated()
+
+    def replicated(self, groups: int) -> int:
+        """Declare that inputs hold ``groups`` batches one after the other along
+        dim 0 (the replicated batch of :func:`droplab.mc_predict`): in
+        ``mode="batch"`` each gets its own draw. Returns the previous count.
+        """
+        groups = check_int(
+            groups, "groups", low=1, owner=f"{type(self).__name__}.replicated"
+        )
+        previous, self._groups = self._groups, groups
+        return previous
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seed, offset = None, 0
         if self.training:
             x = _check_input(x, type(self).__name__)
+            if self.mode == "batch" and x.shape[0] % self._groups:
+                raise fail(
+                    "groups",
+                    self._groups,
+                    f"a divisor of the batch size {x.shape[0]}",
+                    owner=type(self).__name__,
+                )
             seed, offset = self.next_stream(self.mask_elements(x))
-        return drop_path(
+        return _drop_path(
             x,
             self.p,
             self.training,
-            seed=seed,
-            offset=offset,
-            scale=self.scale,
-            sampler=self.sampler,
-            mode=self.mode,
-            groups=self._groups,
+            seed,
+            offset,
+            self.scale,
+            self.sampler,
+            self.mode,
+            self._groups,
         )
 
     def mask_elements(self, x: torch.Tensor) -> int:
         """Stream elements a training call on ``x`` draws: one per sample
         (``mode="row"``), one per batch (``"batch"``)."""
         return int(x.shape[0]) if self.mode == "row" else self._groups
-
-    def extra_repr(self) -> str:
-        parts = [f"p={self.p}", self.stream_repr(), f"scale={self.scale!r}"]
-        if self.mode != "row":
-            parts.append(f"mode={self.mode!r}")
-        return ", ".join(filter(None, parts))

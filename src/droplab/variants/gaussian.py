@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
+from droplab._core.base import DropoutBase
 from droplab._core.fx import traced_as_node
-from droplab._core.module import StochasticModule
 from droplab._core.op import StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
+    FLOAT_DTYPES,
     check_bool,
     check_floating_tensor,
     check_offset,
@@ -128,7 +129,7 @@ def gaussian_dropout(
     return GAUSSIAN_NOISE(x, seed, offset, p)
 
 
-class GaussianDropout(StochasticModule):
+class GaussianDropout(DropoutBase):
     """Module form of :func:`gaussian_dropout` (Keras ``GaussianDropout(rate=p)``).
 
     Args:
@@ -143,16 +144,18 @@ class GaussianDropout(StochasticModule):
     """
 
     traceable = True  # draws only through GAUSSIAN_NOISE (its registered op in a graph)
+    checks = DropoutBase.with_checks(p=_check_rate)
 
     def __init__(self, p: float = 0.5, *, seed: int | None = None) -> None:
         super().__init__(seed=seed)
-        self.p = _check_rate(p, type(self).__name__)
+        self.p = p  # checked: in [0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
+            x = check_floating_tensor(x, owner=type(self).__name__)
         if not self.training:
-            return gaussian_dropout(x, self.p, False)
+            return x
         seed, offset = self.next_stream(2 * x.numel())
-        return gaussian_dropout(x, self.p, True, seed=seed, offset=offset)
-
-    def extra_repr(self) -> str:
-        return ", ".join(filter(None, [f"p={self.p}", self.stream_repr()]))
+        if self.p == 0.0:
+            return x  # the identity (its stream elements stay used)
+        return GAUSSIAN_NOISE(x, seed, offset, self.p)

@@ -21,24 +21,16 @@ import math
 
 import torch
 
-from droplab._core.dropout import dropout
-from droplab._core.module import StochasticModule
-from droplab._validation import (
-    check_bool,
-    check_choice,
-    check_floating_tensor,
-    check_probability,
-    fail_ndim,
-)
-from droplab.masks import SAMPLERS
-from droplab.scaling import SCALES
+from droplab._core.base import DropoutBase
+from droplab._core.dropout import _dropout, check_arguments
+from droplab._validation import check_bool, check_floating_tensor, fail_ndim
 
 __all__ = ["LockedDropout", "locked_dropout"]
 
 
 def _batch_major(x: torch.Tensor, batch_first: bool, owner: str) -> torch.Tensor:
+    """``x`` as ``(N, T, ...)``, a view; ``x`` and ``batch_first`` are checked."""
     x = check_floating_tensor(x, owner=owner)
-    batch_first = check_bool(batch_first, "batch_first", owner=owner)
     if x.ndim < 2:
         layout = "(N, T, ...)" if batch_first else "(T, N, ...)"
         raise fail_ndim(
@@ -78,23 +70,34 @@ def locked_dropout(
         >>> bool((y == y[0]).all())  # every time step has the same mask
         True
     """
-    work = _batch_major(x, batch_first, "locked_dropout")
-    out = dropout(
-        work,
-        p,
-        training,
-        seed=seed,
-        offset=offset,
-        scale=scale,
-        sampler=sampler,
-        shared_dims=(1,),
+    owner = "locked_dropout"
+    batch_first = check_bool(batch_first, "batch_first", owner=owner)
+    work = _batch_major(x, batch_first, owner)
+    p, training, seed, offset, scale, sampler, _ = check_arguments(
+        owner, p, training, seed, offset, scale, sampler, False
     )
+    return _locked(x, work, p, training, batch_first, seed, offset, scale, sampler)
+
+
+def _locked(
+    x: torch.Tensor,
+    work: torch.Tensor,
+    p: float,
+    training: bool,
+    batch_first: bool,
+    seed: int | None,
+    offset: int,
+    scale: str,
+    sampler: str,
+) -> torch.Tensor:
+    """Locked dropout of checked arguments; ``work`` is ``x`` as ``(N, T, ...)``."""
+    out = _dropout(work, p, training, seed, offset, scale, sampler, (1,), False)
     if out is work:  # evaluation with an identity rule: the input itself
         return x
     return out if batch_first else out.transpose(0, 1)
 
 
-class LockedDropout(StochasticModule):
+class LockedDropout(DropoutBase):
     """Module form of :func:`locked_dropout` (AWD-LSTM's ``LockedDropout``).
 
     Args:
@@ -110,6 +113,11 @@ class LockedDropout(StochasticModule):
     """
 
     traceable = True  # draws only through dropout(): compiles into the graph
+    repr_defaults = (
+        ("batch_first", False),
+        ("scale", "inverted"),
+        ("sampler", "bernoulli"),
+    )
 
     def __init__(
         self,
@@ -121,28 +129,26 @@ class LockedDropout(StochasticModule):
         sampler: str = "bernoulli",
     ) -> None:
         super().__init__(seed=seed)
-        owner = type(self).__name__
-        self.p = check_probability(p, owner=owner)
-        self.batch_first = check_bool(batch_first, "batch_first", owner=owner)
-        self.scale = check_choice(scale, "scale", SCALES, owner=owner)
-        self.sampler = check_choice(sampler, "sampler", SAMPLERS, owner=owner)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seed, offset = None, 0
-        if self.training:
-            work = _batch_major(x, self.batch_first, type(self).__name__)
-            seed, offset = self.next_stream(work.shape[0] * math.prod(work.shape[2:]))
-        return locked_dropout(
-            x,
-            self.p,
-            self.training,
-            batch_first=self.batch_first,
-            seed=seed,
-            offset=offset,
-            scale=self.scale,
-            sampler=self.sampler,
+        self.p, self.batch_first, self.scale, self.sampler = (
+            p,
+            batch_first,
+            scale,
+            sampler,
         )
 
-    def extra_repr(self) -> str:
-        parts = [f"p={self.p}", f"batch_first={self.batch_first}", self.stream_repr()]
-        return ", ".join(filter(None, parts))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        work = _batch_major(x, self.batch_first, type(self).__name__)
+        seed, offset = None, 0
+        if self.training:
+            seed, offset = self.next_stream(work.shape[0] * math.prod(work.shape[2:]))
+        return _locked(
+            x,
+            work,
+            self.p,
+            self.training,
+            self.batch_first,
+            seed,
+            offset,
+            self.scale,
+            self.sampler,
+        )

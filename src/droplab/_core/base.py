@@ -1,0 +1,118 @@
+"""The base of droplab's dropout modules: hyper-parameters checked once.
+
+In the spirit of torch's ``_DropoutNd``, which validates ``p`` once for six
+classes: a :class:`DropoutBase` subclass declares its hyper-parameters as data,
+
+- :attr:`DropoutBase.checks`: name -> check, run on every assignment of that
+  attribute (in ``__init__`` and whenever user code sets it later), so a
+  module never holds an invalid value and ``forward`` trusts what it reads;
+- :attr:`DropoutBase.repr_always` and :attr:`DropoutBase.repr_defaults`: the
+  one ``extra_repr`` rule: the arguments torch's module shows (``p``,
+  ``inplace``), then the stream (``seed``, ``offset``) if the module owns one,
+  then each droplab extra whose value differs from its default.
+
+Each variant adds only what is its own (a ``p`` with another range, a
+``block_size``, a ``mode``). ``forward`` reads the checked attributes and calls
+the variant's trusted internal form: the argument checks of the public
+functions run once, at their own door, never again on a module's call.
+
+Examples:
+    >>> class Scaled(DropoutBase):
+    ...     repr_defaults = (("scale", "inverted"),)
+    ...     def __init__(self, p=0.5, *, scale="inverted", seed=None):
+    ...         super().__init__(seed=seed)
+    ...         self.p, self.scale = p, scale
+    >>> Scaled(0.25, scale="classic", seed=1)
+    Scaled(p=0.25, seed=1, offset=0, scale='classic')
+    >>> Scaled().p = 1.5
+    Traceback (most recent call last):
+    ...
+    ValueError: The 'p' argument of Scaled must be a real number in [0, 1]; got 1.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from droplab._core.module import StochasticModule
+from droplab._validation import (
+    check_bool,
+    check_choice,
+    check_dims_type,
+    check_int,
+    check_probability,
+)
+from droplab.masks import SAMPLERS
+from droplab.scaling import SCALES
+
+__all__ = ["Check", "DropoutBase", "bool_check", "choice_check", "int_check"]
+
+Check = Callable[[Any, str], Any]
+"""``check(value, owner) -> value``: the checked value, or raises naming ``owner``."""
+
+
+def bool_check(name: str) -> Check:
+    """A check that ``name`` is True or False."""
+    return lambda value, owner: check_bool(value, name, owner=owner)
+
+
+def choice_check(name: str, choices: tuple[str, ...]) -> Check:
+    """A check that ``name`` is one of ``choices``."""
+    return lambda value, owner: check_choice(value, name, choices, owner=owner)
+
+
+def int_check(name: str, low: int) -> Check:
+    """A check that ``name`` is an int of at least ``low``."""
+    return lambda value, owner: check_int(value, name, low=low, owner=owner)
+
+
+class DropoutBase(StochasticModule):
+    """A :class:`StochasticModule` whose hyper-parameters are checked on assignment.
+
+    Subclasses set their attributes in ``__init__`` (after ``super().__init__``)
+    and extend the class-level tables below; see the module docstring.
+    """
+
+    checks: ClassVar[Mapping[str, Check]] = MappingProxyType(
+        {
+            "p": lambda value, owner: check_probability(value, owner=owner),
+            "inplace": bool_check("inplace"),
+            "scale": choice_check("scale", SCALES),
+            "sampler": choice_check("sampler", SAMPLERS),
+            "shared_dims": lambda value, owner: check_dims_type(value, owner=owner),
+            "batch_first": bool_check("batch_first"),
+        }
+    )
+    """Attribute name -> its check; every assignment of the attribute runs it.
+    A subclass extends it with :meth:`with_checks`."""
+
+    repr_always: ClassVar[tuple[str, ...]] = ("p",)
+    """Attributes ``extra_repr`` always shows, first (torch's arguments)."""
+
+    repr_defaults: ClassVar[tuple[tuple[str, Any], ...]] = ()
+    """``(name, default)`` pairs ``extra_repr`` shows after the stream, each
+    when the attribute differs from its default."""
+
+    @classmethod
+    def with_checks(cls, **checks: Check) -> Mapping[str, Check]:
+        """This class's checks, extended or overridden by ``checks``."""
+        return MappingProxyType({**cls.checks, **checks})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = type(self).checks.get(name)
+        if check is not None:
+            value = check(value, type(self).__name__)
+        super().__setattr__(name, value)
+
+    def extra_repr(self) -> str:
+        parts = [f"{name}={getattr(self, name)!r}" for name in self.repr_always]
+        stream = self.stream_repr()
+        if stream:
+            parts.append(stream)
+        for name, default in self.repr_defaults:
+            value = getattr(self, name)
+            if value != default:
+                parts.append(f"{name}={value!r}")
+        return ", ".join(parts)
