@@ -23,6 +23,7 @@ LEAVES = (
     "droplab.masks",
     "droplab.scaling",
     "droplab.distributed",
+    "droplab.mesh",  # where a DTensor shard lies in its logical tensor's stream
     "droplab._data",  # the data files shipped in the package, read with importlib
 )
 LAYERS: tuple[tuple[str, ...], ...] = (

@@ -251,10 +251,10 @@ class Dropout(DropoutBase):
         if not self.training:
             seed, offset = None, 0
         elif not dims:  # the common case: the mask covers x
-            seed, offset = self.next_stream(x.numel())
+            seed, offset = self.next_stream(x.numel(), x)
         else:
             dims = check_shared_dims(dims, x.ndim, owner=type(self).__name__)
-            seed, offset = self.next_stream(stream_elements(x.shape, dims))
+            seed, offset = self.next_stream(stream_elements(x.shape, dims), x)
         # In a graph, seed is the module's stream as a tensor (next_stream).
         return _dropout(
             x,

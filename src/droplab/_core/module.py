@@ -55,6 +55,7 @@ from droplab._validation import (
     check_seed,
     fail,
 )
+from droplab.mesh import is_dtensor
 from droplab.rng import draw_seed
 from droplab.scaling import eval_scale
 
@@ -185,7 +186,7 @@ class StochasticModule(nn.Module):
         # import chain, so a doctest run of that file alone imports it only once.
         return int(_distributed().stream_key(seed))
 
-    def next_stream(self, n: int) -> tuple[int, int]:
+    def next_stream(self, n: int, x: Any = None) -> tuple[int, int]:
         """The ``(seed, offset)`` for a draw of ``n`` stream elements.
 
         With an owned seed, returns the current offset and advances it by ``n``;
@@ -194,27 +195,35 @@ class StochasticModule(nn.Module):
 
         Args:
             n: stream elements the call uses (for masks:
-                ``droplab.masks.stream_elements(shape, shared_dims)``).
+                ``droplab.masks.stream_elements(shape, shared_dims)``), counted
+                on the logical tensor when ``x`` is a DTensor.
+            x: the input the draw is for. For a DTensor the key is the seed
+                itself on every rank (no rank fold): its shards draw their
+                parts of one logical mask (:mod:`droplab.mesh`), and every
+                rank advances the offset by the same ``n``, so ranks stay in
+                step with no communication.
         """
+        fold = type(x) is torch.Tensor or x is None or not is_dtensor(x)
         if torch.compiler.is_compiling():
             if type(self).traceable:
                 # In a graph the stream is a tensor: (next_state(n), 0), which
                 # droplab.dropout takes in place of (seed, offset).
-                traced: Any = (self.next_state(n), 0)
+                traced: Any = (self.next_state(n, fold=fold), 0)
                 return traced
-            return _next_stream_outside_graph(self, n)
+            return _next_stream_outside_graph(self, n, fold)
         if type(n) is not int or n < 0:  # else check_int would return n as is
             n = check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
         if not self._owns_seed:
-            return self._effective_seed(draw_seed()), 0
+            seed = draw_seed()
+            return (self._effective_seed(seed) if fold else seed), 0
         if torch._C._are_functorch_transforms_active():
             # torch.func (vmap, grad ...) has no NumPy view of a tensor: read
             # and advance the buffer outside the transforms
             with torch._C._DisableFuncTorch():
-                return self._advance(n)
-        return self._advance(n)
+                return self._advance(n, fold)
+        return self._advance(n, fold)
 
-    def _advance(self, n: int) -> tuple[int, int]:
+    def _advance(self, n: int, fold: bool = True) -> tuple[int, int]:
         words = self.rng_state.numpy()  # a view: read and advance in place
         seed = int(words[0]) & _MASK64
         offset = int(words[1]) & _MASK64
@@ -223,9 +232,9 @@ class StochasticModule(nn.Module):
             words[1] = _as_int64(end)
         else:
             self.offset = end  # raises: the stream is finite
-        return self._effective_seed(seed), offset
+        return (self._effective_seed(seed) if fold else seed), offset
 
-    def next_state(self, n: Any) -> torch.Tensor:
+    def next_state(self, n: Any, fold: bool = True) -> torch.Tensor:
         """:meth:`next_stream` as a tensor, for a graph: ``[key, offset]`` (int64).
 
         What ``torch.compile`` and ``torch.export`` trace (the module's
@@ -245,7 +254,7 @@ class StochasticModule(nn.Module):
             self.rng_state[1] += n
         else:  # drawn when the graph runs, as eager code draws it
             state = drawn_state(0)
-        rank = _traced_rank()
+        rank = _traced_rank() if fold else 0
         if rank:  # fold_rank: the key XOR (rank * golden ratio mod 2**64)
             state[0] ^= _as_int64((rank * _FOLD) & _MASK64)
         return state
@@ -354,11 +363,16 @@ class StochasticModule(nn.Module):
 
 
 @torch.compiler.disable
-def _next_stream_outside_graph(module: StochasticModule, n: int) -> tuple[int, int]:
+def _next_stream_outside_graph(
+    module: StochasticModule, n: int, fold: bool
+) -> tuple[int, int]:
     # A module that draws through Python ints (a variant not on the registered
     # op yet) inside a compiled region: Dynamo breaks the graph here and runs
     # the draw eagerly, on the same rng_state, so masks stay the eager ones.
-    return StochasticModule.next_stream(module, n)
+    if not module._owns_seed:
+        seed = draw_seed()
+        return (module._effective_seed(seed) if fold else seed), 0
+    return module._advance(n, fold)
 
 
 def _eager_when_compiled(forward: Callable[..., Any]) -> Callable[..., Any]:

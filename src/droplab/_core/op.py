@@ -60,11 +60,19 @@ from torch.autograd import forward_ad
 from droplab import kernels
 from droplab._core.registered import MASK64, graph_state
 from droplab._validation import SEED_LIMIT, check_seed
+from droplab.mesh import Runs, box_of, is_dtensor, plan, wrap_like
 from droplab.rng import draw_seed, slice_seed
 
 __all__ = ["MASKED_SCALE", "VMAP_ERROR", "StochasticOp", "check_graph_seed"]
 
 Kernel = Callable[..., torch.Tensor]
+Geometry = Callable[..., tuple[tuple[int, ...], int, str]]
+"""``geometry(*params) -> (shared_dims, stream elements per mask element, how)``:
+what an op's DTensor path needs to know of its mask. ``how`` says how a shard
+that is not one block of the logical stream is drawn: ``"runs"``, the kernel
+takes a :class:`~droplab.mesh.Runs` after the params; ``"slices"``,
+the op is elementwise (no shared dims, no rows), so each run is one call on a
+slice; ``"rows"``, the op needs whole mask rows (refused there)."""
 
 # torch's own message for a random op under vmap(randomness="error").
 VMAP_ERROR = (
@@ -110,9 +118,11 @@ class StochasticOp:
         params: str,
         kernel: Kernel,
         linear: Callable[..., torch.Tensor] | None = None,
+        geometry: Geometry | None = None,
     ) -> None:
         self.name = name
         self.kernel = kernel
+        self.geometry = geometry
         self.linear: Callable[..., torch.Tensor] = linear or self
         self.function, self.transformable = _eager_function(self)
         self._apply = _direct_apply(self.function)
@@ -129,6 +139,8 @@ class StochasticOp:
         *params: Any,
         inplace: bool = False,
     ) -> torch.Tensor:
+        if type(x) is not torch.Tensor and is_dtensor(x):
+            return _sharded_call(self, x, seed, offset, params, inplace)
         if isinstance(seed, torch.Tensor) or torch.compiler.is_compiling():
             # torch.compile, torch.export (and the registered op's own
             # backward): the registered op on the stream as a tensor
@@ -154,6 +166,59 @@ class StochasticOp:
         # Nothing can differentiate or transform this call: the kernel itself
         # (the usual backward, and every call under no_grad).
         return self.kernel(x, seed, offset, *params)
+
+
+@torch.compiler.disable
+def _sharded_call(
+    op: StochasticOp,
+    x: Any,
+    seed: Any,
+    offset: Any,
+    params: tuple[Any, ...],
+    inplace: bool,
+) -> Any:
+    """``op`` on a DTensor: its shard draws its part of the logical tensor's
+    mask (:mod:`droplab.mesh`), and the result has ``x``'s placements.
+
+    Run eagerly inside compiled code (a graph break): the eager masks.
+    """
+    if op.geometry is None:
+        raise TypeError(
+            f"torch.ops.droplab.{op.name} does not take a DTensor: its draws "
+            f"have no declared geometry. Call it on x.to_local() (each shard "
+            f"then draws as a tensor of its own)."
+        )
+    if isinstance(seed, torch.Tensor):  # a module's stream in compiled code
+        seed, offset = (int(v) & MASK64 for v in seed.tolist())
+    elif seed is None:
+        # from torch's default generator: ranks draw alike when seeded alike
+        seed = draw_seed()
+    shared, per_element, how = op.geometry(*params)
+    where = plan(box_of(x, op.name), shared)
+    local = x.to_local()
+    if local.numel() == 0:  # an empty shard (uneven sharding): nothing to draw
+        y = local.clone()
+    elif isinstance(where, int):  # the whole mask, or one block of it
+        y = op(local, seed, offset + per_element * where, *params, inplace=inplace)
+    elif how == "runs":
+        y = op(local, seed, offset, *params, where, inplace=inplace)
+    elif how == "slices":  # elementwise: each run is a slice of the flat shard
+        rows = local.contiguous().view(-1, where.length)
+        pieces = [
+            op(rows[r], seed, offset + per_element * int(start), *params)
+            for r, start in enumerate(where.starts)
+        ]
+        y = torch.stack(pieces).view(local.shape) if pieces else local.clone()
+        if inplace:
+            local.copy_(y)
+    else:
+        raise ValueError(
+            f"The 'x' argument of {op.name} is a DTensor with placements "
+            f"{tuple(x.placements)}: with these arguments each mask row must lie "
+            f"whole on one rank, and it is split along a mask dimension after "
+            f"the first. Redistribute to Shard(0) or Replicate() first."
+        )
+    return x if inplace else wrap_like(y, x)
 
 
 def _batched_if_vmap_asks(x: torch.Tensor) -> torch.Tensor:
@@ -354,24 +419,49 @@ def _masked_scale_kernel(
     scale: str,
     sampler: str,
     shared_dims: Any,
+    runs: Runs | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return kernels.select(x)(
+    dims = shared_dims if type(shared_dims) is tuple else tuple(shared_dims)
+    kernel = kernels.select(x)
+    if runs is None:
+        return kernel(
+            x,
+            p=p,
+            seed=seed,
+            offset=offset,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=dims,
+            out=out,
+        )
+    return kernel(
         x,
         p=p,
         seed=seed,
         offset=offset,
         scale=scale,
         sampler=sampler,
-        shared_dims=shared_dims if type(shared_dims) is tuple else tuple(shared_dims),
+        shared_dims=dims,
         out=out,
+        runs=runs,
     )
+
+
+def _masked_scale_geometry(
+    p: float, scale: str, sampler: str, shared_dims: Any
+) -> tuple[tuple[int, ...], int, str]:
+    # the kernels draw runs of a Bernoulli mask; fixed counts and realized
+    # factors need whole rows
+    rows = sampler == "fixed" or scale == "realized"
+    return tuple(shared_dims), 1, "rows" if rows else "runs"
 
 
 MASKED_SCALE = StochasticOp(
     "masked_scale",
     "float p, str scale, str sampler, int[] shared_dims",
     _masked_scale_kernel,
+    geometry=_masked_scale_geometry,
 )
 """``y = x * mask * scale``, its derivative the same op: dropout and every
 variant that scales the kept units of a mask (channel, locked, DropPath,

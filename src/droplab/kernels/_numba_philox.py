@@ -339,3 +339,50 @@ def apply_keep_strided(
             ko -= shape[d] * keep_strides[d]
             coords[d] = 0
             d -= 1
+
+
+@njit(inline="always", cache=True)
+def _run_stream(base_block, head, start):
+    """(first block, head) of the run whose first mask element is ``start``
+    positions after the call's own stream start ``4 * base_block + head``."""
+    j = np.uint64(head) + np.uint64(start)
+    return base_block + j // np.uint64(4), np.int64(j % np.uint64(4))
+
+
+@njit(cache=True, nogil=True)
+def bernoulli_scale_runs(
+    x, out, lo, hi, starts, length, base_block, head, k0, k1, thr, factor
+):
+    """:func:`bernoulli_scale` of runs ``lo .. hi - 1`` of a shard (1-d, flat).
+
+    Run ``r`` is elements ``[r * length, (r + 1) * length)`` of ``x``; its
+    element ``i`` is mask position ``starts[r] + i`` of the logical tensor
+    (a DTensor shard, :mod:`droplab.mesh`): each run draws its own
+    words in one pass, from its own place in the stream.
+    """
+    buffer = np.empty(CHUNK + 8, np.uint32)
+    for r in range(lo, hi):
+        block, run_head = _run_stream(base_block, head, starts[r])
+        first = r * length
+        src = x[first : first + length]
+        dst = out[first : first + length]
+        for start in range(0, length, CHUNK):
+            stop = min(start + CHUNK, length)
+            _bernoulli_chunk(
+                src, dst, start, stop, block, run_head, k0, k1, thr, factor, buffer
+            )
+
+
+@njit(cache=True, nogil=True)
+def bernoulli_keep_runs(keep, lo, hi, starts, length, base_block, head, k0, k1, thr):
+    """:func:`bernoulli_keep` of runs ``lo .. hi - 1`` (see :func:`bernoulli_scale_runs`)."""
+    buffer = np.empty(CHUNK + 8, np.uint32)
+    for r in range(lo, hi):
+        block, run_head = _run_stream(base_block, head, starts[r])
+        dst = keep[r * length : (r + 1) * length]
+        for start in range(0, length, CHUNK):
+            stop = min(start + CHUNK, length)
+            words = chunk_words(start, stop, block, run_head, k0, k1, buffer)
+            part = dst[start:stop]
+            for i in range(words.size):
+                part[i] = 1 if words[i] < thr else 0

@@ -46,6 +46,7 @@ import torch
 
 from droplab import masks, scaling
 from droplab.kernels import _numba_philox as nk
+from droplab.mesh import Runs
 
 __all__ = ["PER_THREAD", "masked_scale", "supports"]
 
@@ -166,10 +167,13 @@ def masked_scale(
     sampler: str,
     shared_dims: tuple[int, ...],
     out: torch.Tensor | None = None,
+    runs: Runs | None = None,
 ) -> torch.Tensor:
     """``t * mask * train-scale`` on the CPU; see :mod:`droplab.kernels.reference`.
 
-    Arguments are assumed valid (the callers validate them).
+    Arguments are assumed valid (the callers validate them). ``runs``: ``t``
+    is a DTensor shard whose mask positions are these runs of the logical
+    mask (:mod:`droplab.mesh`).
 
     Examples:
         >>> x = torch.ones(2, 3)
@@ -178,6 +182,17 @@ def masked_scale(
         tensor([[2., 0., 0.],
                 [0., 0., 2.]])
     """
+    if runs is not None:
+        return _masked_scale_runs(
+            t,
+            p=p,
+            seed=seed,
+            offset=offset,
+            scale=scale,
+            shared_dims=shared_dims,
+            out=out,
+            runs=runs,
+        )
     if (  # the training default, on a tensor one thread does at once: no detours
         out is None
         and sampler == "bernoulli"
@@ -275,27 +290,7 @@ def masked_scale(
                 ),
             )
         elif scale != "realized":  # one factor: a pass in y's memory order
-            factor = np_compute(factors[0])
-            keep_strides = _broadcast_strides(own, shape)
-            dims, y_str, x_str, k_str = _collapse(
-                *_in_memory_order(shape, dst.stride(), x.stride(), keep_strides)
-            )
-            x_mem, y_mem = _memory(x), _memory(dst)
-            _split(
-                x.numel(),
-                lambda lo, hi: nk.apply_keep_strided(
-                    x_mem,
-                    y_mem,
-                    keep,
-                    dims,
-                    x_str,
-                    y_str,
-                    k_str,
-                    lo,
-                    hi,
-                    factor,
-                ),
-            )
+            _apply_keep(x, dst, keep, own, np_compute(factors[0]))
         else:  # per-row factors over shared dimensions or a strided layout
             keep_t = torch.from_numpy(keep.view(np.bool_)).reshape(own)
             if len(own) > 1:  # one factor per row, broadcast like the mask
@@ -310,6 +305,93 @@ def masked_scale(
 
     if writes_out and out is not None:
         return out
+    result = dst if compute == t.dtype else dst.to(t.dtype)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
+def _apply_keep(
+    x: torch.Tensor,
+    dst: torch.Tensor,
+    keep: npt.NDArray[np.uint8],
+    own: tuple[int, ...],
+    factor: np.floating,
+) -> None:
+    """``dst = where(keep, x * factor, +0)``, ``keep`` (flat, shape ``own``)
+    broadcast over the shared dims; one pass in ``dst``'s memory order."""
+    shape = tuple(x.shape)
+    keep_strides = _broadcast_strides(own, shape)
+    dims, y_str, x_str, k_str = _collapse(
+        *_in_memory_order(shape, dst.stride(), x.stride(), keep_strides)
+    )
+    x_mem, y_mem = _memory(x), _memory(dst)
+    _split(
+        x.numel(),
+        lambda lo, hi: nk.apply_keep_strided(
+            x_mem, y_mem, keep, dims, x_str, y_str, k_str, lo, hi, factor
+        ),
+    )
+
+
+def _masked_scale_runs(
+    t: torch.Tensor,
+    *,
+    p: float,
+    seed: int,
+    offset: int,
+    scale: str,
+    shared_dims: tuple[int, ...],
+    out: torch.Tensor | None,
+    runs: Runs,
+) -> torch.Tensor:
+    """:func:`masked_scale` of a DTensor shard whose mask is ``runs`` of the
+    logical stream (a Bernoulli mask with one factor: the rule of
+    :mod:`droplab.mesh`). One pass over the shard's runs; nothing
+    larger than the shard's own mask is drawn."""
+    compute = _COMPUTE[t.dtype]
+    np_compute = np.float64 if compute == torch.float64 else np.float32
+    x = t.detach().to(compute).contiguous()
+    dst = torch.empty_like(x)
+    shape = tuple(t.shape)
+    own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
+    base, head, k0, k1 = _stream_args(seed, offset)
+    threshold, factor = _threshold_and_factor(p, scale, np_compute)
+    starts, length = runs.starts, runs.length
+    if x.numel() == 0:
+        pass
+    elif own == shape:  # fused: draw and apply in one pass per run
+        x_flat = x.numpy().reshape(-1)
+        dst_flat = dst.numpy().reshape(-1)
+        _split(
+            starts.size,
+            lambda lo, hi: nk.bernoulli_scale_runs(
+                x_flat,
+                dst_flat,
+                lo,
+                hi,
+                starts,
+                length,
+                base,
+                head,
+                k0,
+                k1,
+                threshold,
+                factor,
+            ),
+            unit=length,
+        )
+    else:  # the shard's own mask, then broadcast over the shared dims
+        keep = np.empty(math.prod(own), np.uint8)
+        _split(
+            starts.size,
+            lambda lo, hi: nk.bernoulli_keep_runs(
+                keep, lo, hi, starts, length, base, head, k0, k1, threshold
+            ),
+            unit=length,
+        )
+        _apply_keep(x, dst, keep, own, factor)
     result = dst if compute == t.dtype else dst.to(t.dtype)
     if out is None:
         return result

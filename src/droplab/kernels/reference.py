@@ -33,6 +33,8 @@ import numpy.typing as npt
 import torch
 
 from droplab import masks, scaling
+from droplab.mesh import Runs
+from droplab.rng import random_words
 
 __all__ = ["mask_and_factor", "reference_masked_scale"]
 
@@ -98,18 +100,31 @@ def reference_masked_scale(
     sampler: str,
     shared_dims: tuple[int, ...],
     out: torch.Tensor | None = None,
+    runs: Runs | None = None,
 ) -> torch.Tensor:
-    """The reference path of :func:`masked_scale`: NumPy mask, torch multiply."""
+    """The reference path of :func:`masked_scale`: NumPy mask, torch multiply.
+
+    ``runs``: ``t`` is a DTensor shard whose (Bernoulli) mask positions are
+    these runs of the logical mask (:mod:`droplab.mesh`): each run's words
+    are the stream's from ``offset + start``.
+    """
     compute = scaling.compute_dtype(t.dtype)
-    keep, factor = mask_and_factor(
-        tuple(t.shape),
-        p=p,
-        seed=seed,
-        offset=offset,
-        scale=scale,
-        sampler=sampler,
-        shared_dims=shared_dims,
-    )
+    if runs is None:
+        keep, factor = mask_and_factor(
+            tuple(t.shape),
+            p=p,
+            seed=seed,
+            offset=offset,
+            scale=scale,
+            sampler=sampler,
+            shared_dims=shared_dims,
+        )
+    else:
+        own = masks.mask_shape(tuple(t.shape), shared_dims)
+        words = [random_words(seed, offset + int(s), runs.length) for s in runs.starts]
+        flat = np.concatenate(words) if words else np.zeros(0, np.uint32)
+        keep = (flat.astype(np.int64) < masks.keep_threshold(p)).reshape(own)
+        factor = np.asarray(scaling.train_scale(p, scale), dtype=np.float64)
     # The mask is drawn on the CPU and moved: the same bits on every device.
     keep_t = torch.from_numpy(keep).to(t.device)
     factor_t = torch.from_numpy(factor).to(device=t.device, dtype=compute)

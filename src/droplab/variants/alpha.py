@@ -113,7 +113,17 @@ def _alpha_linear(
 
 
 ALPHA_DROPOUT = StochasticOp(
-    "alpha_dropout", "float p, int[] shared_dims", _alpha_kernel, _alpha_linear
+    "alpha_dropout",
+    "float p, int[] shared_dims",
+    _alpha_kernel,
+    _alpha_linear,
+    # elementwise without shared dims (one slice per run of a DTensor shard);
+    # a feature mask is drawn whole-row only
+    geometry=lambda p, shared: (
+        tuple(shared),
+        1,
+        "rows" if tuple(shared) else "slices",
+    ),
 )
 """Alpha dropout with the mask of ``(seed, offset)``;
 ``torch.ops.droplab.alpha_dropout`` in a graph."""
@@ -239,7 +249,7 @@ class AlphaDropout(DropoutBase):
                 x.ndim, "have at least 2 dimensions (N, C, ...)", owner=owner
             )
         shared = tuple(range(2, x.ndim)) if self._feature else ()
-        seed, offset = self.next_stream(stream_elements(tuple(x.shape), shared))
+        seed, offset = self.next_stream(stream_elements(tuple(x.shape), shared), x)
         if self.p == 0.0 or x.numel() == 0:
             return x  # x itself, as torch returns its input
         # out of place whatever self.inplace says: torch's module does the same.

@@ -306,7 +306,7 @@ class _ChannelDropout(DropoutBase):
         seed, offset = None, 0
         if self.training:
             seed, offset = self.next_stream(
-                _stream_elements(tuple(x.shape), self._name)
+                _stream_elements(tuple(x.shape), self._name), x
             )
         return _apply(
             self._name,

@@ -196,7 +196,7 @@ class DropPath(DropoutBase):
                     f"a divisor of the batch size {x.shape[0]}",
                     owner=type(self).__name__,
                 )
-            seed, offset = self.next_stream(self.mask_elements(x))
+            seed, offset = self.next_stream(self.mask_elements(x), x)
         return _drop_path(
             x,
             self.p,

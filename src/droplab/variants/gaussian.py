@@ -83,7 +83,14 @@ def _noisy(
     return y if out is None else out.copy_(y)
 
 
-GAUSSIAN_NOISE = StochasticOp("gaussian_noise", "float p", _noisy)
+GAUSSIAN_NOISE = StochasticOp(
+    "gaussian_noise",
+    "float p",
+    _noisy,
+    # elementwise, two stream elements per element: a DTensor shard split
+    # inside a row draws one slice per run of the logical stream
+    geometry=lambda p: ((), 2, "slices"),
+)
 """``x`` times the noise of ``(seed, offset)``, its derivative the same op;
 ``torch.ops.droplab.gaussian_noise`` in a graph."""
 
@@ -155,7 +162,7 @@ class GaussianDropout(DropoutBase):
             x = check_floating_tensor(x, owner=type(self).__name__)
         if not self.training:
             return x
-        seed, offset = self.next_stream(2 * x.numel())
+        seed, offset = self.next_stream(2 * x.numel(), x)
         if self.p == 0.0:
             return x  # the identity (its stream elements stay used)
         return GAUSSIAN_NOISE(x, seed, offset, self.p)

@@ -140,7 +140,9 @@ class LockedDropout(DropoutBase):
         work = _batch_major(x, self.batch_first, type(self).__name__)
         seed, offset = None, 0
         if self.training:
-            seed, offset = self.next_stream(work.shape[0] * math.prod(work.shape[2:]))
+            seed, offset = self.next_stream(
+                work.shape[0] * math.prod(work.shape[2:]), x
+            )
         return _locked(
             x,
             work,
