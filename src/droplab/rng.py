@@ -43,6 +43,7 @@ Seeds and streams: every rule in this one file.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -254,6 +255,31 @@ def stream_seed(seed: int, module_index: int, call_index: int) -> int:
     )
     words = philox4x32(counter, np.array(seed_to_key(seed), np.uint64))
     return int(words[0]) | (int(words[1]) << 32)
+
+
+def path_seed(root: int, path: str) -> int:
+    """The seed of the module at ``path`` (its name in ``named_modules``) of a
+    model seeded with ``root``: :func:`derive_seed` of ``root`` and the
+    path's BLAKE2b digest.
+
+    A pure function of the path, not of a position in a walk: a pipeline
+    stage that keeps the full model's module names (as torchtitan's and
+    ``torch.distributed.pipelining``'s splits do) gives each module the
+    seed it has in the whole model.
+
+    >>> path_seed(0, "layers.3.dropout") == path_seed(0, "layers.3.dropout")
+    True
+    >>> path_seed(0, "layers.3.dropout") != path_seed(0, "layers.4.dropout")
+    True
+    """
+    root = check_seed(root, "root", owner="path_seed")
+    if not isinstance(path, str):
+        raise fail(
+            "path", path, "a module name (a str)", owner="path_seed", kind=TypeError
+        )
+    digest = hashlib.blake2b(path.encode("utf-8"), digest_size=16).digest()
+    words = np.frombuffer(digest, dtype="<u4")
+    return derive_seed(root, *(int(w) for w in words))
 
 
 def derive_seed(root: int, *keys: int) -> int:

@@ -92,10 +92,34 @@ def test_a_seed_gives_distinct_derived_seeds_and_replays_the_model() -> None:
         )
 
     a, b = droplab.convert(make(), seed=7), droplab.convert(make(), seed=7)
-    assert a[1].seed == droplab.rng.derive_seed(7, 0) != a[3].seed
+    assert a[1].seed == droplab.rng.path_seed(7, "1") != a[3].seed
     x = torch.randn(5, 6)
     assert torch.equal(a(x), b(x)) and torch.equal(a(x), b(x))
     assert not torch.equal(a(x), droplab.convert(make(), seed=8)(x))
+
+
+def test_convert_seeds_follow_module_paths_so_pipeline_stages_keep_them() -> None:
+    # A pipeline split keeps the model's module names (torchtitan deletes the
+    # other stages' layers from a ModuleDict): each module keeps its seed.
+    def make(layers: range) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Module()
+        model.layers = nn.ModuleDict(
+            {str(i): nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)) for i in range(4)}
+        )
+        for i in set(range(4)) - set(layers):
+            del model.layers[str(i)]
+        return model
+
+    whole = droplab.convert(make(range(4)), seed=11)
+    stage = droplab.convert(make(range(2, 4)), seed=11)  # the second stage
+    for i in ("2", "3"):
+        ours = stage.layers[i][1]
+        assert ours.seed == whole.layers[i][1].seed
+        assert ours.seed == droplab.rng.path_seed(11, f"layers.{i}.1")
+    x = torch.ones(3, 4)
+    assert torch.equal(whole.layers["3"][1](x), stage.layers["3"][1](x))
+    assert whole.layers["0"][1].seed != whole.layers["1"][1].seed
 
 
 def test_timm_drop_path_is_recognised_without_importing_timm() -> None:

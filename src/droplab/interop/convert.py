@@ -27,7 +27,7 @@ from torch import nn
 from droplab._core.module import StochasticModule
 from droplab._validation import check_seed, fail
 from droplab.interop.kinds import droplab_back, kind_of
-from droplab.rng import derive_seed
+from droplab.rng import path_seed
 
 __all__ = [
     "ConversionPlan",
@@ -138,9 +138,12 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
         model: any ``nn.Module``; changed in place.
         seed: None keeps torch's behaviour (a fresh seed per call from torch's
             default generator, so ``torch.manual_seed`` reproduces a run); an
-            int in ``[0, 2**64)`` gives the ``i``-th swapped module the seed
-            ``droplab.rng.derive_seed(seed, i)``, so the whole model replays
-            from one number.
+            int in ``[0, 2**64)`` gives the swapped module named ``name`` (in
+            ``model.named_modules()``) the seed
+            ``droplab.rng.path_seed(seed, name)``, so the whole model replays
+            from one number, and a pipeline stage that keeps the model's
+            module names draws the masks those modules draw in the whole
+            model.
 
     Returns:
         ``model`` itself.
@@ -148,7 +151,7 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
     Examples:
         >>> net = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2))
         >>> convert(net, seed=0)[1]
-        Dropout(p=0.5, inplace=False, seed=8069282889424829228, offset=0)
+        Dropout(p=0.5, inplace=False, seed=3633042681944282055, offset=0)
     """
     plan = conversion_plan(model)
     if seed is not None:
@@ -164,7 +167,7 @@ def convert(model: nn.Module, *, seed: int | None = None) -> nn.Module:
                 owner="convert",
             )
         if seed is not None:
-            new.seed = derive_seed(seed, index)
+            new.seed = path_seed(seed, name)
         _swap(modules, name, new)
         logger.info("droplab.convert: %s", plan.summary().splitlines()[index])
     if plan.unmapped:
