@@ -32,6 +32,24 @@ logical shape ``S``, local shape ``L`` and start ``s``,
 - otherwise the shard is ``R`` runs of ``prod(L[k:])`` consecutive logical
   positions, ``k`` the last dim where ``L`` and ``S`` differ: the kernel takes
   the runs' starts (``R`` integers) and draws each run's words in one pass.
+
+**Local tensors.** A tensor-parallel plan often hands a module a plain local
+tensor (``ColwiseParallel``'s default ``use_local_output=True``), and data
+parallelism (DDP, FSDP2) always does. Such a tensor keeps the rank fold
+(:mod:`droplab.distributed`: each rank its own stream) unless its layout is
+declared, in one line:
+
+- in a TP plan, :class:`ShardedInput` as the dropout module's style, e.g.
+  ``{"attn.dropout": ShardedInput(Shard(-1))}`` for heads split across the
+  TP ranks;
+- for data parallelism, ``shard_inputs(model, dp_mesh, [Shard(0)])``: every
+  droplab module of ``model`` reads its input as this rank's contiguous slice
+  of the global batch, so DP=1 with batch ``B`` and DP=k with slices of
+  ``B/k`` draw the same mask for each global sample.
+
+Either wraps the input as a DTensor (``DTensor.from_local``, no
+communication: shards of equal size, as plans and samplers give) and the
+output back to a local tensor.
 """
 
 from __future__ import annotations
@@ -44,12 +62,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch import nn
+from torch.distributed.tensor import DeviceMesh, DTensor, Placement, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+from torch.distributed.tensor.parallel import ParallelStyle
 
+from droplab._validation import fail
 from droplab.masks import mask_shape
 
-__all__ = ["Box", "Runs", "box_of", "is_dtensor", "plan", "wrap_like"]
+__all__ = [
+    "Box",
+    "Runs",
+    "ShardedInput",
+    "box_of",
+    "is_dtensor",
+    "plan",
+    "refuse_dtensor",
+    "shard_inputs",
+    "wrap_like",
+]
 
 
 def is_dtensor(x: Any) -> bool:
@@ -91,6 +122,17 @@ def _refuse(x: DTensor, owner: str, what: str) -> Exception:
         f"The 'x' argument of {owner} is a DTensor with placements "
         f"{tuple(x.placements)}: {what}"
     )
+
+
+def refuse_dtensor(x: Any, owner: str) -> None:
+    """Raise if ``x`` is a DTensor: for ops whose draws have no mesh rule yet."""
+    if type(x) is not torch.Tensor and is_dtensor(x):
+        raise TypeError(
+            f"The 'x' argument of {owner} is a DTensor with placements "
+            f"{tuple(x.placements)}; {owner} does not draw on a mesh yet. Call "
+            f"it on x.to_local() (each shard then draws as a tensor of its own, "
+            f"keyed by its rank) or on x.full_tensor()."
+        )
 
 
 def box_of(x: DTensor, owner: str) -> Box:
@@ -156,3 +198,80 @@ def wrap_like(y: torch.Tensor, x: DTensor) -> DTensor:
         shape=x.shape,
         stride=x.stride(),
     )
+
+
+def _local_in_out(
+    module: nn.Module, mesh: DeviceMesh, placements: tuple[Placement, ...]
+) -> nn.Module:
+    """Hooks: ``module`` reads its local input as a shard with ``placements``
+    on ``mesh`` and returns a local tensor again."""
+
+    def enter(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not args or not isinstance(args[0], torch.Tensor) or is_dtensor(args[0]):
+            return None  # a DTensor keeps its own placements
+        sharded = DTensor.from_local(args[0], mesh, placements, run_check=False)
+        return (sharded, *args[1:])
+
+    def leave(_: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return output.to_local() if is_dtensor(output) else output
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave)
+    return module
+
+
+def _placements(placements: Placement | Sequence[Placement], owner: str) -> tuple:
+    found = (placements,) if isinstance(placements, Placement) else tuple(placements)
+    if not found or not all(
+        type(p) is Shard or isinstance(p, Replicate) for p in found
+    ):
+        raise fail(
+            "placements",
+            placements,
+            "a Shard(d) or Replicate() placement, or a sequence of them (one per "
+            "mesh dimension)",
+            owner=owner,
+            kind=TypeError,
+        )
+    return found
+
+
+class ShardedInput(ParallelStyle):
+    """A TP-plan style for a droplab dropout module whose input is a local shard.
+
+    ``parallelize_module(block, tp_mesh, {"attn.dropout": ShardedInput(Shard(-1))})``:
+    the module reads its local input as the shard ``placements`` describe
+    (one per mesh dimension; a single placement for a 1-d mesh) and draws its
+    part of the logical tensor's mask; it returns a local tensor, as it got
+    one. ``Replicate()`` declares an activation every rank of the group holds
+    whole: every rank then draws the same mask.
+
+    Args:
+        placements: the input's layout on the plan's mesh.
+    """
+
+    def __init__(self, placements: Placement | Sequence[Placement]) -> None:
+        super().__init__()
+        self.placements = _placements(placements, "ShardedInput")
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        return _local_in_out(module, device_mesh, self.placements)
+
+
+def shard_inputs(
+    model: nn.Module,
+    device_mesh: DeviceMesh,
+    placements: Placement | Sequence[Placement],
+) -> nn.Module:
+    """Declare the layout of every droplab module's local input in ``model``.
+
+    For data parallelism (DDP, FSDP2), ``shard_inputs(model, dp_mesh,
+    [Shard(0)])``: each rank's batch is its contiguous slice of the global
+    batch, so a global sample draws the same mask whatever the DP degree.
+    Modules that get a DTensor keep its own placements. Returns ``model``.
+    """
+    found = _placements(placements, "shard_inputs")
+    for module in model.modules():
+        if hasattr(module, "next_stream"):  # droplab's StochasticModule
+            _local_in_out(module, device_mesh, found)
+    return model

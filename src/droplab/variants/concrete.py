@@ -45,6 +45,7 @@ from droplab._validation import (
     check_probability,
     fail,
 )
+from droplab.mesh import refuse_dtensor
 from droplab.rng import resolve_seed
 
 __all__ = ["ConcreteDropout", "concrete_dropout"]
@@ -117,6 +118,7 @@ def concrete_dropout(
     """
     owner = "concrete_dropout"
     x = check_floating_tensor(x, owner=owner)
+    refuse_dtensor(x, owner)
     p_t = (
         p
         if isinstance(p, torch.Tensor)

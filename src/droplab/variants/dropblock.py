@@ -40,6 +40,7 @@ from droplab._validation import (
     check_probability,
     fail_ndim,
 )
+from droplab.mesh import refuse_dtensor
 from droplab.rng import resolve_seed
 
 __all__ = ["DropBlock2d", "drop_block2d", "drop_block_gamma"]
@@ -162,6 +163,7 @@ def drop_block2d(
     """
     owner = "drop_block2d"
     x, p, block_size = _check(x, p, block_size, owner)
+    refuse_dtensor(x, owner)
     training = check_bool(training, "training", owner=owner)
     shared = check_bool(shared_channels, "shared_channels", owner=owner)
     seed_, offset_ = resolve_seed(seed, offset, owner, draw=training and p > 0.0)
@@ -226,6 +228,7 @@ class DropBlock2d(DropoutBase):
             return x
         owner = type(self).__name__
         x = check_floating_tensor(x, owner=owner)
+        refuse_dtensor(x, owner)
         if x.ndim != 4:
             raise fail_ndim(x.ndim, "be a 4-d (N, C, H, W) tensor", owner=owner)
         p = self.current_p

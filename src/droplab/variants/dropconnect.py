@@ -48,6 +48,7 @@ from droplab._validation import (
     fail,
 )
 from droplab.masks import SAMPLERS
+from droplab.mesh import refuse_dtensor
 from droplab.rng import draw_seed
 from droplab.scaling import SCALES, eval_scale, train_scale
 
@@ -132,6 +133,8 @@ def drop_connect_linear(
     owner = "drop_connect_linear"
     x = check_floating_tensor(x, owner=owner)
     weight = check_floating_tensor(weight, "weight", owner=owner)
+    refuse_dtensor(x, owner)
+    refuse_dtensor(weight, owner)
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise fail(
             "weight",
