@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from droplab import kernels, masks, rng
 from droplab.kernels.reference import reference_masked_scale
+from droplab.mesh import Box, Runs, plan
 from droplab.scaling import SCALES
 
 pytest.importorskip("triton")
@@ -451,3 +452,38 @@ def test_cuda_keeps_the_layout_and_the_cpu_values() -> None:
             on_cuda = make()(t.cuda())
             assert on_cuda.stride() == on_cpu.stride() == torch.empty_like(t).stride()
             assert torch.equal(on_cuda.cpu(), on_cpu)
+
+
+# A DTensor shard's runs of the logical stream (droplab.mesh): a 2-d box of
+# a (9, 14) tensor, and of a (4, 6, 5) one with a shared dim; runs start at
+# positions that are not multiples of 4.
+RUN_BOXES = [
+    (Box((9, 14), (2, 5), (4, 6)), ()),
+    (Box((9, 14), (0, 13), (9, 1)), ()),
+    (Box((4, 6, 5), (1, 2, 0), (2, 3, 5)), (2,)),
+]
+
+
+@pytest.mark.usefixtures("interpreter")
+@pytest.mark.parametrize(("box", "shared"), RUN_BOXES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("offset", [0, 4 * 2**32 - 6])
+def test_runs_agree_with_the_cpu_kernel_and_the_unsharded_mask(
+    box: Box, shared: tuple[int, ...], dtype: torch.dtype, offset: int
+) -> None:
+    from droplab.kernels import cpu
+
+    runs = plan(box, shared)
+    assert isinstance(runs, Runs)
+    full = torch.randn(box.shape, dtype=torch.float64).to(dtype)
+    window = tuple(slice(s, s + n) for s, n in zip(box.start, box.local, strict=True))
+    local = full[window].contiguous()
+    args = dict(p=0.4, seed=2**63 + 5, offset=offset, scale="inverted")
+    args |= dict(sampler="bernoulli", shared_dims=shared)
+    triton_result = gpu.masked_scale(local, **args, runs=runs)
+    cpu_result = cpu.masked_scale(local, **args, runs=runs)
+    reference = reference_masked_scale(local, **args, runs=runs)
+    unsharded = reference_masked_scale(full, **args)[window]
+    assert same_bits(triton_result, cpu_result)
+    assert same_bits(cpu_result, reference)
+    assert same_bits(reference, unsharded.contiguous())

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from droplab import masks, scaling
+from droplab.mesh import Runs
 
 __all__ = ["BLOCK", "interpreting", "masked_scale", "runs_on"]
 
@@ -137,6 +138,94 @@ def _bernoulli_scale_kernel(
         tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=inside)
 
 
+def _run_words(
+    starts_ptr, length, n, head, first_lo, first_hi, key_lo, key_hi, pid, BLOCK
+):
+    """(index, inside, words) of local mask elements ``pid * BLOCK + arange(BLOCK)``
+    of a DTensor shard whose positions are runs (:class:`droplab.mesh.Runs`).
+
+    Element ``i`` is run ``r = i // length``'s element ``i % length``, at
+    stream element ``4 * first + head + starts[r] + i % length``; each element
+    computes its own Philox block (the runs need not be aligned to 4) and
+    keeps its word.
+    """
+    index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    inside = index < n
+    run = index // length
+    start = tl.load(starts_ptr + run, mask=inside, other=0)
+    position = start + (index - run * length) + head  # from 4 * first
+    block = position >> 2
+    which = position & 3
+    low = first_lo.to(tl.int64) + (block & 0xFFFFFFFF)  # < 2**33
+    c0 = (low & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((first_hi.to(tl.int64) + (block >> 32) + (low >> 32)) & 0xFFFFFFFF).to(
+        tl.uint32
+    )
+    c2 = c0 * 0
+    c3 = c0 * 0
+    k0 = key_lo.to(tl.uint32)
+    k1 = key_hi.to(tl.uint32)
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi2 = tl.umulhi(c2, 0xCD9E8D57)
+        lo2 = c2 * 0xCD9E8D57
+        c0 = hi2 ^ c1 ^ k0
+        c1 = lo2
+        c2 = hi0 ^ c3 ^ k1
+        c3 = lo0
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    words = tl.where(
+        which == 0, c0, tl.where(which == 1, c1, tl.where(which == 2, c2, c3))
+    )
+    return index, inside, words
+
+
+def _run_scale_kernel(
+    x_ptr,
+    out_ptr,
+    factor_ptr,
+    starts_ptr,
+    length,
+    n,
+    head,
+    first_lo,
+    first_hi,
+    key_lo,
+    key_hi,
+    threshold,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    index, inside, words = _run_words(
+        starts_ptr, length, n, head, first_lo, first_hi, key_lo, key_hi, pid, BLOCK
+    )
+    factor = tl.load(factor_ptr)
+    x = tl.load(x_ptr + index, mask=inside, other=0.0)
+    y = tl.where(words.to(tl.int64) < threshold, x.to(factor.dtype) * factor, 0.0)
+    tl.store(out_ptr + index, y, mask=inside)  # the compute dtype: cast outside
+
+
+def _run_words_kernel(
+    out_ptr,
+    starts_ptr,
+    length,
+    n,
+    head,
+    first_lo,
+    first_hi,
+    key_lo,
+    key_hi,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    index, inside, words = _run_words(
+        starts_ptr, length, n, head, first_lo, first_hi, key_lo, key_hi, pid, BLOCK
+    )
+    tl.store(out_ptr + index, words.to(tl.int64), mask=inside)
+
+
 def _words_kernel(
     out_ptr, n, head, first_lo, first_hi, key_lo, key_hi, BLOCK: tl.constexpr
 ):
@@ -153,25 +242,40 @@ _RUNTIME_SCALARS = ["n", "head", "first_lo", "first_hi", "key_lo", "key_hi"]
 
 
 @functools.cache
-def _kernels(interpret: bool) -> tuple[Any, Any]:
-    """The jitted kernels, built per mode: ``triton.jit`` reads ``TRITON_INTERPRET``."""
+def _kernels(interpret: bool) -> tuple[Any, ...]:
+    """The jitted kernels, built per mode: ``triton.jit`` reads ``TRITON_INTERPRET``.
+
+    ``(fused, words, fused over runs, words over runs)``.
+    """
     del interpret  # the cache key only
     helper = triton.jit(_philox_words)
-    return tuple(
-        triton.jit(_with_helper(kernel, helper), do_not_specialize=_RUNTIME_SCALARS)
+    run_helper = triton.jit(_run_words)
+    plain = tuple(
+        triton.jit(
+            _with_helper(kernel, "_philox_words", helper),
+            do_not_specialize=_RUNTIME_SCALARS,
+        )
         for kernel in (_bernoulli_scale_kernel, _words_kernel)
     )
+    runs = tuple(
+        triton.jit(
+            _with_helper(kernel, "_run_words", run_helper),
+            do_not_specialize=[*_RUNTIME_SCALARS, "length"],
+        )
+        for kernel in (_run_scale_kernel, _run_words_kernel)
+    )
+    return (*plain, *runs)
 
 
-def _with_helper(kernel: Any, helper: Any) -> Any:
-    """A copy of ``kernel`` whose global ``_philox_words`` is the jitted ``helper``.
+def _with_helper(kernel: Any, name: str, helper: Any) -> Any:
+    """A copy of ``kernel`` whose global ``name`` is the jitted ``helper``.
 
     The copy keeps the annotations: they are how ``triton.jit`` knows that
     ``BLOCK`` and ``OUT_BF16`` are ``tl.constexpr``. (A copy without them still
     runs in the interpreter, but the real compiler then sees runtime integers and
     refuses ``tl.arange(0, BLOCK // 4)``; found on the first run on a GPU.)
     """
-    scope = dict(kernel.__globals__, _philox_words=helper)
+    scope = dict(kernel.__globals__, **{name: helper})
     clone = types.FunctionType(
         kernel.__code__,
         scope,
@@ -236,6 +340,39 @@ def _keep_mask(
     return keep.reshape(own)
 
 
+def _masked_scale_runs(
+    x: torch.Tensor,
+    p: float,
+    seed: int,
+    offset: int,
+    scale: str,
+    own: tuple[int, ...],
+    runs: Runs,
+) -> torch.Tensor:
+    """The shard's result (``x`` contiguous): fused when the mask covers ``x``,
+    else the shard's own mask broadcast over the shared dims."""
+    compute = _COMPUTE[x.dtype]
+    n = math.prod(own)
+    starts = torch.from_numpy(runs.starts).to(x.device)
+    grid, args = _launch_args(n, seed, offset)
+    args = (max(runs.length, 1), *args)  # length, n, head, first, key
+    grid = (triton.cdiv(n, BLOCK),)
+    factor = _factor_tensor(scaling.train_scale(p, scale), compute, x.device)
+    kernels = _kernels(interpreting())
+    if own == tuple(x.shape):
+        result = torch.empty(x.shape, dtype=compute, device=x.device)
+        if n:
+            kernels[2][grid](
+                x, result, factor, starts, *args, masks.keep_threshold(p), BLOCK=BLOCK
+            )
+        return result.to(x.dtype)
+    words = torch.empty(n, dtype=torch.int64, device=x.device)
+    if n:
+        kernels[3][grid](words, starts, *args, BLOCK=BLOCK)
+    keep = (words < masks.keep_threshold(p)).reshape(own)
+    return torch.where(keep, (x.to(compute) * factor).to(x.dtype), 0.0)
+
+
 def masked_scale(
     t: torch.Tensor,
     *,
@@ -246,13 +383,20 @@ def masked_scale(
     sampler: str,
     shared_dims: tuple[int, ...],
     out: torch.Tensor | None = None,
+    runs: Runs | None = None,
 ) -> torch.Tensor:
-    """``t * mask * train-scale`` with Triton; see :mod:`droplab.kernels.reference`."""
+    """``t * mask * train-scale`` with Triton; see :mod:`droplab.kernels.reference`.
+
+    ``runs``: ``t`` is a DTensor shard whose (Bernoulli, one-factor) mask
+    positions are these runs of the logical mask (:mod:`droplab.mesh`).
+    """
     shape = tuple(t.shape)
     compute = _COMPUTE[t.dtype]
     own = masks.mask_shape(shape, shared_dims)
     x = t.detach().contiguous()
-    if sampler == "bernoulli" and scale != "realized" and own == shape:
+    if runs is not None:
+        result = _masked_scale_runs(x, p, seed, offset, scale, own, runs)
+    elif sampler == "bernoulli" and scale != "realized" and own == shape:
         factor = _factor_tensor(scaling.train_scale(p, scale), compute, t.device)
         result = torch.empty(shape, dtype=t.dtype, device=t.device)
         if x.numel():
