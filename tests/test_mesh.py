@@ -297,6 +297,20 @@ def run_data_parallel(x: torch.Tensor, mesh: Any = None) -> list[torch.Tensor]:
     return found
 
 
+def run_compiled(mesh: Any = None) -> list[torch.Tensor]:
+    """A compiled model's outputs on a Shard(1) DTensor over two calls."""
+    x = _input((6, 10), salt=5)
+    model = nn.Sequential(nn.Tanh(), dnn.Dropout(0.5, seed=3), nn.Tanh())
+    if mesh is None:
+        return [model(x) for _ in range(2)] + [torch.tensor(model[1].offset)]
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    compiled = torch.compile(model)
+    sharded = distribute_tensor(x, mesh, [Shard(1)])
+    outs = [compiled(sharded).full_tensor() for _ in range(2)]
+    return [*outs, torch.tensor(model[1].offset)]
+
+
 BLOCK_INPUT = (2, 8, 16)
 DP_INPUT = (8, 8)
 
@@ -335,6 +349,7 @@ def worker(rank: int, world: int, store: Path, out: Path) -> None:
             results["tp"] = run_block(x, mesh)
             results["tp_sp"] = run_block(x, mesh, sequence=True)
             results["dp"] = run_data_parallel(_input(DP_INPUT, salt=4), mesh)
+            results["compiled"] = run_compiled(mesh)
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -449,6 +464,16 @@ def test_declared_batch_layout_gives_each_global_sample_its_mask(
 ) -> None:
     alone = run_data_parallel(_input(DP_INPUT, salt=4))
     for got, want in zip(two["dp"], alone, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_compiled_model_on_a_dtensor_draws_the_eager_masks(
+    two: dict[str, Any],
+) -> None:
+    # the DTensor path runs eagerly inside the compiled code (a graph break)
+    expected = run_compiled()
+    found = two["compiled"]
+    for got, want in zip(found, expected, strict=True):
         assert torch.equal(got, want)
 
 
