@@ -33,6 +33,13 @@ def cases(n: int) -> list[tuple[str, Callable[[], object], Callable[[], object]]
     ours, theirs = dnn.Dropout(0.5), torch.nn.Dropout(0.5)
     alpha, t_alpha = dnn.AlphaDropout(0.2), torch.nn.AlphaDropout(0.2)
     gauss = dnn.GaussianDropout(0.3)
+    path = dnn.DropPath(0.2)
+
+    def timm_drop_path(t: torch.Tensor) -> torch.Tensor:
+        # timm.layers.drop_path, written out (timm is not in the base environment)
+        keep = 0.8
+        shape = (t.shape[0],) + (1,) * (t.ndim - 1)
+        return t * t.new_empty(shape).bernoulli_(keep).div_(keep)
 
     def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
         def run() -> object:
@@ -57,6 +64,11 @@ def cases(n: int) -> list[tuple[str, Callable[[], object], Callable[[], object]]
             "no_grad Dropout()(x)",
             no_grad(lambda: ours(plain)),
             no_grad(lambda: theirs(plain)),
+        ),
+        (
+            "DropPath()(x)",
+            lambda: path(x.view(-1, 1)),
+            lambda: timm_drop_path(x.view(-1, 1)),
         ),
         (
             "AlphaDropout()(x).backward(g)",
