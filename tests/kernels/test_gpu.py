@@ -187,7 +187,7 @@ def test_kernels_compile_for_a_gpu_without_one(dtype: torch.dtype, scalar: str) 
     # The interpreter runs kernels that the real compiler refuses (the first GPU
     # run found one: BLOCK had lost its tl.constexpr annotation). Triton compiles
     # to PTX and cubin on any machine, so every launch signature is compiled here.
-    fused, words = gpu._kernels(False)
+    fused, words, run_fused, run_words = gpu._kernels(False)
     assert [p.name for p in fused.params if p.is_constexpr] == ["BLOCK", "OUT_BF16"]
     assert [p.name for p in words.params if p.is_constexpr] == ["BLOCK"]
     x, out, factor = _POINTERS[dtype]
@@ -209,6 +209,27 @@ def test_kernels_compile_for_a_gpu_without_one(dtype: torch.dtype, scalar: str) 
     asm = _compile_for_hopper(
         words,
         {"out_ptr": "*i64", **scalars, "BLOCK": "constexpr"},
+        {"BLOCK": gpu.BLOCK},
+    )
+    assert "cubin" in asm
+    # a DTensor shard's runs (droplab.mesh): the result in the compute dtype
+    runs = {"starts_ptr": "*i64", "length": scalar, **scalars}
+    asm = _compile_for_hopper(
+        run_fused,
+        {
+            "x_ptr": x,
+            "out_ptr": factor,
+            "factor_ptr": factor,
+            **runs,
+            "threshold": "i64",
+            "BLOCK": "constexpr",
+        },
+        {"BLOCK": gpu.BLOCK},
+    )
+    assert "cubin" in asm and ".target sm_90" in str(asm["ptx"])
+    asm = _compile_for_hopper(
+        run_words,
+        {"out_ptr": "*i64", **runs, "BLOCK": "constexpr"},
         {"BLOCK": gpu.BLOCK},
     )
     assert "cubin" in asm
