@@ -72,13 +72,16 @@ def rank(module: str) -> int | None:
     return None if best is None else best[1]
 
 
-def module_level_imports(path: Path) -> set[str]:
-    """The droplab modules ``path`` imports when it is imported itself."""
+def module_level_imports(path: Path, *, in_functions: bool = False) -> set[str]:
+    """The droplab modules ``path`` imports when it is imported itself (and,
+    with ``in_functions``, those its functions import when they run)."""
     found: set[str] = set()
 
     def visit(nodes: list[ast.AST]) -> None:
         for node in nodes:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                if in_functions and not isinstance(node, ast.Lambda):
+                    visit(list(ast.walk(node))[1:])
                 continue
             if isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name.startswith("droplab"))
@@ -138,6 +141,12 @@ def cycle(graph: dict[str, set[str]]) -> list[str]:
 
 
 GRAPH = {name: module_level_imports(path) for name, path in MODULES.items()}
+# Every import, those run inside functions (optional dependencies, lazy
+# loading) included.
+ALL_IMPORTS = {
+    name: module_level_imports(path, in_functions=True)
+    for name, path in MODULES.items()
+}
 
 
 def test_every_module_has_a_layer():
@@ -155,6 +164,19 @@ def test_module_level_imports_point_down():
 
 def test_no_module_level_import_cycle():
     assert cycle(GRAPH) == []
+
+
+def test_imports_inside_functions_point_down_too():
+    assert violations(ALL_IMPORTS) == []
+
+
+def test_no_import_cycle_even_through_functions():
+    # a package importing its own submodule on first use is not a cycle
+    within_package = {
+        name: {t for t in targets if not t.startswith(name + ".")}
+        for name, targets in ALL_IMPORTS.items()
+    }
+    assert cycle(within_package) == []
 
 
 @pytest.mark.parametrize(

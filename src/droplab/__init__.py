@@ -19,7 +19,7 @@ _EXPORTS = {
     "Dropout": "droplab._core.dropout",
     "dropout": "droplab._core.dropout",
     "mc_dropout": "droplab._core.modes",
-    "weight_scaled": "droplab._core.modes",
+    "weight_scaled": "droplab.interop.weight_scaling",
     "StochasticModule": "droplab._core.module",
     "InputDtypeError": "droplab._validation",
     "InputRankError": "droplab._validation",
@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and IDEs
     from droplab._core.dropout import Dropout as Dropout
     from droplab._core.dropout import dropout as dropout
     from droplab._core.modes import mc_dropout as mc_dropout
-    from droplab._core.modes import weight_scaled as weight_scaled
     from droplab._core.module import StochasticModule as StochasticModule
     from droplab._validation import InputDtypeError as InputDtypeError
     from droplab._validation import InputRankError as InputRankError
@@ -47,6 +46,7 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and IDEs
     from droplab.interop import convert as convert  # type: ignore[no-redef]
     from droplab.interop import intercept as intercept  # type: ignore[no-redef]
     from droplab.interop import revert as revert
+    from droplab.interop.weight_scaling import weight_scaled as weight_scaled
     from droplab.masks import bernoulli_mask as bernoulli_mask
     from droplab.masks import fixed_count_mask as fixed_count_mask
     from droplab.masks import keep_threshold as keep_threshold

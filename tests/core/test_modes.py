@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from droplab._core.modes import weight_scaled
+from droplab.interop.weight_scaling import weight_scaled
 from droplab.nn import Dropout
 from droplab.variants import (
     ConcreteDropout,

@@ -4,7 +4,6 @@ intercept and mc_predict read it; the docs table is generated from it."""
 from __future__ import annotations
 
 import inspect
-
 from pathlib import Path
 
 import pytest

@@ -41,27 +41,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from droplab._core.fx import Proxy, as_module_node
-from droplab._core.registered import drawn_state, snapshot
+from droplab._core.registered import MASK64, as_int64, drawn_state, snapshot
 from droplab._validation import (
     check_int,
     check_offset,
     check_seed,
     fail,
 )
+from droplab.distributed import RANK_MULTIPLIER, current_rank, stream_key
 from droplab.mesh import is_dtensor
 from droplab.rng import draw_seed
 from droplab.scaling import eval_scale
-
-_MASK64 = 2**64 - 1
-# The golden-ratio constant of droplab.distributed.fold_rank.
-_FOLD = 0x9E3779B97F4A7C15
 
 __all__ = ["StochasticModule"]
 
@@ -70,20 +66,8 @@ __all__ = ["StochasticModule"]
 _STATE_LIMIT = 2**64
 
 
-@functools.cache
-def _distributed() -> ModuleType:
-    """The :mod:`droplab.distributed` module, imported on first use."""
-    from droplab import distributed
-
-    return distributed
-
-
-def _as_int64(value: int) -> int:
-    return value - 2**64 if value >= 2**63 else value
-
-
 def _current_rank() -> int:
-    return int(_distributed().current_rank())
+    return int(current_rank())
 
 
 # Dynamo cannot trace a ContextVar: in a graph the rank is read once, when the
@@ -111,8 +95,9 @@ class StochasticModule(nn.Module):
         tensor([-1,  0])
     """
 
-    # Whether forward draws only through droplab.dropout (which takes the
-    # tensor stream of next_state in a graph): then it compiles into the graph.
+    # Whether forward draws only through declared ops (StochasticOp: masked
+    # scale, alpha dropout, Gaussian noise), which take the tensor stream of
+    # next_state in a graph: then it compiles into the graph.
     # A subclass that defines forward without setting it runs its training
     # forward eagerly inside compiled code (a graph break, the eager masks).
     traceable: ClassVar[bool] = False
@@ -142,7 +127,7 @@ class StochasticModule(nn.Module):
     def seed(self) -> int | None:
         if not self._owns_seed:
             return None
-        return int(self.rng_state[0]) & _MASK64
+        return int(self.rng_state[0]) & MASK64
 
     @seed.setter
     def seed(self, value: int | None) -> None:
@@ -152,12 +137,12 @@ class StochasticModule(nn.Module):
             return
         value = check_seed(value, owner=owner)
         with torch.no_grad():
-            self.rng_state[0] = _as_int64(value)
+            self.rng_state[0] = as_int64(value)
         self._owns_seed = True
 
     @property
     def offset(self) -> int:
-        return int(self.rng_state[1]) & _MASK64
+        return int(self.rng_state[1]) & MASK64
 
     @offset.setter
     def offset(self, value: int) -> None:
@@ -166,7 +151,7 @@ class StochasticModule(nn.Module):
         if value >= 2**64:  # what the int64 state holds
             raise fail("offset", value, "an int in [0, 2**64)", owner=owner)
         with torch.no_grad():
-            self.rng_state[1] = _as_int64(value)
+            self.rng_state[1] = as_int64(value)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # .to(device), .cuda(), .half() ... move parameters and buffers; the
@@ -182,9 +167,7 @@ class StochasticModule(nn.Module):
         :func:`droplab.distributed.stream_key`, the one place where the process
         rank folds into the key (``seed`` itself on rank 0 and in one process).
         """
-        # Looked up at call time: droplab.distributed stays out of the package's
-        # import chain, so a doctest run of that file alone imports it only once.
-        return int(_distributed().stream_key(seed))
+        return int(stream_key(seed))
 
     def next_stream(self, n: int, x: Any = None) -> tuple[int, int]:
         """The ``(seed, offset)`` for a draw of ``n`` stream elements.
@@ -225,11 +208,11 @@ class StochasticModule(nn.Module):
 
     def _advance(self, n: int, fold: bool = True) -> tuple[int, int]:
         words = self.rng_state.numpy()  # a view: read and advance in place
-        seed = int(words[0]) & _MASK64
-        offset = int(words[1]) & _MASK64
+        seed = int(words[0]) & MASK64
+        offset = int(words[1]) & MASK64
         end = offset + n
         if end < _STATE_LIMIT:  # what the offset setter accepts, without the call
-            words[1] = _as_int64(end)
+            words[1] = as_int64(end)
         else:
             self.offset = end  # raises: the stream is finite
         return (self._effective_seed(seed) if fold else seed), offset
@@ -256,7 +239,7 @@ class StochasticModule(nn.Module):
             state = drawn_state(0)
         rank = _traced_rank() if fold else 0
         if rank:  # fold_rank: the key XOR (rank * golden ratio mod 2**64)
-            state[0] ^= _as_int64((rank * _FOLD) & _MASK64)
+            state[0] ^= as_int64((rank * RANK_MULTIPLIER) & MASK64)
         return state
 
     def weight_scaled_form(self, where: str) -> tuple[nn.Module, float]:
@@ -321,7 +304,7 @@ class StochasticModule(nn.Module):
             if state.numel() == 0:
                 self.seed = None
                 return
-            seed, offset = (int(v) & _MASK64 for v in state.tolist())
+            seed, offset = (int(v) & MASK64 for v in state.tolist())
             self.seed, self.offset = seed, offset
             return
         if not isinstance(state, dict) or set(state) != {"seed", "offset"}:

@@ -29,6 +29,7 @@ import torch
 
 from droplab import functional, nn
 from droplab.cli._args import int_at_least, real_in
+from droplab.cli._timing import bind_forward, bind_forward_backward, saved_bytes
 
 __all__ = [
     "add_arguments",
@@ -74,25 +75,6 @@ def best_seconds(
             middle = sorted(values)[len(values) // 2]
             spread[name] = middle / best[name] - 1.0 if best[name] > 0 else 0.0
     return best
-
-
-def bind_forward(
-    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-) -> Callable[[], torch.Tensor]:
-    """A call of ``op`` on ``x``, ready to time."""
-    return lambda: op(x)
-
-
-def bind_forward_backward(
-    op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor
-) -> Callable[[], None]:
-    """Forward and backward of ``op`` on the leaf ``x``, ready to time."""
-
-    def step() -> None:
-        x.grad = None
-        op(x).backward(grad)
-
-    return step
 
 
 def size_sweep(
@@ -155,31 +137,6 @@ def noise_warning(rows: list[dict[str, Any]], threads: int) -> str | None:
         "ratios can contradict each other; rerun on a quiet machine or with more "
         "--repeats"
     )
-
-
-def saved_bytes(
-    n: int = 1 << 20, p: float = 0.5, device: str = "cpu"
-) -> dict[str, int]:
-    """Bytes each dropout saves for backward on a float32 input of ``n`` elements."""
-
-    def count(op: Callable[[torch.Tensor], torch.Tensor]) -> int:
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        x = torch.randn(n, device=device, requires_grad=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = op(x)
-        y.sum().backward()
-        return total
-
-    return {
-        "droplab": count(lambda v: functional.dropout(v, p, seed=1)),
-        "torch": count(lambda v: torch.nn.functional.dropout(v, p)),
-    }
 
 
 def mlp_step(steps: int = 200, repeats: int = 5, p: float = 0.5) -> dict[str, float]:

@@ -38,7 +38,7 @@ import torch
 
 from droplab import functional
 from droplab import nn as dnn
-from droplab.cli.bench import bind_forward, bind_forward_backward
+from droplab.cli._timing import bind_forward, bind_forward_backward
 from droplab.uncertainty import mc_predict
 
 __all__ = [

@@ -11,6 +11,7 @@ from droplab.interop.convert import convert as convert
 from droplab.interop.convert import revert as revert
 from droplab.interop.intercept import Interception as Interception
 from droplab.interop.intercept import intercept as intercept
+from droplab.interop.weight_scaling import weight_scaled as weight_scaled
 
 __all__ = [
     "ConversionPlan",
@@ -19,4 +20,5 @@ __all__ = [
     "convert",
     "intercept",
     "revert",
+    "weight_scaled",
 ]
