@@ -46,6 +46,7 @@ import torch
 
 from droplab import masks, scaling
 from droplab.kernels import _numba_philox as nk
+from droplab.kernels import _numba_variants as nv
 
 __all__ = ["PER_THREAD", "masked_scale", "supports"]
 
@@ -257,6 +258,13 @@ def masked_scale(
                     factor,
                 ),
             )
+    elif (
+        sampler == "bernoulli"
+        and scale != "realized"
+        and flat
+        and (group := _trailing_group(own, shape))
+    ):  # channel dropout, DropPath: one fused pass, no mask array
+        _shared_scale(x, dst, group, own, p, seed, offset, scale, np_compute)
     else:
         keep = _draw_keep(own, p, seed, offset, sampler)
         rows, row_len = masks.row_count(own)
@@ -315,6 +323,50 @@ def masked_scale(
         return result
     out.copy_(result)
     return out
+
+
+def _trailing_group(own: tuple[int, ...], shape: tuple[int, ...]) -> int:
+    """Elements per mask element when the mask ``own`` is shared along a
+    trailing run of the dims of ``shape`` (and nowhere else), else 0.
+
+    >>> _trailing_group((8, 16, 1, 1), (8, 16, 5, 5)), _trailing_group((8, 1, 5), (8, 3, 5))
+    (25, 0)
+    """
+    lead = len(own)
+    while lead and own[lead - 1] == 1:
+        lead -= 1
+    if own[:lead] != shape[:lead]:
+        return 0
+    return math.prod(shape[lead:])
+
+
+def _shared_scale(
+    x: torch.Tensor,
+    dst: torch.Tensor,
+    group: int,
+    own: tuple[int, ...],
+    p: float,
+    seed: int,
+    offset: int,
+    scale: str,
+    np_compute: type[np.floating],
+) -> None:
+    """``dst = x * factor`` where the mask keeps, +0 elsewhere, for a mask shared
+    along trailing dims (contiguous tensors): mask element ``g`` covers the
+    ``group`` elements ``[g * group, (g + 1) * group)``, so words are drawn and
+    used in one pass (:func:`droplab.kernels._numba_variants.group_scale`),
+    with no uint8 mask and no strided walk."""
+    x_flat = x.numpy().reshape(-1)
+    dst_flat = dst.numpy().reshape(-1)
+    base, head, k0, k1 = _stream_args(seed, offset)
+    threshold, factor = _threshold_and_factor(p, scale, np_compute)
+    _split(
+        math.prod(own),
+        lambda lo, hi: nv.group_scale(
+            x_flat, dst_flat, lo, hi, group, base, head, k0, k1, threshold, factor
+        ),
+        unit=group,
+    )
 
 
 def _collapse(

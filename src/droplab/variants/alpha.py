@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from droplab import kernels
 from droplab._core.fx import traced_as_node
 from droplab._core.module import StochasticModule
 from droplab._core.op import MASKED_SCALE, StochasticOp, check_graph_seed
@@ -80,6 +81,22 @@ def _alpha_kernel(
     a, b = alpha_dropout_affine(p)
     compute = compute_dtype(x.dtype)
     shared = tuple(shared_dims)
+    if x.device.type == "cpu" and kernels.numba_available():
+        from droplab.kernels import cpu_variants
+
+        if cpu_variants.runs(x):  # one fused pass (None: a case it leaves to us)
+            fused = cpu_variants.alpha_dropout(
+                x,
+                p=p,
+                seed=seed,
+                offset=offset,
+                shared_dims=shared,
+                a=a,
+                b=b,
+                dropped=0.0 if p == 1.0 else a * SELU_SATURATION + b,
+            )
+            if fused is not None:
+                return fused if out is None else out.copy_(fused)
     # a * x where kept, +0.0 elsewhere: the mask keeps x exactly (scale
     # "none"), the product with the Python float a is taken in the compute dtype
     masked = MASKED_SCALE.kernel(x, seed, offset, p, "none", "bernoulli", shared)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from droplab import kernels
 from droplab._core.module import StochasticModule
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
@@ -95,6 +96,19 @@ class _DropBlock(torch.autograd.Function):
         shared_channels: bool,
     ) -> torch.Tensor:
         ctx.args = (p, block_size, seed, offset, shared_channels)
+        if x.device.type == "cpu" and kernels.numba_available():
+            from droplab.kernels import cpu_variants
+
+            if cpu_variants.runs(x):  # the fused kernel: two passes, no seed tensor
+                h, w = x.shape[2:]
+                return cpu_variants.drop_block(
+                    x,
+                    gamma=drop_block_gamma(p, block_size, h, w),
+                    block=(min(block_size, h), min(block_size, w)),
+                    seed=seed,
+                    offset=offset,
+                    shared_channels=shared_channels,
+                )
         keep, factor = _keep_and_scale(
             tuple(x.shape), p, block_size, seed, offset, shared_channels, x.device
         )

@@ -1,0 +1,193 @@
+"""The variants' fused CPU kernels, for torch tensors: one call per variant.
+
+Each function here wraps a range kernel of :mod:`droplab.kernels._numba_variants`
+(the same approach as standard dropout's :mod:`droplab.kernels.cpu`: words
+drawn chunk by chunk and used at once, the GIL released, big tensors split over
+threads by :func:`droplab.kernels.cpu._split`, nothing of the mask's size kept
+for backward) and gives what the variant's reference code gives:
+
+- :func:`gaussian_noise`: ``x * round(1 + sigma z)``, ``z`` within float64
+  rounding of the reference's (see :mod:`droplab.kernels._numba_variants`);
+- :func:`alpha_dropout`: alpha and feature alpha dropout, bit for bit;
+- :func:`drop_block`: DropBlock, bit for bit;
+- :func:`uniform_logits`: Concrete dropout's ``log u - log(1 - u)``, within
+  float64 rounding.
+
+The variants call them for CPU tensors exactly when :func:`runs` says so (Numba
+installed and the Numba ``masked_scale`` chosen for the tensor, so
+``DROPLAB_BACKEND=reference`` keeps the reference code), and fall back to their
+reference code otherwise or when a function returns None (a case it does not
+take). Arguments are assumed valid (the callers validate them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from droplab import kernels, masks
+from droplab.kernels import _numba_variants as nv
+from droplab.kernels import cpu
+from droplab.scaling import compute_dtype
+
+__all__ = [
+    "alpha_dropout",
+    "drop_block",
+    "gaussian_noise",
+    "runs",
+    "uniform_logits",
+]
+
+# Work per element against a mask element of standard dropout, for the split
+# over threads (cpu.PER_THREAD elements of that is worth a thread).
+_GAUSSIAN_COST = 8
+_LOGIT_COST = 8
+
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def runs(t: torch.Tensor) -> bool:
+    """Whether the fused kernels serve ``t``: a contiguous CPU float tensor for
+    which :func:`droplab.kernels.select` picks the Numba ``masked_scale``.
+
+    >>> runs(torch.zeros(3)) == (kernels.numba_available() and True)
+    True
+    """
+    return (
+        t.device.type == "cpu"
+        and t.dtype in cpu._COMPUTE
+        and t.is_contiguous()
+        and kernels.select(t) is cpu.masked_scale
+    )
+
+
+def _stream(seed: int, offset: int) -> tuple[np.uint64, int, np.uint64, np.uint64]:
+    return cpu._stream_args(seed, offset)
+
+
+def _compute_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, in its compute dtype (a float32 copy of a 16-bit tensor)."""
+    compute = compute_dtype(t.dtype)
+    return t.detach() if t.dtype == compute else t.detach().to(compute)
+
+
+def gaussian_noise(
+    t: torch.Tensor, *, sigma: float, seed: int, offset: int
+) -> torch.Tensor:
+    """``t * round(1 + sigma z)``: Gaussian dropout's op (element ``i`` uses stream
+    positions ``offset + 2i``, ``offset + 2i + 1``); result in ``t``'s dtype."""
+    x = _compute_input(t)
+    dst = torch.empty_like(x)
+    if x.numel():
+        x_flat = x.numpy().reshape(-1)
+        dst_flat = dst.numpy().reshape(-1)
+        stream = _stream(seed, offset)
+        scale = np.float64(sigma)
+        cpu._split(
+            x_flat.size,
+            lambda lo, hi: nv.gaussian_scale(x_flat, dst_flat, lo, hi, *stream, scale),
+            unit=_GAUSSIAN_COST,
+        )
+    return dst if dst.dtype == t.dtype else dst.to(t.dtype)
+
+
+def alpha_dropout(
+    t: torch.Tensor,
+    *,
+    p: float,
+    seed: int,
+    offset: int,
+    shared_dims: tuple[int, ...],
+    a: float,
+    b: float,
+    dropped: float,
+) -> torch.Tensor | None:
+    """``x * a + b`` where kept, ``dropped`` elsewhere (float32 and float64 only).
+
+    ``a``, ``b`` and ``dropped`` are rounded to ``t``'s dtype, as the reference's
+    torch ops round them. None (the caller's reference code then runs) for 16-bit
+    dtypes, whose reference rounds ``x * a`` to 16 bits before adding ``b``, and
+    for masks shared along dims other than a trailing run.
+    """
+    if t.dtype not in _NP:
+        return None
+    shape = tuple(t.shape)
+    own = masks.mask_shape(shape, shared_dims)
+    group = cpu._trailing_group(own, shape)
+    if not group:
+        return None
+    x = t.detach()
+    dst = torch.empty_like(x)
+    if x.numel():
+        kind = _NP[t.dtype]
+        x_flat = x.numpy().reshape(-1)
+        dst_flat = dst.numpy().reshape(-1)
+        stream = _stream(seed, offset)
+        thr = np.uint64(masks.keep_threshold(p))
+        consts = (kind(a), kind(b), kind(dropped))
+        cpu._split(
+            math.prod(own),
+            lambda lo, hi: nv.alpha_scale(
+                x_flat, dst_flat, lo, hi, group, *stream, thr, *consts
+            ),
+            unit=group,
+        )
+    return dst
+
+
+def drop_block(
+    t: torch.Tensor,
+    *,
+    gamma: float,
+    block: tuple[int, int],
+    seed: int,
+    offset: int,
+    shared_channels: bool,
+) -> torch.Tensor:
+    """DropBlock on ``(N, C, H, W)``: the keep mask of the seeds of ``gamma``, kept
+    units times ``numel / kept`` (rounded to the compute dtype), +0 elsewhere."""
+    n, c, h, w = t.shape
+    bh, bw = block
+    planes = n * (1 if shared_channels else c)
+    plane = h * w
+    x = _compute_input(t)
+    dst = torch.empty_like(x)
+    keep = np.empty(planes * plane, np.uint8)
+    counts = np.zeros(planes, np.int64)
+    stream = _stream(seed, offset)
+    thr = np.uint64(masks.keep_threshold(1.0 - gamma))
+    cpu._split(
+        planes,
+        lambda lo, hi: nv.block_keep(keep, counts, lo, hi, h, w, bh, bw, *stream, thr),
+        unit=plane * 4,
+    )
+    kept = int(counts.sum()) * (c if shared_channels else 1)
+    factor = x.numel() / kept if kept else 0.0
+    x_flat = x.numpy().reshape(-1)
+    dst_flat = dst.numpy().reshape(-1)
+    scale = _NP[x.dtype](factor)
+    per_keep = c if shared_channels else 1
+    cpu._split(
+        n * c,
+        lambda lo, hi: nv.apply_planes(
+            x_flat, dst_flat, keep, lo, hi, plane, per_keep, scale
+        ),
+        unit=plane,
+    )
+    return dst if dst.dtype == t.dtype else dst.to(t.dtype)
+
+
+def uniform_logits(size: int, *, seed: int, offset: int) -> torch.Tensor:
+    """``log u - log(1 - u)`` (float64) of stream positions ``offset .. offset + size - 1``,
+    ``u = (word + 1/2) 2**-32``: Concrete dropout's logistic noise."""
+    out = np.empty(size, np.float64)
+    if size:
+        stream = _stream(seed, offset)
+        cpu._split(
+            size,
+            lambda lo, hi: nv.uniform_logits(out, lo, hi, *stream),
+            unit=_LOGIT_COST,
+        )
+    return torch.from_numpy(out)
