@@ -190,29 +190,31 @@ def log_units(u, out, scratch):
 
 @njit(cache=True, nogil=True)
 def uniform_logits(out, lo, hi, base_block, head, k0, k1):
-    """``out[i] = log(u) - log(1 - u)`` (float64), ``u`` from stream position ``offset + i``.
+    """``out[i] = log(u) - log(1 - u)``, ``u`` from stream position ``offset + i``.
 
     ``u = (w + 1/2) 2**-32`` and ``1 - u = (2**32 - w - 1/2) 2**-32`` are both
     exact, so the two logarithms (the reference's ``log(u) - log1p(-u)``) take
-    exact arguments.
+    exact arguments; the difference is taken in float64 and rounded to
+    ``out``'s dtype.
     """
     words_buf = np.empty(CHUNK + 8, np.uint32)
     units = np.empty(CHUNK, np.float64)
     scratch = np.empty(CHUNK, np.float64)
+    log_u = np.empty(CHUNK, np.float64)
     log_rest = np.empty(CHUNK, np.float64)
     for start in range(lo, hi, CHUNK):
         stop = min(start + CHUNK, hi)
         n = stop - start
         words = chunk_words(start, stop, base_block, head, k0, k1, words_buf)
-        dst = out[start:stop]
         for i in range(n):
             units[i] = (np.float64(words[i]) + 0.5) * TWO_POW_M32
-        log_units(units[:n], dst, scratch[:n])
+        log_units(units[:n], log_u[:n], scratch[:n])
         for i in range(n):
             units[i] = (4294967295.5 - np.float64(words[i])) * TWO_POW_M32
         log_units(units[:n], log_rest[:n], scratch[:n])
+        dst = out[start:stop]
         for i in range(n):
-            dst[i] -= log_rest[i]
+            dst[i] = log_u[i] - log_rest[i]
 
 
 @njit(cache=True, nogil=True)

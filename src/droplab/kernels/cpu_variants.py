@@ -114,7 +114,7 @@ def alpha_dropout(
     if t.dtype not in _NP:
         return None
     shape = tuple(t.shape)
-    own = masks.mask_shape(shape, shared_dims)
+    own = tuple(1 if d in shared_dims else size for d, size in enumerate(shape))
     group = cpu._trailing_group(own, shape)
     if not group:
         return None
@@ -125,7 +125,7 @@ def alpha_dropout(
         x_flat = x.numpy().reshape(-1)
         dst_flat = dst.numpy().reshape(-1)
         stream = _stream(seed, offset)
-        thr = np.uint64(masks.keep_threshold(p))
+        thr, _ = cpu._threshold_and_factor(p, "none", kind)
         consts = (kind(a), kind(b), kind(dropped))
         cpu._split(
             math.prod(own),
@@ -179,15 +179,19 @@ def drop_block(
     return dst if dst.dtype == t.dtype else dst.to(t.dtype)
 
 
-def uniform_logits(size: int, *, seed: int, offset: int) -> torch.Tensor:
-    """``log u - log(1 - u)`` (float64) of stream positions ``offset .. offset + size - 1``,
-    ``u = (word + 1/2) 2**-32``: Concrete dropout's logistic noise."""
-    out = np.empty(size, np.float64)
-    if size:
+def uniform_logits(
+    shape: tuple[int, ...], *, seed: int, offset: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``log u - log(1 - u)`` of ``shape`` from stream positions ``offset ..``,
+    ``u = (word + 1/2) 2**-32``, computed in float64 and rounded to ``dtype``
+    (float32 or float64): Concrete dropout's logistic noise."""
+    out = torch.empty(shape, dtype=dtype)
+    flat = out.numpy().reshape(-1)
+    if flat.size:
         stream = _stream(seed, offset)
         cpu._split(
-            size,
-            lambda lo, hi: nv.uniform_logits(out, lo, hi, *stream),
+            flat.size,
+            lambda lo, hi: nv.uniform_logits(flat, lo, hi, *stream),
             unit=_LOGIT_COST,
         )
-    return torch.from_numpy(out)
+    return out

@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from droplab import kernels
 from droplab._core.fx import traced_as_node
@@ -124,6 +125,30 @@ def _alpha_linear(
     # dy/dx = a where kept, 0 where dropped: (t * a) in the compute dtype,
     # rounded to t's dtype, then the mask (the constant part has no derivative)
     a, _ = alpha_dropout_affine(p)
+    if (  # a call nothing differentiates: one fused pass, as the forward's
+        type(seed) is int
+        and t.device.type == "cpu"
+        and kernels.numba_available()
+        and not (t.requires_grad and torch.is_grad_enabled())
+        and forward_ad._current_level < 0
+        and not torch._C._are_functorch_transforms_active()
+    ):
+        from droplab.kernels import cpu_variants
+
+        if cpu_variants.runs(t):
+            # b = -0.0 adds nothing, not even to -0.0: exactly (t * a) where kept
+            fused = cpu_variants.alpha_dropout(
+                t,
+                p=p,
+                seed=seed,
+                offset=offset,
+                shared_dims=tuple(shared_dims),
+                a=a,
+                b=-0.0,
+                dropped=0.0,
+            )
+            if fused is not None:
+                return fused
     scaled = (t.to(compute_dtype(t.dtype)) * a).to(t.dtype)
     return MASKED_SCALE(scaled, seed, offset, p, "none", "bernoulli", shared_dims)
 
