@@ -29,9 +29,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from droplab.kernels._numba_philox import CHUNK, chunk_words
+
+# Normals per chunk of the Gaussian kernel: its words, normals and noise
+# (32 bytes a normal) stay in a 64 KiB L1/L2 slice.
+NORMAL_CHUNK = 2048
 
 TWO_POW_M32 = 2.0**-32
 TWO_PI = 2.0 * math.pi  # the reference's fl(2 pi), multiplied by u2 as there
@@ -72,6 +78,36 @@ LOW32 = np.uint64(0xFFFFFFFF)
 SHIFT32 = np.uint64(32)
 
 
+@intrinsic
+def _float_bits(typingctx, value):  # type: ignore[no-untyped-def]
+    """The bits of a float64 as an int64 (a bitcast: no memory round trip)."""
+    del typingctx
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, bits):  # type: ignore[no-untyped-def]
+    """The float64 of int64 bits (the inverse of :func:`_float_bits`)."""
+    del typingctx
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _log_unit(u):
+    """``log(u)`` for a positive normal float64: exponent and mantissa by bits."""
+    bits = _float_bits(u)
+    k = np.float64(((bits >> 52) & EXP_MASK) - 1023)
+    return _log_mantissa(_bits_float((bits & MANTISSA) | ONE_BITS), k)
+
+
 @njit(inline="always", cache=True, error_model="numpy")
 def _log_mantissa(m, k):
     """``log(m * 2**k)`` for ``m`` in ``[1, 2)``: fdlibm's ``__ieee754_log``."""
@@ -105,42 +141,36 @@ def _cos_reduced(x, n):
 
 # contract: the polynomials may use FMA (the product with x is elsewhere)
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def box_muller(words, z, fbits, ibits):
+def box_muller(words, z):
     """``z[i] = sqrt(-2 log u1) cos(2 pi u2)`` from ``words[2i], words[2i + 1]``.
 
-    ``fbits`` (float64) and ``ibits`` (its int64 view) are scratch of ``z.size``:
-    the exponent and mantissa of ``u1`` are read through them, in loops that
-    LLVM vectorises.
+    One loop, which LLVM vectorises: the words are read in pairs as uint64
+    (word ``2i`` the low half), the logarithm takes its exponent and mantissa
+    by bitcasts.
     """
-    n = z.size
-    pairs = words[: 2 * n].view(np.uint64)  # word 2i low, word 2i + 1 high
-    for i in range(n):  # u1, exactly (w + 1/2) 2**-32
-        fbits[i] = (np.float64(pairs[i] & LOW32) + 0.5) * TWO_POW_M32
-    for i in range(n):  # exponent into z, mantissa bits in [1, 2) into ibits
-        bits = ibits[i]
-        z[i] = np.float64(((bits >> 52) & EXP_MASK) - 1023)
-        ibits[i] = (bits & MANTISSA) | ONE_BITS
-    for i in range(n):
-        log_u1 = _log_mantissa(fbits[i], z[i])
-        u2 = (np.float64(pairs[i] >> SHIFT32) + 0.5) * TWO_POW_M32
+    pairs = words[: 2 * z.size].view(np.uint64)
+    for i in range(z.size):
+        pair = pairs[i]
+        u1 = (np.float64(pair & LOW32) + 0.5) * TWO_POW_M32
+        u2 = (np.float64(pair >> SHIFT32) + 0.5) * TWO_POW_M32
         arg = TWO_PI * u2  # in (0, 2 pi), rounded as the reference's
         q = np.floor(arg * INV_PIO2 + 0.5)
         x = (arg - q * PIO2_1) - q * PIO2_1T
-        z[i] = math.sqrt(-2.0 * log_u1) * _cos_reduced(x, np.int64(q))
+        z[i] = math.sqrt(-2.0 * _log_unit(u1)) * _cos_reduced(x, np.int64(q))
 
 
 @njit(cache=True)
 def _gaussian_chunk(x, out, start, stop, base_block, head, k0, k1, sigma, bufs):
-    words_buf, z, fbits, noise = bufs
+    words_buf, z, noise = bufs
     n = stop - start
     words = chunk_words(2 * start, 2 * stop, base_block, head, k0, k1, words_buf)
-    box_muller(words, z[:n], fbits[:n], fbits[:n].view(np.int64))
+    box_muller(words, z[:n])
     noise_n = noise[:n]
-    for i in range(n):  # 1 + sigma z in float64, rounded to the compute dtype
-        noise_n[i] = 1.0 + sigma * z[i]
     src = x[start:stop]
     dst = out[start:stop]
     for i in range(n):
+        # 1 + sigma z in float64 (no FMA here), rounded to the compute dtype
+        noise_n[i] = 1.0 + sigma * z[i]
         dst[i] = src[i] * noise_n[i]
 
 
@@ -153,13 +183,12 @@ def gaussian_scale(x, out, lo, hi, base_block, head, k0, k1, sigma):
     to ``x``'s dtype (the compute dtype) before the product.
     """
     bufs = (
-        np.empty(2 * CHUNK + 8, np.uint32),
-        np.empty(CHUNK, np.float64),
-        np.empty(CHUNK, np.float64),
-        np.empty(CHUNK, x.dtype),
+        np.empty(2 * NORMAL_CHUNK + 8, np.uint32),
+        np.empty(NORMAL_CHUNK, np.float64),
+        np.empty(NORMAL_CHUNK, x.dtype),
     )
-    for start in range(lo, hi, CHUNK):
-        stop = min(start + CHUNK, hi)
+    for start in range(lo, hi, NORMAL_CHUNK):
+        stop = min(start + NORMAL_CHUNK, hi)
         _gaussian_chunk(x, out, start, stop, base_block, head, k0, k1, sigma, bufs)
 
 
@@ -167,25 +196,19 @@ def gaussian_scale(x, out, lo, hi, base_block, head, k0, k1, sigma):
 def normal_words(z, lo, hi, base_block, head, k0, k1):
     """``z[i]`` = the float64 normal of stream positions ``offset + 2i, + 2i + 1``."""
     words_buf = np.empty(2 * CHUNK + 8, np.uint32)
-    fbits = np.empty(CHUNK, np.float64)
     for start in range(lo, hi, CHUNK):
         stop = min(start + CHUNK, hi)
-        n = stop - start
         words = chunk_words(2 * start, 2 * stop, base_block, head, k0, k1, words_buf)
-        box_muller(words, z[start:stop], fbits[:n], fbits[:n].view(np.int64))
+        box_muller(words, z[start:stop])
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
-def log_units(u, out, scratch):
-    """``out[i] = log(u[i])`` for positive normal float64 ``u`` (``scratch``: as ``u``)."""
-    bits_in = u.view(np.int64)
-    mantissa = scratch.view(np.int64)
-    for i in range(u.size):  # exponent into out, mantissa in [1, 2) into scratch
-        bits = bits_in[i]
-        out[i] = np.float64(((bits >> 52) & EXP_MASK) - 1023)
-        mantissa[i] = (bits & MANTISSA) | ONE_BITS
-    for i in range(u.size):
-        out[i] = _log_mantissa(scratch[i], out[i])
+def _logits(words, out):
+    for i in range(out.size):
+        word = np.float64(words[i])
+        u = (word + 0.5) * TWO_POW_M32
+        rest = (4294967295.5 - word) * TWO_POW_M32  # 1 - u, exactly
+        out[i] = _log_unit(u) - _log_unit(rest)  # rounded to out's dtype
 
 
 @njit(cache=True, nogil=True)
@@ -198,23 +221,10 @@ def uniform_logits(out, lo, hi, base_block, head, k0, k1):
     ``out``'s dtype.
     """
     words_buf = np.empty(CHUNK + 8, np.uint32)
-    units = np.empty(CHUNK, np.float64)
-    scratch = np.empty(CHUNK, np.float64)
-    log_u = np.empty(CHUNK, np.float64)
-    log_rest = np.empty(CHUNK, np.float64)
     for start in range(lo, hi, CHUNK):
         stop = min(start + CHUNK, hi)
-        n = stop - start
         words = chunk_words(start, stop, base_block, head, k0, k1, words_buf)
-        for i in range(n):
-            units[i] = (np.float64(words[i]) + 0.5) * TWO_POW_M32
-        log_units(units[:n], log_u[:n], scratch[:n])
-        for i in range(n):
-            units[i] = (4294967295.5 - np.float64(words[i])) * TWO_POW_M32
-        log_units(units[:n], log_rest[:n], scratch[:n])
-        dst = out[start:stop]
-        for i in range(n):
-            dst[i] = log_u[i] - log_rest[i]
+        _logits(words, out[start:stop])
 
 
 @njit(cache=True, nogil=True)
