@@ -219,7 +219,7 @@ def masked_scale(
     )
     dst = out.detach() if writes_out and out is not None else torch.empty_like(x)
     flat = x.is_contiguous() and dst.is_contiguous()
-    own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
+    own = _own_shape(shape, shared_dims) if shared_dims else shape
 
     if x.numel() == 0:
         pass
@@ -323,6 +323,17 @@ def masked_scale(
         return result
     out.copy_(result)
     return out
+
+
+def _own_shape(shape: tuple[int, ...], shared_dims: tuple[int, ...]) -> tuple[int, ...]:
+    """``masks.mask_shape`` without its argument checks (the callers made them).
+
+    >>> _own_shape((8, 16, 5, 5), (2, -1))
+    (8, 16, 1, 1)
+    """
+    ndim = len(shape)
+    dims = {d % ndim for d in shared_dims}
+    return tuple(1 if d in dims else size for d, size in enumerate(shape))
 
 
 def _trailing_group(own: tuple[int, ...], shape: tuple[int, ...]) -> int:

@@ -114,7 +114,7 @@ def alpha_dropout(
     if t.dtype not in _NP:
         return None
     shape = tuple(t.shape)
-    own = tuple(1 if d in shared_dims else size for d, size in enumerate(shape))
+    own = cpu._own_shape(shape, shared_dims)
     group = cpu._trailing_group(own, shape)
     if not group:
         return None
