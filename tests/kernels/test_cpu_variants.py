@@ -25,7 +25,7 @@ pytest.importorskip("numba")
 from droplab import functional
 from droplab._core.stream import normal_noise, uniform_noise
 from droplab.kernels import _numba_variants as nv
-from droplab.kernels import cpu, cpu_variants
+from droplab.kernels import cpu, cpu_variants, fused
 from droplab.kernels.reference import reference_masked_scale
 from droplab.variants import (
     concrete_dropout,
@@ -78,11 +78,14 @@ def forward_and_grad(
 
 
 def test_the_fused_kernels_serve_cpu_tensors_unless_forced(monkeypatch):
-    assert cpu_variants.runs(torch.zeros(3))
-    assert not cpu_variants.runs(torch.zeros(4, 3).T)  # not contiguous
-    assert not cpu_variants.runs(torch.zeros(3, dtype=torch.int64))
+    assert fused.backend(torch.zeros(3)) == "numba"
+    assert fused.backend(torch.zeros(4, 3).T) == ""  # not contiguous
+    assert fused.backend(torch.zeros(3, dtype=torch.int64)) == ""
     monkeypatch.setenv("DROPLAB_BACKEND", "reference")
-    assert not cpu_variants.runs(torch.zeros(3))
+    assert fused.backend(torch.zeros(3)) == ""
+    assert fused.gaussian_noise(torch.zeros(3), sigma=1.0, seed=0, offset=0) is None
+    monkeypatch.setenv("DROPLAB_BACKEND", "no such backend")
+    assert fused.backend(torch.zeros(3)) == ""  # the reference code says why
 
 
 # --- Gaussian ---------------------------------------------------------------

@@ -13,9 +13,9 @@ for backward) and gives what the variant's reference code gives:
 - :func:`uniform_logits`: Concrete dropout's ``log u - log(1 - u)``, within
   float64 rounding.
 
-The variants call them for CPU tensors exactly when :func:`runs` says so (Numba
-installed and the Numba ``masked_scale`` chosen for the tensor, so
-``DROPLAB_BACKEND=reference`` keeps the reference code), and fall back to their
+The variants reach them through :mod:`droplab.kernels.fused` (for a contiguous
+CPU tensor when the Numba ``masked_scale`` is the one chosen for it, so
+``DROPLAB_BACKEND=reference`` keeps the reference code) and run their
 reference code otherwise or when a function returns None (a case it does not
 take). Arguments are assumed valid (the callers validate them).
 """
@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from droplab import kernels, masks
+from droplab import masks
 from droplab.kernels import _numba_variants as nv
 from droplab.kernels import cpu
 from droplab.scaling import compute_dtype
@@ -36,7 +36,6 @@ __all__ = [
     "alpha_dropout",
     "drop_block",
     "gaussian_noise",
-    "runs",
     "uniform_logits",
 ]
 
@@ -46,21 +45,6 @@ _GAUSSIAN_COST = 8
 _LOGIT_COST = 8
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
-
-
-def runs(t: torch.Tensor) -> bool:
-    """Whether the fused kernels serve ``t``: a contiguous CPU float tensor for
-    which :func:`droplab.kernels.select` picks the Numba ``masked_scale``.
-
-    >>> runs(torch.zeros(3)) == (kernels.numba_available() and True)
-    True
-    """
-    return (
-        t.device.type == "cpu"
-        and t.dtype in cpu._COMPUTE
-        and t.is_contiguous()
-        and kernels.select(t) is cpu.masked_scale
-    )
 
 
 def _stream(seed: int, offset: int) -> tuple[np.uint64, int, np.uint64, np.uint64]:

@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from droplab import kernels
 from droplab._core.module import StochasticModule
 from droplab._core.stream import compute_dtype, uniform_noise
 from droplab._validation import (
@@ -46,6 +45,7 @@ from droplab._validation import (
     check_probability,
     fail,
 )
+from droplab.kernels import fused
 from droplab.rng import resolve_seed
 
 __all__ = ["ConcreteDropout", "concrete_dropout"]
@@ -56,14 +56,8 @@ def _ratio(
 ) -> tuple[torch.Tensor, ...]:
     """``(r, drop, keep, p)`` with ``r = (1 - drop) / (1 - p)``, in the compute dtype."""
     compute = compute_dtype(x.dtype)
-    logit_u: torch.Tensor | None = None
-    if x.device.type == "cpu" and kernels.numba_available():
-        from droplab.kernels import cpu_variants
-
-        if cpu_variants.runs(x):  # words and both logarithms in one Numba pass
-            logit_u = cpu_variants.uniform_logits(
-                tuple(x.shape), seed=seed, offset=offset, dtype=compute
-            )
+    # words and both logarithms in one Numba pass (None: not on this tensor)
+    logit_u = fused.uniform_logits(x, seed=seed, offset=offset, dtype=compute)
     if logit_u is None:
         u = uniform_noise(
             tuple(x.shape),

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from droplab import kernels
 from droplab._core.module import StochasticModule
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
@@ -41,6 +40,7 @@ from droplab._validation import (
     check_probability,
     fail_ndim,
 )
+from droplab.kernels import fused
 from droplab.rng import resolve_seed
 
 __all__ = ["DropBlock2d", "drop_block2d", "drop_block_gamma"]
@@ -96,19 +96,17 @@ class _DropBlock(torch.autograd.Function):
         shared_channels: bool,
     ) -> torch.Tensor:
         ctx.args = (p, block_size, seed, offset, shared_channels)
-        if x.device.type == "cpu" and kernels.numba_available():
-            from droplab.kernels import cpu_variants
-
-            if cpu_variants.runs(x):  # the fused kernel: two passes, no seed tensor
-                h, w = x.shape[2:]
-                return cpu_variants.drop_block(
-                    x,
-                    gamma=drop_block_gamma(p, block_size, h, w),
-                    block=(min(block_size, h), min(block_size, w)),
-                    seed=seed,
-                    offset=offset,
-                    shared_channels=shared_channels,
-                )
+        h, w = x.shape[2:]
+        y = fused.drop_block(  # the fused CPU kernel: two passes, no seed tensor
+            x,
+            gamma=drop_block_gamma(p, block_size, h, w),
+            block=(min(block_size, h), min(block_size, w)),
+            seed=seed,
+            offset=offset,
+            shared_channels=shared_channels,
+        )
+        if y is not None:
+            return y
         keep, factor = _keep_and_scale(
             tuple(x.shape), p, block_size, seed, offset, shared_channels, x.device
         )

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from droplab import kernels
 from droplab._core.fx import traced_as_node
 from droplab._core.module import StochasticModule
 from droplab._core.op import StochasticOp, check_graph_seed
@@ -37,6 +36,7 @@ from droplab._validation import (
     check_probability,
     fail,
 )
+from droplab.kernels import fused
 
 __all__ = [
     "GAUSSIAN_NOISE",
@@ -74,14 +74,10 @@ def _noisy(
     p: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if t.device.type == "cpu" and kernels.numba_available():
-        from droplab.kernels import cpu_variants
-
-        if cpu_variants.runs(t):  # the fused kernel: words, Box-Muller, product
-            y = cpu_variants.gaussian_noise(
-                t, sigma=gaussian_noise_std(p), seed=seed, offset=offset
-            )
-            return y if out is None else out.copy_(y)
+    # the fused kernel (Numba or Triton): words, Box-Muller and product at once
+    y = fused.gaussian_noise(t, sigma=gaussian_noise_std(p), seed=seed, offset=offset)
+    if y is not None:
+        return y if out is None else out.copy_(y)
     compute = compute_dtype(t.dtype)
     z = normal_noise(
         tuple(t.shape), seed=seed, offset=offset, dtype=torch.float64, device=t.device
