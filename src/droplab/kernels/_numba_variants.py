@@ -27,6 +27,7 @@ float32 the noise is almost always the same bits.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -78,26 +79,23 @@ LOW32 = np.uint64(0xFFFFFFFF)
 SHIFT32 = np.uint64(32)
 
 
-@intrinsic
-def _float_bits(typingctx, value):  # type: ignore[no-untyped-def]
-    """The bits of a float64 as an int64 (a bitcast: no memory round trip)."""
-    del typingctx
+def _bitcast(source: Any, target: Any, llvm_type: Any) -> Any:
+    """A Numba intrinsic that reinterprets a ``source`` value's bits as ``target``
+    (a bitcast in registers: no round trip through memory, so LLVM vectorises)."""
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.IntType(64))
+    def typer(typingctx: Any, value: Any) -> Any:
+        del typingctx, value
 
-    return types.int64(types.float64), codegen
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], llvm_type)
+
+        return target(source), codegen
+
+    return intrinsic(typer)
 
 
-@intrinsic
-def _bits_float(typingctx, bits):  # type: ignore[no-untyped-def]
-    """The float64 of int64 bits (the inverse of :func:`_float_bits`)."""
-    del typingctx
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
+_float_bits = _bitcast(types.float64, types.int64, ir.IntType(64))
+_bits_float = _bitcast(types.int64, types.float64, ir.DoubleType())
 
 
 @njit(inline="always", cache=True, error_model="numpy")

@@ -264,7 +264,8 @@ def masked_scale(
         and flat
         and (group := _trailing_group(own, shape))
     ):  # channel dropout, DropPath: one fused pass, no mask array
-        _shared_scale(x, dst, group, own, p, seed, offset, scale, np_compute)
+        threshold, factor = _threshold_and_factor(p, scale, np_compute)
+        _shared_scale(x, dst, group, own, seed, offset, threshold, factor)
     else:
         keep = _draw_keep(own, p, seed, offset, sampler)
         rows, row_len = masks.row_count(own)
@@ -356,11 +357,10 @@ def _shared_scale(
     dst: torch.Tensor,
     group: int,
     own: tuple[int, ...],
-    p: float,
     seed: int,
     offset: int,
-    scale: str,
-    np_compute: type[np.floating],
+    threshold: np.uint64,
+    factor: np.floating,
 ) -> None:
     """``dst = x * factor`` where the mask keeps, +0 elsewhere, for a mask shared
     along trailing dims (contiguous tensors): mask element ``g`` covers the
@@ -370,7 +370,6 @@ def _shared_scale(
     x_flat = x.numpy().reshape(-1)
     dst_flat = dst.numpy().reshape(-1)
     base, head, k0, k1 = _stream_args(seed, offset)
-    threshold, factor = _threshold_and_factor(p, scale, np_compute)
     _split(
         math.prod(own),
         lambda lo, hi: nv.group_scale(
