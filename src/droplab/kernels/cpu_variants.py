@@ -22,7 +22,9 @@ take). Arguments are assumed valid (the callers validate them).
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,28 +99,48 @@ def alpha_dropout(
     """
     if t.dtype not in _NP:
         return None
-    shape = tuple(t.shape)
-    own = cpu._own_shape(shape, shared_dims)
-    group = cpu._trailing_group(own, shape)
-    if not group:
+    plan = _alpha_plan(tuple(t.shape), shared_dims, t.dtype, p, a, b, dropped)
+    if plan is None:
         return None
+    mask_elements, group, consts = plan
     x = t.detach()
     dst = torch.empty_like(x)
-    if x.numel():
-        kind = _NP[t.dtype]
+    if mask_elements:
         x_flat = x.numpy().reshape(-1)
         dst_flat = dst.numpy().reshape(-1)
         stream = _stream(seed, offset)
-        thr, _ = cpu._threshold_and_factor(p, "none", kind)
-        consts = (kind(a), kind(b), kind(dropped))
         cpu._split(
-            math.prod(own),
+            mask_elements,
             lambda lo, hi: nv.alpha_scale(
-                x_flat, dst_flat, lo, hi, group, *stream, thr, *consts
+                x_flat, dst_flat, lo, hi, group, *stream, *consts
             ),
             unit=group,
         )
     return dst
+
+
+@functools.lru_cache(maxsize=256)
+def _alpha_plan(
+    shape: tuple[int, ...],
+    shared_dims: tuple[int, ...],
+    dtype: torch.dtype,
+    p: float,
+    a: float,
+    b: float,
+    dropped: float,
+) -> tuple[int, int, tuple[Any, ...]] | None:
+    """(mask elements, elements per mask element, (threshold, a, b, dropped) as
+    the kernel takes them), or None for a mask not shared along trailing dims.
+
+    Memoised: a training run calls the same shapes and rate over and over.
+    """
+    own = cpu._own_shape(shape, shared_dims)
+    group = cpu._trailing_group(own, shape)
+    if not group:
+        return None
+    kind = _NP[dtype]
+    threshold, _ = cpu._threshold_and_factor(p, "none", kind)
+    return math.prod(own), group, (threshold, kind(a), kind(b), kind(dropped))
 
 
 def drop_block(
