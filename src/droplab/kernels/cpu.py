@@ -47,6 +47,7 @@ import torch
 from droplab import masks, scaling
 from droplab.kernels import _numba_philox as nk
 from droplab.kernels import _numba_variants as nv
+from droplab.kernels.fused import own_shape, trailing_group
 
 __all__ = ["PER_THREAD", "masked_scale", "supports"]
 
@@ -219,7 +220,7 @@ def masked_scale(
     )
     dst = out.detach() if writes_out and out is not None else torch.empty_like(x)
     flat = x.is_contiguous() and dst.is_contiguous()
-    own = _own_shape(shape, shared_dims) if shared_dims else shape
+    own = own_shape(shape, shared_dims) if shared_dims else shape
 
     if x.numel() == 0:
         pass
@@ -262,7 +263,7 @@ def masked_scale(
         sampler == "bernoulli"
         and scale != "realized"
         and flat
-        and (group := _trailing_group(own, shape))
+        and (group := trailing_group(own, shape))
     ):  # channel dropout, DropPath: one fused pass, no mask array
         threshold, factor = _threshold_and_factor(p, scale, np_compute)
         _shared_scale(x, dst, group, own, seed, offset, threshold, factor)
@@ -324,32 +325,6 @@ def masked_scale(
         return result
     out.copy_(result)
     return out
-
-
-def _own_shape(shape: tuple[int, ...], shared_dims: tuple[int, ...]) -> tuple[int, ...]:
-    """``masks.mask_shape`` without its argument checks (the callers made them).
-
-    >>> _own_shape((8, 16, 5, 5), (2, -1))
-    (8, 16, 1, 1)
-    """
-    ndim = len(shape)
-    dims = {d % ndim for d in shared_dims}
-    return tuple(1 if d in dims else size for d, size in enumerate(shape))
-
-
-def _trailing_group(own: tuple[int, ...], shape: tuple[int, ...]) -> int:
-    """Elements per mask element when the mask ``own`` is shared along a
-    trailing run of the dims of ``shape`` (and nowhere else), else 0.
-
-    >>> _trailing_group((8, 16, 1, 1), (8, 16, 5, 5)), _trailing_group((8, 1, 5), (8, 3, 5))
-    (25, 0)
-    """
-    lead = len(own)
-    while lead and own[lead - 1] == 1:
-        lead -= 1
-    if own[:lead] != shape[:lead]:
-        return 0
-    return math.prod(shape[lead:])
 
 
 def _shared_scale(

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from droplab import masks
-from droplab.kernels import gpu
+from droplab.kernels import fused, gpu
 
 __all__ = ["alpha_dropout", "gaussian_noise", "runs"]
 
@@ -214,15 +214,9 @@ def alpha_dropout(
     if t.dtype not in (torch.float32, torch.float64):
         return None
     shape = tuple(t.shape)
-    own = masks.mask_shape(shape, shared_dims)
-    lead = len(own)
-    while lead and own[lead - 1] == 1:
-        lead -= 1
-    if own[:lead] != shape[:lead]:
+    group = fused.trailing_group(fused.own_shape(shape, shared_dims), shape)
+    if not group:
         return None
-    group = 1
-    for size in shape[lead:]:
-        group *= size
     x = t.detach().contiguous()
     out = torch.empty_like(x)
     n = x.numel()
