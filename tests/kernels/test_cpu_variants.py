@@ -179,6 +179,14 @@ def test_alpha_and_feature_alpha_same_bits(shape, dtype, p, seed, offset, featur
     assert same_bits(g, g_ref)
 
 
+@pytest.mark.parametrize("fn", [alpha_dropout, feature_alpha_dropout])
+def test_alpha_gradcheck_and_gradgradcheck_on_the_fused_path(fn):
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    f = lambda t: fn(t, 0.3, True, seed=2, offset=1)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+
+
 def test_alpha_range_kernel_on_ranges_and_slices():
     n, seed, offset, group = 4099, 5, 2**62 + 3, 1
     x = np.random.default_rng(0).standard_normal(3 * n).astype(np.float64)
