@@ -46,6 +46,8 @@ import torch
 
 from droplab import masks, scaling
 from droplab.kernels import _numba_philox as nk
+from droplab.kernels import _numba_variants as nv
+from droplab.kernels.fused import own_shape, trailing_group
 from droplab.mesh import Runs
 
 __all__ = ["PER_THREAD", "masked_scale", "supports"]
@@ -233,7 +235,7 @@ def masked_scale(
     )
     dst = out.detach() if writes_out and out is not None else torch.empty_like(x)
     flat = x.is_contiguous() and dst.is_contiguous()
-    own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
+    own = own_shape(shape, shared_dims) if shared_dims else shape
 
     if x.numel() == 0:
         pass
@@ -272,6 +274,14 @@ def masked_scale(
                     factor,
                 ),
             )
+    elif (
+        sampler == "bernoulli"
+        and scale != "realized"
+        and flat
+        and (group := trailing_group(own, shape))
+    ):  # channel dropout, DropPath: one fused pass, no mask array
+        threshold, factor = _threshold_and_factor(p, scale, np_compute)
+        _shared_scale(x, dst, group, own, seed, offset, threshold, factor)
     else:
         keep = _draw_keep(own, p, seed, offset, sampler)
         rows, row_len = masks.row_count(own)
@@ -397,6 +407,33 @@ def _masked_scale_runs(
         return result
     out.copy_(result)
     return out
+
+
+def _shared_scale(
+    x: torch.Tensor,
+    dst: torch.Tensor,
+    group: int,
+    own: tuple[int, ...],
+    seed: int,
+    offset: int,
+    threshold: np.uint64,
+    factor: np.floating,
+) -> None:
+    """``dst = x * factor`` where the mask keeps, +0 elsewhere, for a mask shared
+    along trailing dims (contiguous tensors): mask element ``g`` covers the
+    ``group`` elements ``[g * group, (g + 1) * group)``, so words are drawn and
+    used in one pass (:func:`droplab.kernels._numba_variants.group_scale`),
+    with no uint8 mask and no strided walk."""
+    x_flat = x.numpy().reshape(-1)
+    dst_flat = dst.numpy().reshape(-1)
+    base, head, k0, k1 = _stream_args(seed, offset)
+    _split(
+        math.prod(own),
+        lambda lo, hi: nv.group_scale(
+            x_flat, dst_flat, lo, hi, group, base, head, k0, k1, threshold, factor
+        ),
+        unit=group,
+    )
 
 
 def _collapse(

@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from droplab._core.base import DropoutBase
 from droplab._core.fx import traced_as_node
@@ -40,6 +41,7 @@ from droplab._validation import (
     check_shared_dims,
     fail_ndim,
 )
+from droplab.kernels import fused
 from droplab.masks import stream_elements
 
 __all__ = [
@@ -81,6 +83,18 @@ def _alpha_kernel(
     a, b = alpha_dropout_affine(p)
     compute = compute_dtype(x.dtype)
     shared = tuple(shared_dims)
+    y = fused.alpha_dropout(  # one fused pass (None: a case left to the code below)
+        x,
+        p=p,
+        seed=seed,
+        offset=offset,
+        shared_dims=shared,
+        a=a,
+        b=b,
+        dropped=0.0 if p == 1.0 else a * SELU_SATURATION + b,
+    )
+    if y is not None:
+        return y if out is None else out.copy_(y)
     # a * x where kept, +0.0 elsewhere: the mask keeps x exactly (scale
     # "none"), the product with the Python float a is taken in the compute dtype
     masked = MASKED_SCALE.kernel(x, seed, offset, p, "none", "bernoulli", shared)
@@ -108,6 +122,25 @@ def _alpha_linear(
     # dy/dx = a where kept, 0 where dropped: (t * a) in the compute dtype,
     # rounded to t's dtype, then the mask (the constant part has no derivative)
     a, _ = alpha_dropout_affine(p)
+    if (  # a call nothing differentiates: one fused pass, as the forward's
+        type(seed) is int
+        and not (t.requires_grad and torch.is_grad_enabled())
+        and forward_ad._current_level < 0
+        and not torch._C._are_functorch_transforms_active()
+    ):
+        # b = -0.0 adds nothing, not even to -0.0: exactly (t * a) where kept
+        y = fused.alpha_dropout(
+            t,
+            p=p,
+            seed=seed,
+            offset=offset,
+            shared_dims=tuple(shared_dims),
+            a=a,
+            b=-0.0,
+            dropped=0.0,
+        )
+        if y is not None:
+            return y
     scaled = (t.to(compute_dtype(t.dtype)) * a).to(t.dtype)
     return MASKED_SCALE(scaled, seed, offset, p, "none", "bernoulli", shared_dims)
 

@@ -45,25 +45,41 @@ from droplab._validation import (
     check_probability,
     fail,
 )
+from droplab.kernels import fused
 from droplab.mesh import refuse_dtensor
 from droplab.rng import resolve_seed
 
 __all__ = ["ConcreteDropout", "concrete_dropout"]
 
 
+def _ratio(
+    x: torch.Tensor, p: torch.Tensor, t: float, seed: int, offset: int
+) -> tuple[torch.Tensor, ...]:
+    """``(r, drop, keep, p)`` with ``r = (1 - drop) / (1 - p)``, in the compute dtype."""
+    compute = compute_dtype(x.dtype)
+    # words and both logarithms in one Numba pass (None: not on this tensor)
+    logit_u = fused.uniform_logits(x, seed=seed, offset=offset, dtype=compute)
+    if logit_u is None:
+        u = uniform_noise(
+            tuple(x.shape),
+            seed=seed,
+            offset=offset,
+            dtype=torch.float64,
+            device=x.device,
+        )
+        logit_u = (torch.log(u) - torch.log1p(-u)).to(compute)
+    p = p.to(compute)
+    # in place on the fresh logit_u: the same bits as the out-of-place ops
+    drop = logit_u.add_(torch.log(p) - torch.log1p(-p)).div_(t).sigmoid_()
+    keep = 1.0 - drop
+    return keep / (1.0 - p), drop, keep, p
+
+
 def _relaxed(
     x: torch.Tensor, p: torch.Tensor, t: float, seed: int, offset: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(r, dr/dp) with ``r = (1 - drop) / (1 - p)``, in the compute dtype."""
-    compute = compute_dtype(x.dtype)
-    u = uniform_noise(
-        tuple(x.shape), seed=seed, offset=offset, dtype=torch.float64, device=x.device
-    )
-    logit_u = (torch.log(u) - torch.log1p(-u)).to(compute)
-    p = p.to(compute)
-    drop = torch.sigmoid((torch.log(p) - torch.log1p(-p) + logit_u) / t)
-    keep = 1.0 - drop
-    r = keep / (1.0 - p)
+    r, drop, keep, p = _ratio(x, p, t, seed, offset)
     d_drop = drop * keep / t * (1.0 / p + 1.0 / (1.0 - p))
     return r, -d_drop / (1.0 - p) + keep / (1.0 - p) ** 2
 
@@ -75,7 +91,7 @@ class _Concrete(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.args = (t, seed, offset)
         ctx.save_for_backward(x, p)
-        r, _ = _relaxed(x, p, t, seed, offset)
+        r = _ratio(x, p, t, seed, offset)[0]
         return (x.to(r.dtype) * r).to(x.dtype)
 
     @staticmethod

@@ -40,6 +40,7 @@ from droplab._validation import (
     check_probability,
     fail_ndim,
 )
+from droplab.kernels import fused
 from droplab.mesh import refuse_dtensor
 from droplab.rng import resolve_seed
 
@@ -96,6 +97,17 @@ class _DropBlock(torch.autograd.Function):
         shared_channels: bool,
     ) -> torch.Tensor:
         ctx.args = (p, block_size, seed, offset, shared_channels)
+        h, w = x.shape[2:]
+        y = fused.drop_block(  # the fused CPU kernel: two passes, no seed tensor
+            x,
+            gamma=drop_block_gamma(p, block_size, h, w),
+            block=(min(block_size, h), min(block_size, w)),
+            seed=seed,
+            offset=offset,
+            shared_channels=shared_channels,
+        )
+        if y is not None:
+            return y
         keep, factor = _keep_and_scale(
             tuple(x.shape), p, block_size, seed, offset, shared_channels, x.device
         )

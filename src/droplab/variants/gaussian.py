@@ -37,6 +37,7 @@ from droplab._validation import (
     check_probability,
     fail,
 )
+from droplab.kernels import fused
 
 __all__ = [
     "GAUSSIAN_NOISE",
@@ -74,6 +75,10 @@ def _noisy(
     p: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    # the fused kernel (Numba or Triton): words, Box-Muller and product at once
+    y = fused.gaussian_noise(t, sigma=gaussian_noise_std(p), seed=seed, offset=offset)
+    if y is not None:
+        return y if out is None else out.copy_(y)
     compute = compute_dtype(t.dtype)
     z = normal_noise(
         tuple(t.shape), seed=seed, offset=offset, dtype=torch.float64, device=t.device

@@ -1,0 +1,203 @@
+"""The variants' fused CPU kernels, for torch tensors: one call per variant.
+
+Each function here wraps a range kernel of :mod:`droplab.kernels._numba_variants`
+(the same approach as standard dropout's :mod:`droplab.kernels.cpu`: words
+drawn chunk by chunk and used at once, the GIL released, big tensors split over
+threads by :func:`droplab.kernels.cpu._split`, nothing of the mask's size kept
+for backward) and gives what the variant's reference code gives:
+
+- :func:`gaussian_noise`: ``x * round(1 + sigma z)``, ``z`` within float64
+  rounding of the reference's (see :mod:`droplab.kernels._numba_variants`);
+- :func:`alpha_dropout`: alpha and feature alpha dropout, bit for bit;
+- :func:`drop_block`: DropBlock, bit for bit;
+- :func:`uniform_logits`: Concrete dropout's ``log u - log(1 - u)``, within
+  float64 rounding.
+
+The variants reach them through :mod:`droplab.kernels.fused` (for a contiguous
+CPU tensor when the Numba ``masked_scale`` is the one chosen for it, so
+``DROPLAB_BACKEND=reference`` keeps the reference code) and run their
+reference code otherwise or when a function returns None (a case it does not
+take). Arguments are assumed valid (the callers validate them).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from droplab import masks
+from droplab.kernels import _numba_variants as nv
+from droplab.kernels import cpu, fused
+from droplab.scaling import compute_dtype
+
+__all__ = [
+    "alpha_dropout",
+    "drop_block",
+    "gaussian_noise",
+    "uniform_logits",
+]
+
+# Work per element against a mask element of standard dropout, for the split
+# over threads (cpu.PER_THREAD elements of that is worth a thread).
+_GAUSSIAN_COST = 8
+_LOGIT_COST = 8
+
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _stream(seed: int, offset: int) -> tuple[np.uint64, int, np.uint64, np.uint64]:
+    return cpu._stream_args(seed, offset)
+
+
+def _compute_input(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, in its compute dtype (a float32 copy of a 16-bit tensor)."""
+    compute = compute_dtype(t.dtype)
+    return t.detach() if t.dtype == compute else t.detach().to(compute)
+
+
+def gaussian_noise(
+    t: torch.Tensor, *, sigma: float, seed: int, offset: int
+) -> torch.Tensor:
+    """``t * round(1 + sigma z)``: Gaussian dropout's op (element ``i`` uses stream
+    positions ``offset + 2i``, ``offset + 2i + 1``); result in ``t``'s dtype."""
+    x = _compute_input(t)
+    dst = torch.empty_like(x)
+    if x.numel():
+        x_flat = x.numpy().reshape(-1)
+        dst_flat = dst.numpy().reshape(-1)
+        stream = _stream(seed, offset)
+        scale = np.float64(sigma)
+        cpu._split(
+            x_flat.size,
+            lambda lo, hi: nv.gaussian_scale(x_flat, dst_flat, lo, hi, *stream, scale),
+            unit=_GAUSSIAN_COST,
+        )
+    return dst if dst.dtype == t.dtype else dst.to(t.dtype)
+
+
+def alpha_dropout(
+    t: torch.Tensor,
+    *,
+    p: float,
+    seed: int,
+    offset: int,
+    shared_dims: tuple[int, ...],
+    a: float,
+    b: float,
+    dropped: float,
+) -> torch.Tensor | None:
+    """``x * a + b`` where kept, ``dropped`` elsewhere (float32 and float64 only).
+
+    ``a``, ``b`` and ``dropped`` are rounded to ``t``'s dtype, as the reference's
+    torch ops round them. None (the caller's reference code then runs) for 16-bit
+    dtypes, whose reference rounds ``x * a`` to 16 bits before adding ``b``, and
+    for masks shared along dims other than a trailing run.
+    """
+    if t.dtype not in _NP:
+        return None
+    plan = _alpha_plan(tuple(t.shape), shared_dims, t.dtype, p, a, b, dropped)
+    if plan is None:
+        return None
+    mask_elements, group, consts = plan
+    x = t.detach()
+    dst = torch.empty_like(x)
+    if mask_elements:
+        x_flat = x.numpy().reshape(-1)
+        dst_flat = dst.numpy().reshape(-1)
+        stream = _stream(seed, offset)
+        cpu._split(
+            mask_elements,
+            lambda lo, hi: nv.alpha_scale(
+                x_flat, dst_flat, lo, hi, group, *stream, *consts
+            ),
+            unit=group,
+        )
+    return dst
+
+
+@functools.lru_cache(maxsize=256)
+def _alpha_plan(
+    shape: tuple[int, ...],
+    shared_dims: tuple[int, ...],
+    dtype: torch.dtype,
+    p: float,
+    a: float,
+    b: float,
+    dropped: float,
+) -> tuple[int, int, tuple[Any, ...]] | None:
+    """(mask elements, elements per mask element, (threshold, a, b, dropped) as
+    the kernel takes them), or None for a mask not shared along trailing dims.
+
+    Memoised: a training run calls the same shapes and rate over and over.
+    """
+    own = fused.own_shape(shape, shared_dims)
+    group = fused.trailing_group(own, shape)
+    if not group:
+        return None
+    kind = _NP[dtype]
+    threshold, _ = cpu._threshold_and_factor(p, "none", kind)
+    return math.prod(own), group, (threshold, kind(a), kind(b), kind(dropped))
+
+
+def drop_block(
+    t: torch.Tensor,
+    *,
+    gamma: float,
+    block: tuple[int, int],
+    seed: int,
+    offset: int,
+    shared_channels: bool,
+) -> torch.Tensor:
+    """DropBlock on ``(N, C, H, W)``: the keep mask of the seeds of ``gamma``, kept
+    units times ``numel / kept`` (rounded to the compute dtype), +0 elsewhere."""
+    n, c, h, w = t.shape
+    bh, bw = block
+    planes = n * (1 if shared_channels else c)
+    plane = h * w
+    x = _compute_input(t)
+    dst = torch.empty_like(x)
+    keep = np.empty(planes * plane, np.uint8)
+    counts = np.zeros(planes, np.int64)
+    stream = _stream(seed, offset)
+    thr = np.uint64(masks.keep_threshold(1.0 - gamma))
+    cpu._split(
+        planes,
+        lambda lo, hi: nv.block_keep(keep, counts, lo, hi, h, w, bh, bw, *stream, thr),
+        unit=plane * 4,
+    )
+    kept = int(counts.sum()) * (c if shared_channels else 1)
+    factor = x.numel() / kept if kept else 0.0
+    x_flat = x.numpy().reshape(-1)
+    dst_flat = dst.numpy().reshape(-1)
+    scale = _NP[x.dtype](factor)
+    per_keep = c if shared_channels else 1
+    cpu._split(
+        n * c,
+        lambda lo, hi: nv.apply_planes(
+            x_flat, dst_flat, keep, lo, hi, plane, per_keep, scale
+        ),
+        unit=plane,
+    )
+    return dst if dst.dtype == t.dtype else dst.to(t.dtype)
+
+
+def uniform_logits(
+    shape: tuple[int, ...], *, seed: int, offset: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """``log u - log(1 - u)`` of ``shape`` from stream positions ``offset ..``,
+    ``u = (word + 1/2) 2**-32``, computed in float64 and rounded to ``dtype``
+    (float32 or float64): Concrete dropout's logistic noise."""
+    out = torch.empty(shape, dtype=dtype)
+    flat = out.numpy().reshape(-1)
+    if flat.size:
+        stream = _stream(seed, offset)
+        cpu._split(
+            flat.size,
+            lambda lo, hi: nv.uniform_logits(flat, lo, hi, *stream),
+            unit=_LOGIT_COST,
+        )
+    return out
