@@ -55,8 +55,10 @@ __all__ = [
     "make_mask",
     "mask_shape",
     "mask_words",
+    "own_shape",
     "row_count",
     "stream_elements",
+    "trailing_group",
 ]
 
 SAMPLERS = ("bernoulli", "fixed")
@@ -239,3 +241,29 @@ def make_mask(
     sampler = check_choice(sampler, "sampler", SAMPLERS, owner="make_mask")
     build = bernoulli_mask if sampler == "bernoulli" else fixed_count_mask
     return build(shape, p, seed=seed, offset=offset, shared_dims=shared_dims)
+
+
+def own_shape(shape: tuple[int, ...], shared_dims: tuple[int, ...]) -> tuple[int, ...]:
+    """``masks.mask_shape`` without its argument checks (the callers made them).
+
+    >>> own_shape((8, 16, 5, 5), (2, -1))
+    (8, 16, 1, 1)
+    """
+    ndim = len(shape)
+    dims = {d % ndim for d in shared_dims}
+    return tuple(1 if d in dims else size for d, size in enumerate(shape))
+
+
+def trailing_group(own: tuple[int, ...], shape: tuple[int, ...]) -> int:
+    """Elements per mask element when the mask ``own`` is shared along a
+    trailing run of the dims of ``shape`` (and nowhere else), else 0.
+
+    >>> trailing_group((8, 16, 1, 1), (8, 16, 5, 5)), trailing_group((8, 1, 5), (8, 3, 5))
+    (25, 0)
+    """
+    lead = len(own)
+    while lead and own[lead - 1] == 1:
+        lead -= 1
+    if own[:lead] != shape[:lead]:
+        return 0
+    return math.prod(shape[lead:])

@@ -47,7 +47,7 @@ import torch
 from droplab import masks, scaling
 from droplab.kernels import _numba_philox as nk
 from droplab.kernels import _numba_variants as nv
-from droplab.kernels.fused import own_shape, trailing_group
+from droplab.masks import own_shape, trailing_group
 from droplab.mesh import Runs
 
 __all__ = ["PER_THREAD", "masked_scale", "supports"]

@@ -31,7 +31,7 @@ import torch
 
 from droplab import masks
 from droplab.kernels import _numba_variants as nv
-from droplab.kernels import cpu, fused
+from droplab.kernels import cpu
 from droplab.scaling import compute_dtype
 
 __all__ = [
@@ -134,8 +134,8 @@ def _alpha_plan(
 
     Memoised: a training run calls the same shapes and rate over and over.
     """
-    own = fused.own_shape(shape, shared_dims)
-    group = fused.trailing_group(own, shape)
+    own = masks.own_shape(shape, shared_dims)
+    group = masks.trailing_group(own, shape)
     if not group:
         return None
     kind = _NP[dtype]

@@ -15,7 +15,6 @@ Arguments are assumed valid (the variants check them at their door).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -27,8 +26,6 @@ __all__ = [
     "backend",
     "drop_block",
     "gaussian_noise",
-    "own_shape",
-    "trailing_group",
     "uniform_logits",
 ]
 
@@ -106,29 +103,3 @@ def uniform_logits(
     return cpu_variants.uniform_logits(
         tuple(t.shape), seed=seed, offset=offset, dtype=dtype
     )
-
-
-def own_shape(shape: tuple[int, ...], shared_dims: tuple[int, ...]) -> tuple[int, ...]:
-    """``masks.mask_shape`` without its argument checks (the callers made them).
-
-    >>> own_shape((8, 16, 5, 5), (2, -1))
-    (8, 16, 1, 1)
-    """
-    ndim = len(shape)
-    dims = {d % ndim for d in shared_dims}
-    return tuple(1 if d in dims else size for d, size in enumerate(shape))
-
-
-def trailing_group(own: tuple[int, ...], shape: tuple[int, ...]) -> int:
-    """Elements per mask element when the mask ``own`` is shared along a
-    trailing run of the dims of ``shape`` (and nowhere else), else 0.
-
-    >>> trailing_group((8, 16, 1, 1), (8, 16, 5, 5)), trailing_group((8, 1, 5), (8, 3, 5))
-    (25, 0)
-    """
-    lead = len(own)
-    while lead and own[lead - 1] == 1:
-        lead -= 1
-    if own[:lead] != shape[:lead]:
-        return 0
-    return math.prod(shape[lead:])

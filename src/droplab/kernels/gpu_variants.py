@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from droplab import masks
-from droplab.kernels import fused, gpu
+from droplab.kernels import gpu
 
 __all__ = ["alpha_dropout", "gaussian_noise", "runs"]
 
@@ -214,7 +214,7 @@ def alpha_dropout(
     if t.dtype not in (torch.float32, torch.float64):
         return None
     shape = tuple(t.shape)
-    group = fused.trailing_group(fused.own_shape(shape, shared_dims), shape)
+    group = masks.trailing_group(masks.own_shape(shape, shared_dims), shape)
     if not group:
         return None
     x = t.detach().contiguous()
