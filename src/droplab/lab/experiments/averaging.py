@@ -128,6 +128,8 @@ def _small(config: Config) -> dict[str, Any]:
             list(mean_ci(tv_geo[:, j])) for j in range(len(config.small_ks))
         ],
         "ws_tv": float(tv_distance(ws_probs, exact.mean_probs).mean()),
+        # over test inputs: how much the distance varies from input to input
+        "ws_tv_ci": list(mean_ci(tv_distance(ws_probs, exact.mean_probs))),
         "nwgm_tv": float(tv_distance(exact.nwgm, exact.mean_probs).mean()),
         "nwgm_vs_ws_max": float(np.abs(exact.nwgm - ws_probs).max()),
         "accuracy_exact": float(np.mean(exact.mean_probs.argmax(1) == data.y_test)),
@@ -259,7 +261,9 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     add(
         f"small net (n = {small['units']}): weight scaling, TV to exact average",
-        small["ws_tv"],
+        *small.get(
+            "ws_tv_ci", [small["ws_tv"]]
+        ),  # (saved before 2026-12-06: no interval)
     )
     add("small net: NWGM, TV to exact average", small["nwgm_tv"])
     add("small net: max |NWGM - weight scaling| (0 in theory)", small["nwgm_vs_ws_max"])
@@ -299,8 +303,11 @@ def answer(result: dict[str, Any]) -> str:
             f"({small['mc_tv'][-1][0]:.3g})."
         )
     s2 = (
-        f"The NWGM equals weight scaling here (largest difference {small['nwgm_vs_ws_max']:.1e}), as Baldi and Sadowski "
-        "prove for one linear layer after dropout."
+        "The normalized weighted geometric mean (NWGM: the softmax of the subnetworks' "
+        "average logits, a geometric mean of their outputs renormalized to sum to 1, "
+        "not the arithmetic mean of their outputs that the exact average takes) equals "
+        f"weight scaling here (largest difference {small['nwgm_vs_ws_max']:.1e}), as "
+        "Baldi and Sadowski prove for one linear layer after dropout."
     )
     diffs = large["mc_minus_ws"]
     ks = large["ks"]

@@ -30,14 +30,11 @@ import jinja2
 from droplab.execution import write_text
 from droplab.lab.registry import get_experiment
 from droplab.lab.report.summary import (
-    EXACT_HEADLINES,
-    HEADLINE_POINTS,
     MAX_WORDS,
     SEED_QUESTIONS,
     forest_figure,
     forest_rows,
-    headline_row,
-    in_points,
+    headline,
     short_answer,
 )
 from droplab.lab.results import ResultError, load_result, result_path
@@ -92,57 +89,85 @@ def figure_png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-# Quantities that cannot be negative (or leave [0, 1]); a t interval from a few
-# seeds can reach past the bound, and the page then shows it cut there, marked.
-_NONNEGATIVE = ("error", "accuracy", "seconds", "cost", "rmse", "standard deviation",
-                "coverage", "fraction", "epochs", "units dropped")  # fmt: skip
-_DIFFERENCE = (" - ", "minus", "ratio", "difference", "log-likelihood", "gap")
+# The range each quantity truly lives in, read from its name: an interval is cut
+# only where it crosses that range (a t interval from a few seeds can reach
+# below 0 for a test error), never elsewhere, so a value always lies inside its
+# interval. A squared error is >= 0 with no upper bound; a signed error, a
+# bias or a difference has no bound at all.
+_SIGNED = (" - ", "minus", "difference", "change", "bias of", "relative error",
+           "log-likelihood", "mean(", "exceeds", "benefit")  # fmt: skip
+_NONNEGATIVE = ("squared", "mse", "rmse", "rms ", "variance", "standard deviation",
+                "sd ", "|", "ratio", "seconds", "cost", "loss", "entropy")  # fmt: skip
+_PROPORTION = ("error", "accuracy", "coverage", "fraction", "p(", "probability",
+               "p-value", "tv to", "total variation", "auroc", "rate", "best p")  # fmt: skip
+_COUNT = ("units", "epoch")
 
 
-def _bounds(quantity: str, unit: str) -> tuple[float, float | None] | None:
-    """The range a quantity lives in, from its name (None: unbounded).
+def value_range(quantity: str, unit: str = "") -> tuple[float | None, float | None]:
+    """``(lowest, highest)`` a quantity can take, from its name (None: no bound).
 
-    >>> _bounds("none: test error", ""), _bounds("dropout - none (paired)", "")
-    ((0.0, 1.0), None)
-    >>> _bounds("dropout: seconds per epoch", "s")
-    (0.0, None)
+    >>> value_range("none: test error"), value_range("dropout - none (paired)")
+    ((0.0, 1.0), (None, None))
+    >>> value_range("inverted: mean squared error"), value_range("dropout: seconds per epoch", "s")
+    ((0.0, None), (0.0, None))
+    >>> value_range("n = 8: mean relative error over all masks")
+    (None, None)
     """
-    text = quantity.lower()
-    if any(word in text for word in _DIFFERENCE):
+    text = f"{quantity.lower()} {unit.lower()}"
+    if any(word in text for word in _SIGNED):
+        return (None, None)
+    if "auroc" in text:
+        return (0.0, 1.0)
+    if any(word in text for word in _NONNEGATIVE) or unit in ("s", "nats"):
+        return (0.0, None)
+    if any(word in text for word in _PROPORTION) and unit in ("", "fraction"):
+        return (0.0, 1.0)
+    if any(word in text for word in _COUNT):
+        return (0.0, None)
+    return (None, None)
+
+
+def shown_interval(row: Mapping[str, Any]) -> tuple[float, float, str, str] | None:
+    """The interval the page shows for ``row``: ``(low, high, mark_low, mark_high)``,
+    each end cut to the quantity's range (:func:`value_range`) and marked ``*``
+    where it was; None where the row has no interval. Figures that draw an
+    interval draw this one.
+
+    >>> shown_interval({"quantity": "test error", "value": 0.04, "low": -0.03, "high": 0.11})
+    (0.0, 0.11, '*', '')
+    """
+    low, high = row.get("low"), row.get("high")
+    if low is None or high is None:
         return None
-    if not any(word in text for word in _NONNEGATIVE):
-        return None
-    proportion = any(w in text for w in ("error", "accuracy", "coverage", "fraction"))
-    return (
-        0.0,
-        1.0 if proportion and unit in ("", "fraction") and "rmse" not in text else None,
-    )
+    bottom, top = value_range(str(row.get("quantity", "")), str(row.get("unit", "")))
+    mark_low = mark_high = ""
+    if bottom is not None and low < bottom:
+        low, mark_low = bottom, "*"
+    if top is not None and high > top:
+        high, mark_high = top, "*"
+    return float(low), float(high), mark_low, mark_high
 
 
 def _interval(row: Mapping[str, Any]) -> str:
-    """``[low, high]``, cut (and marked ``*``) where it crosses the quantity's bound.
+    """``[low, high]``, cut (and marked ``*``) where it crosses the quantity's range.
 
     A paired difference's point "interval" (every seed pair differed alike) is
     said to be no interval:
 
     >>> _interval({"quantity": "epochs to target", "value": 5.5, "low": -0.85, "high": 11.9})
     '[0*, 11.9]'
+    >>> _interval({"quantity": "inverted: mean squared error", "value": 1.44, "low": 1.31, "high": 1.58})
+    '[1.31, 1.58]'
     >>> _interval({"quantity": "dropout - none (paired)", "low": -0.01, "high": -0.01})
     '(no spread: no interval)'
     """
-    low, high = row.get("low"), row.get("high")
-    if low is None or high is None:
+    shown = shown_interval(row)
+    if shown is None:
         return ""
     quantity = str(row.get("quantity", ""))
-    if low == high and any(w in quantity for w in ("paired", " - ", "minus")):
+    if shown[0] == shown[1] and any(w in quantity for w in ("paired", " - ", "minus")):
         return "(no spread: no interval)"
-    bounds = _bounds(quantity, str(row.get("unit", "")))
-    mark_low = mark_high = ""
-    if bounds is not None:
-        if low < bounds[0]:
-            low, mark_low = bounds[0], "*"
-        if bounds[1] is not None and high > bounds[1]:
-            high, mark_high = bounds[1], "*"
+    low, high, mark_low, mark_high = shown
     return f"[{format_number(low)}{mark_low}, {format_number(high)}{mark_high}]"
 
 
@@ -150,37 +175,20 @@ FOLD_ROWS = 8  # number tables longer than this are folded (<details>)
 
 
 def _headline(
-    module: Any,
-    result: Any,
-    rows: Sequence[Mapping[str, str]],
-    raw_rows: Sequence[Mapping[str, Any]] = (),
+    name: str, result: Any, raw_rows: Sequence[Mapping[str, Any]]
 ) -> Mapping[str, str] | None:
-    """The number the summary shows: ``module.headline(result)`` (a row of
-    ``numbers``, or its index) where the module defines it, else the first row
-    with an interval, else the first row."""
-    picked = headline_row(module.NAME, [dict(row) for row in raw_rows])
-    if picked is not None and module.NAME in HEADLINE_POINTS:
-        picked = in_points(picked)
-    chosen: Any
-    if picked is not None:
-        chosen = lambda _result: picked  # noqa: E731
-    else:
-        chosen = getattr(module, "headline", None)
-    if chosen is not None:
-        pick = chosen(result)
-        if isinstance(pick, int):
-            return rows[pick] if 0 <= pick < len(rows) else None
-        if pick is None:
-            return None
-        return {
-            "quantity": pick["quantity"],
-            "value": format_number(pick.get("value")),
-            "interval": _interval(pick),
-            "unit": pick.get("unit", ""),
-        }
-    with_interval = [row for row in rows if row["interval"]]
-    chosen_rows = with_interval or list(rows)
-    return chosen_rows[0] if chosen_rows else None
+    """The number the summary shows: the one its short answer states
+    (:func:`~droplab.lab.report.summary.headline`), formatted as the tables are."""
+    pick = headline(name, result, [dict(row) for row in raw_rows])
+    if pick is None:
+        return None
+    return {
+        "quantity": pick["quantity"],
+        "value": format_number(pick.get("value")),
+        "interval": _interval(pick),
+        "unit": pick.get("unit", ""),
+        "reason": pick.get("reason", ""),
+    }
 
 
 def _section(
@@ -236,8 +244,7 @@ def _section(
         "short": short,
         "decided": decided,
         "has_intervals": any(row["interval"] for row in rows),
-        "headline": _headline(module, result, rows, raw_rows),
-        "exact": EXACT_HEADLINES.get(record["name"], ""),
+        "headline": _headline(record["name"], result, raw_rows),
         "question": module.QUESTION,
         "method": module.METHOD,
         "figure": figure,
