@@ -69,7 +69,7 @@ def format_number(value: Any) -> str:
 
 
 # Figures at most this wide (pixels) shrink to a phone's width (370 px: 8-point
-# text stays at 9 px or more); wider ones are shown at their own size there.
+# text stays at 9 px or more); wider ones get a phone version (phone_figure).
 PHONE_FIT_PX = 600
 
 
@@ -77,6 +77,46 @@ def png_width(png_base64: str) -> int:
     """The width in pixels of a base64 PNG (from its IHDR header)."""
     header = base64.b64decode(png_base64[:32])
     return int.from_bytes(header[16:20], "big")
+
+
+PHONE_INCHES = 3.5  # a phone figure's width: 385 px at 110 dpi, shown near full size
+
+
+def phone_figure(figure: Any) -> Any:
+    """``figure`` redrawn for a phone: its panels stacked in one column, 3.5 inches
+    wide, each keeping its own legend (and twin axes, colorbars) beside it, long
+    titles wrapped; the desktop figure's panels side by side would be cut at 390 px.
+    """
+    import textwrap
+
+    panels: dict[tuple[int, int], list[Any]] = {}  # grid cell -> its axes (twins)
+    for ax in figure.axes:
+        spec = ax.get_subplotspec()
+        if spec is not None:
+            key = (spec.rowspan.start, spec.colspan.start)
+            panels.setdefault(key, []).append(ax)
+    if not panels:
+        return figure
+    cells = sorted(panels)
+    first = panels[cells[0]][0].get_subplotspec().get_gridspec()
+    rows, cols = first.get_geometry()
+    width, height = figure.get_size_inches()
+    # each panel keeps its shape (height / width), within readable limits
+    panel = min(max(PHONE_INCHES * (height / rows) / (width / cols), 2.3), 3.4)
+    grid = figure.add_gridspec(len(cells), 1)
+    for i, key in enumerate(cells):
+        for ax in panels[key]:
+            ax.set_subplotspec(grid[i, 0])
+            title = ax.get_title()
+            if len(title) > 44 and "\n" not in title:
+                head, sep, tail = title.rpartition(" (")
+                lines = [head, "(" + tail] if sep and len(head) <= 44 else [title]
+                ax.set_title("\n".join(textwrap.fill(t, 44) for t in lines), fontsize=9)
+            words = "".join(t.get_text() for t in ax.get_xticklabels())
+            if len(words) > 24 and not words.replace(".", "").isdigit():
+                ax.tick_params(axis="x", labelrotation=30)  # names, not numbers
+    figure.set_size_inches(PHONE_INCHES, panel * len(cells))
+    return figure
 
 
 def figure_png(figure: Any) -> str:
@@ -218,6 +258,8 @@ def _section(
             }
         )
     figure = figure_png(module.figure(result))
+    wide = png_width(figure) > PHONE_FIT_PX
+    phone = figure_png(phone_figure(module.figure(result))) if wide else ""
     answer = module.answer(result)
     short = short_answer(record["name"], result, raw_rows) or _first_sentence(answer)
     decided = None
@@ -248,7 +290,7 @@ def _section(
         "question": module.QUESTION,
         "method": module.METHOD,
         "figure": figure,
-        "figure_wide": png_width(figure) > PHONE_FIT_PX,
+        "figure_phone": phone,
         "numbers": rows,
         "tables": tables,
         "answer": answer,
