@@ -74,7 +74,9 @@ def test_dataset_is_required_without_list(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as stopped:  # argparse: one of the two options
         cli.main(["uci"])
     assert stopped.value.code == 2
-    assert "one of the arguments --dataset --list is required" in capsys.readouterr().err
+    assert (
+        "one of the arguments --dataset --list is required" in capsys.readouterr().err
+    )
 
 
 def test_a_plain_text_folder_of_an_unshipped_set_still_works(tmp_path: Path) -> None:
