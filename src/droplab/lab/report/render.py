@@ -40,6 +40,7 @@ from droplab.lab.report.summary import (
 from droplab.lab.results import ResultError, load_result, result_path
 
 __all__ = [
+    "answers_markdown",
     "figure_png",
     "format_number",
     "render_report",
@@ -322,6 +323,41 @@ def _duration(seconds: float) -> str:
     ('42 s', '37 min')
     """
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def answers_markdown(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The lab's answers as Markdown table rows (the README's table): per record,
+    its question, short answer, headline number with its interval, and the run.
+
+    The same functions as the page's summary, so the two say the same.
+    """
+    lines = []
+    for record in records:
+        name = str(record["name"])
+        result = record["result"]
+        rows = get_experiment(name).numbers(result)
+        picked = _headline(name, result, rows)
+        number = ""
+        if picked is not None:
+            unit = f" {picked['unit']}" if picked["unit"] else ""
+            said = picked["interval"] or (
+                f"({picked['reason']})" if picked["reason"] else ""
+            )
+            number = f"**{picked['value']}**{unit} {said}".strip()
+        seeds = record.get("config", {}).get("seeds")
+        run = (
+            f"{record.get('preset', '')}"
+            + (f", {seeds} seeds" if seeds else "")
+            + f", {str(record.get('started', ''))[:10]}"
+        )
+        cells = [
+            SEED_QUESTIONS.get(name, name),
+            short_answer(name, result, rows),
+            number,
+            run,
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
 
 
 def shipped_results() -> dict[str, dict[str, Any]]:
