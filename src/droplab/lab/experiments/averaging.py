@@ -21,6 +21,7 @@ import torch
 
 from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import gap_clause, train_test_gap
+from droplab.lab.ranges import in_range
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import (
@@ -196,8 +197,10 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
 
 
 def _band(
-    ax: Any, ks: list[int], triples: list[list[Any]], color: str, label: str
-) -> None:
+    ax: Any, ks: list[int], triples: list[list[Any]], color: str, label: str,
+    quantity: str = "total variation",
+) -> None:  # fmt: skip
+    triples = [in_range(t, quantity) for t in triples]  # as the table shows them
     mean = [t[0] for t in triples]
     ax.plot(ks, mean, "o-", ms=3, color=color, label=label)
     if all(t[1] is not None for t in triples):

@@ -23,6 +23,7 @@ import torch
 
 from droplab.execution import one_thread
 from droplab.functional import dropout
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import (
     build_mlp,
@@ -223,7 +224,10 @@ def figure(result: dict[str, Any]) -> Any:
     ax_forum.legend(fontsize=8)
 
     rules = list(result["network"]["rules"])
-    mse = [result["network"]["rules"][r]["mse"] for r in rules]
+    mse = [
+        in_range(result["network"]["rules"][r]["mse"], "mean squared error")
+        for r in rules
+    ]
     errors = [[m[0] - m[1] for m in mse], [m[2] - m[0] for m in mse]]
     ax_rules.bar(
         rules,

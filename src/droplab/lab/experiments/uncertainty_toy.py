@@ -29,6 +29,7 @@ from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import paired_difference, verdict
 from droplab.lab.curves import load_cached, train_regressor
 from droplab.lab.data import make_gap_regression
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import build_mlp, train_classifier
 from droplab.rng import derive_seed
@@ -242,7 +243,7 @@ def figure(result: dict[str, Any]) -> Any:
     )
     left.legend(fontsize=7, loc="lower right")
     names = ["test", *SHIFTS]
-    triples = [result["entropy"][k] for k in names]
+    triples = [in_range(result["entropy"][k], "predictive entropy") for k in names]
     means = [t[0] for t in triples]
     yerr = None
     if all(t[1] is not None for t in triples):

@@ -37,6 +37,7 @@ from droplab.lab.curves import (
     train_with_curves,
     warm_up_kernels,
 )
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.nn import (
@@ -211,7 +212,8 @@ def figure(result: dict[str, Any]) -> Any:
         (axes[0], "accuracy", 100.0, "test accuracy (%)"),
         (axes[1], "epoch_seconds", 1.0, "CPU seconds per epoch (median of epochs)"),
     ):
-        triples = [result[key][v] for v in VARIANTS]
+        quantity = "test accuracy" if key == "accuracy" else "seconds per epoch"
+        triples = [in_range(result[key][v], quantity) for v in VARIANTS]
         means = [scale * t[0] for t in triples]
         yerr = None
         if all(t[1] is not None for t in triples):

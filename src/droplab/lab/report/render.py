@@ -28,6 +28,7 @@ from typing import Any
 import jinja2
 
 from droplab.execution import write_text
+from droplab.lab.ranges import value_range
 from droplab.lab.registry import get_experiment
 from droplab.lab.report.summary import (
     MAX_WORDS,
@@ -128,44 +129,6 @@ def figure_png(figure: Any) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-# The range each quantity truly lives in, read from its name: an interval is cut
-# only where it crosses that range (a t interval from a few seeds can reach
-# below 0 for a test error), never elsewhere, so a value always lies inside its
-# interval. A squared error is >= 0 with no upper bound; a signed error, a
-# bias or a difference has no bound at all.
-_SIGNED = (" - ", "minus", "difference", "change", "bias of", "relative error",
-           "log-likelihood", "mean(", "exceeds", "benefit")  # fmt: skip
-_NONNEGATIVE = ("squared", "mse", "rmse", "rms ", "variance", "standard deviation",
-                "sd ", "|", "ratio", "seconds", "cost", "loss", "entropy")  # fmt: skip
-_PROPORTION = ("error", "accuracy", "coverage", "fraction", "p(", "probability",
-               "p-value", "tv to", "total variation", "auroc", "rate", "best p")  # fmt: skip
-_COUNT = ("units", "epoch")
-
-
-def value_range(quantity: str, unit: str = "") -> tuple[float | None, float | None]:
-    """``(lowest, highest)`` a quantity can take, from its name (None: no bound).
-
-    >>> value_range("none: test error"), value_range("dropout - none (paired)")
-    ((0.0, 1.0), (None, None))
-    >>> value_range("inverted: mean squared error"), value_range("dropout: seconds per epoch", "s")
-    ((0.0, None), (0.0, None))
-    >>> value_range("n = 8: mean relative error over all masks")
-    (None, None)
-    """
-    text = f"{quantity.lower()} {unit.lower()}"
-    if any(word in text for word in _SIGNED):
-        return (None, None)
-    if "auroc" in text:
-        return (0.0, 1.0)
-    if any(word in text for word in _NONNEGATIVE) or unit in ("s", "nats"):
-        return (0.0, None)
-    if any(word in text for word in _PROPORTION) and unit in ("", "fraction"):
-        return (0.0, 1.0)
-    if any(word in text for word in _COUNT):
-        return (0.0, None)
-    return (None, None)
 
 
 def shown_interval(row: Mapping[str, Any]) -> tuple[float, float, str, str] | None:
