@@ -197,16 +197,19 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
 
 
 def _band(
-    ax: Any, ks: list[int], triples: list[list[Any]], color: str, label: str,
-    quantity: str = "total variation",
-) -> None:  # fmt: skip
-    triples = [in_range(t, quantity) for t in triples]  # as the table shows them
+    ax: Any, ks: list[int], triples: list[list[Any]], color: str, label: str
+) -> None:
     mean = [t[0] for t in triples]
     ax.plot(ks, mean, "o-", ms=3, color=color, label=label)
     if all(t[1] is not None for t in triples):
         ax.fill_between(
             ks, [t[1] for t in triples], [t[2] for t in triples], color=color, alpha=0.2
         )
+
+
+def _percent(triple: list[Any]) -> list[Any]:
+    """A test error's triple in percent, its interval cut as the table cuts it."""
+    return [None if v is None else 100 * v for v in in_range(triple, "test error")]
 
 
 def figure(result: dict[str, Any]) -> Any:
@@ -216,11 +219,12 @@ def figure(result: dict[str, Any]) -> Any:
     small, large = result["small"], result["large"]
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    _band(left, small["ks"], small["mc_tv"], "#1f5fa8", "MC-k (mean of softmax)")
+    distances = [in_range(t, "total variation") for t in small["mc_tv"]]
+    _band(left, small["ks"], distances, "#1f5fa8", "MC-k (mean of softmax)")
     _band(
         left,
         small["ks"],
-        small["mc_geometric_tv"],
+        [in_range(t, "total variation") for t in small["mc_geometric_tv"]],
         "#4f9a6b",
         "MC-k (softmax of mean logits)",
     )
@@ -237,11 +241,11 @@ def figure(result: dict[str, Any]) -> Any:
     _band(
         right,
         large["ks"],
-        [[100 * v if v is not None else None for v in t] for t in large["mc_error"]],
+        [_percent(t) for t in large["mc_error"]],
         "#1f5fa8",
         "MC-k",
     )
-    ws = [100 * v if v is not None else None for v in large["ws_error"]]
+    ws = _percent(large["ws_error"])
     right.axhline(ws[0], color="#d08c60", lw=2, label="weight scaling")
     if ws[1] is not None:
         right.axhspan(ws[1], ws[2], color="#d08c60", alpha=0.15)

@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
@@ -115,7 +116,8 @@ def phone_figure(figure: Any) -> Any:
                 lines = [head, "(" + tail] if sep and len(head) <= 44 else [title]
                 ax.set_title("\n".join(textwrap.fill(t, 44) for t in lines), fontsize=9)
             words = "".join(t.get_text() for t in ax.get_xticklabels())
-            if len(words) > 24 and not words.replace(".", "").isdigit():
+            letters = re.sub(r"\\mathdefault|[^A-Za-z]", "", words)  # not 10^2, 0.5
+            if len(words) > 24 and len(letters) > 6:
                 ax.tick_params(axis="x", labelrotation=30)  # names, not numbers
     figure.set_size_inches(PHONE_INCHES, panel * len(cells))
     return figure
