@@ -366,10 +366,12 @@ def test_features_answer_follows_the_intervals() -> None:
     )
     text = features.answer(result)
     assert (
-        "dropout is sparser than no dropout by 0.200 of mean hidden activation" in text
+        "dropout is sparser than no dropout by 0.200 in the mean hidden activation"
+        in text
     )
     assert (
-        "dropout is sparser than no dropout by 0.100 of fraction of activations" in text
+        "dropout is sparser than no dropout by 0.100 in the fraction of activations"
+        in text
     )
 
 
@@ -386,7 +388,7 @@ def test_uncertainty_answer_follows_the_intervals() -> None:
     _set(result["entropy_shift"]["noise"], mean=1.0, low=0.8, high=1.2, p_value=0.01)
     text = uncertainty_toy.answer(result)
     assert "the gap has a larger spread than the training range by 0.300" in text
-    assert "noise inputs has a higher entropy than test inputs by 1.000 nats" in text
+    assert "noise inputs have a higher entropy than test inputs by 1.000 nats" in text
 
 
 def test_unit_scale_variance_matches_simulation() -> None:

@@ -7,7 +7,10 @@ row per experiment, and every link resolves.
 
 Skipped cleanly when Chromium is not installed (``.ci/run`` installs Debian's
 ``chromium``). The page under test is a copy of the report with a probe script
-appended; the report itself has no scripts.
+appended; the report itself has no scripts. Headless Chromium lays out a window
+narrower than 500 px at 500 px (and a screenshot then crops it), so the page is
+opened in an iframe of exactly the width under test, and the probe checks the
+width its page was laid out at.
 """
 
 from __future__ import annotations
@@ -51,15 +54,18 @@ window.addEventListener("load", () => {
   const cut = boxes.filter((b) => b.left < 0 || b.right > window.innerWidth + 0.5).length;
   const scale = images.length === 0 ? 0 : Math.floor(Math.min(...images.map(
     (img, i) => 100 * boxes[i].width / Math.max(1, img.naturalWidth))));
-  document.body.setAttribute("data-probe", [images.length, loaded, wide ? "wide" : "fits",
+  const probe = [images.length, loaded, wide ? "wide" : "fits",
     before ? "summary-first" : "summary-late", rows, links.length, broken, narrowest,
-    cut, scale].join("/"));
+    cut, scale, window.innerWidth].join("/");
+  document.body.setAttribute("data-probe", probe);
+  window.parent.postMessage(probe, "*");  // to the frame around it
 });
 </script>
 </body>"""
 PROBED = re.compile(
-    r'data-probe="(\d+)/(\d+)/(\w+)/([\w-]+)/(\d+)/(\d+)/(\d+)/(\d+)/(\d+)/(\d+)"'
+    r'data-probe="(\d+)/(\d+)/(\w+)/([\w-]+)/(\d+)/(\d+)/(\d+)/(\d+)/(\d+)/(\d+)/(\d+)"'
 )
+NARROWEST_WINDOW = 500  # headless Chromium lays out a narrower window at this width
 WIDTHS = [390, 1280]
 
 
@@ -86,15 +92,32 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "index.html"
 
 
+def _framed(page: Path, width: int, height: int) -> Path:
+    """A page holding ``page`` in an iframe exactly ``width`` px wide (the window
+    may be wider: see the module's docstring); it takes the probe's message."""
+    frame = page.with_name(f"frame-{page.name}")
+    frame.write_text(
+        '<!DOCTYPE html><html><body style="margin:0">'
+        f'<iframe src="{page.name}" style="display:block;border:0;width:{width}px;'
+        f'height:{height}px"></iframe><script>window.addEventListener("message", '
+        '(e) => document.body.setAttribute("data-probe", e.data));</script>'
+        "</body></html>",
+        encoding="utf-8",
+    )
+    return frame
+
+
 def _probe(html: str, tmp_path: Path, width: int) -> re.Match[str]:
     probe = tmp_path / f"probe-{width}.html"
     probe.write_text(html.replace("</body>", PROBE), encoding="utf-8")
     run = _chromium(
-        tmp_path / f"profile-{width}", f"--window-size={width},900",
-        "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
+        tmp_path / f"profile-{width}",
+        f"--window-size={max(width, NARROWEST_WINDOW)},900",
+        "--virtual-time-budget=10000", "--dump-dom", _framed(probe, width, 900).as_uri(),
     )  # fmt: skip
     found = PROBED.search(run.stdout)
     assert found, run.stderr[-2000:]
+    assert int(found[11]) == width  # the page was laid out at the width under test
     return found
 
 
@@ -122,15 +145,23 @@ def test_every_figure_loads_the_page_fits_and_the_summary_comes_first(
 
 @pytest.mark.parametrize("width", WIDTHS, ids=["phone", "desktop"])
 def test_screenshot(report: Path, tmp_path: Path, width: int) -> None:
-    """A screenshot at each width (set DROPLAB_SCREENSHOTS=DIR to keep them)."""
+    """A screenshot at each width, laid out at that width (set
+    DROPLAB_SCREENSHOTS=DIR to keep them)."""
+    from PIL import Image
+
+    page = tmp_path / "report.html"
+    page.write_text(report.read_text(encoding="utf-8"), encoding="utf-8")
     shot = tmp_path / f"report-{width}.png"
     run = _chromium(
         tmp_path / "profile",
-        f"--window-size={width},2400",
+        f"--window-size={max(width, NARROWEST_WINDOW)},2400",
+        "--virtual-time-budget=10000",
         f"--screenshot={shot}",
-        report.as_uri(),
+        _framed(page, width, 2400).as_uri(),
     )
     assert shot.exists(), run.stderr[-2000:]
+    with Image.open(shot) as image:
+        image.crop((0, 0, width, image.height)).save(shot)  # the frame, no more
     header = shot.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(header[16:20], "big") == width  # the width we asked for
