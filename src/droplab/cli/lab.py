@@ -214,7 +214,7 @@ def _list(out: Path) -> int:
     """Names, questions and saved results, read without importing the experiments
     (fast); whether a saved config is still current is checked when it runs."""
     entries = catalog()
-    width = max(len(name) for name, _ in entries)  # "smaller-network" is 15
+    width = max([14, *(len(name) for name, _ in entries)])  # "smaller-network": 15
     for name, question in entries:
         path = result_path(out / "results", name)
         try:
@@ -225,5 +225,5 @@ def _list(out: Path) -> int:
             state = "unreadable result (will be recomputed)"
         else:
             state = f"saved ({record.get('preset') or 'custom'} config, {record['wall_time_s']:.1f} s)"
-        print(f"{name:{width}s}  {state:40s} {question}")
+        print(f"{name:{width}s} {state:40s} {question}")
     return 0

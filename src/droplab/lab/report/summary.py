@@ -288,7 +288,7 @@ def _uncertainty(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
         return "larger" if detectable(d) and d["mean"] > 0 else "not detectably larger"
 
     return (
-        f"T passes with dropout on; their spread is {say(beyond)} beyond the data "
+        f"Repeated passes with dropout on; their spread is {say(beyond)} beyond the data "
         f"({beyond['mean']:+.3f} [{beyond['low']:+.3f}, {beyond['high']:+.3f}]) and "
         f"{say(gap)} in the gap."
     ), _row(
