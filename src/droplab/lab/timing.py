@@ -46,8 +46,11 @@ PRESET_FACTOR = {"quick": 0.047, "default": 1.27}
 # The page's cost per experiment: its figure drawn twice (desktop and phone);
 # 41.5 s for 14 experiments at load 3.4 on the 2 cores, 2026-12-06.
 RENDER_SECONDS = 2.0
-# The calibration workload's best time on the reference machine (best of 30,
-# 2026-12-06): the unit of this machine's speed.
+# The calibration workload's best time (best of 30), the unit of this machine's
+# speed: measured on 2026-12-06 on the project's 2-core machine of that day (an
+# AMD EPYC with AVX-512, load about 3), not on the Intel Xeon that measured
+# DEFAULT_SECONDS on 2026-12-03, which could not be rerun; the two machines'
+# speeds were not compared (the range, high at least 1.3 times low, leaves room).
 REFERENCE_CALIBRATION_S = 0.122
 
 
