@@ -4,6 +4,7 @@ imported."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,12 @@ def test_expected_time_is_printed_before_the_run(
     assert err[0].startswith(
         "droplab report: quick preset, 1 experiment; expected time:"
     )
+    # a range, from this machine's measured speed and load; the end says how it went
+    assert re.search(r"expected time: \d+( min)?( \d+)?( s)? to \d+ (s|min)", err[0]), (
+        err[0]
+    )
+    assert "measured: this machine now" in err[0]
+    assert re.match(r"took \d+ s(, more than| \(expected)", err[-1]), err[-1]
     assert cli.main(["report", "--preset", "quick", "--only", "gradients",
                      "--out", str(out)]) == 0  # fmt: skip
     assert "1 saved result reused" in capsys.readouterr().err

@@ -34,7 +34,11 @@ def test_the_in_your_model_example_runs() -> None:
 
 @pytest.mark.timm
 def test_the_transformer_example_runs() -> None:
-    pytest.importorskip("transformers")
+    pytest.importorskip(
+        "transformers",
+        reason="the README's BERT example needs transformers (not a droplab "
+        "dependency; the timm extra brings it), as the README says",
+    )
     _, code = examples()
     scope: dict[str, object] = {}
     exec(compile(code, str(README), "exec"), scope)

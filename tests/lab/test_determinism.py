@@ -4,7 +4,7 @@ Only the fields that say when and how long (``started``, ``wall_time_s``) and
 the measured times inside a result may differ; every other number, to the
 last bit, must not. Each training task runs on one thread (``one_thread``), so
 the answer is also the same for any ``--jobs``. On another kind of CPU the last
-digits can differ (torch's and MKL's kernels round by instruction set; README,
+digits can differ (torch's and MKL's kernels round by instruction set; docs/results.md,
 "Reproducibility"); the record names the CPU and torch's capability.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -365,10 +366,12 @@ def test_features_answer_follows_the_intervals() -> None:
     )
     text = features.answer(result)
     assert (
-        "dropout is sparser than no dropout by 0.200 of mean hidden activation" in text
+        "dropout is sparser than no dropout by 0.200 in the mean hidden activation"
+        in text
     )
     assert (
-        "dropout is sparser than no dropout by 0.100 of fraction of activations" in text
+        "dropout is sparser than no dropout by 0.100 in the fraction of activations"
+        in text
     )
 
 
@@ -385,7 +388,7 @@ def test_uncertainty_answer_follows_the_intervals() -> None:
     _set(result["entropy_shift"]["noise"], mean=1.0, low=0.8, high=1.2, p_value=0.01)
     text = uncertainty_toy.answer(result)
     assert "the gap has a larger spread than the training range by 0.300" in text
-    assert "noise inputs has a higher entropy than test inputs by 1.000 nats" in text
+    assert "noise inputs have a higher entropy than test inputs by 1.000 nats" in text
 
 
 def test_unit_scale_variance_matches_simulation() -> None:
@@ -422,7 +425,7 @@ def test_variants_answer_follows_the_intervals() -> None:
         _set(d, **NULL)
     text = variants.answer(result)
     assert (
-        "none, classic, gaussian, alpha, dropconnect, concrete show no difference "
+        "no dropout, classic, gaussian, alpha, dropconnect, concrete show no difference "
         "from standard dropout detectable after Holm" in text
     )
     # Unadjusted interval excluding 0, Holm not: said as such, with the numbers.
@@ -441,8 +444,20 @@ def test_variants_answer_follows_the_intervals() -> None:
     )
     text = variants.answer(result)
     assert "gaussian is better than standard dropout by 2.00 points" in text
-    assert "standard dropout is better than none by 3.00 points" in text
+    assert "standard dropout is better than no dropout by 3.00 points" in text
     assert "classic, alpha, dropconnect, concrete show no difference" in text
+    # one name takes the verb's singular; a bare "none" never names a variant
+    for v in ("classic", "alpha", "dropconnect", "concrete"):
+        _set(result["minus_dropout"][v], mean=-0.03, low=-0.05, high=-0.01,
+             p_holm=0.01)  # fmt: skip
+    text = variants.answer(result)
+    assert "; gaussian is better" in text or "gaussian is better" in text
+    _set(result["minus_dropout"]["gaussian"], **NULL)
+    text = variants.answer(result)
+    assert "gaussian shows no difference from standard dropout" in text
+    assert not re.search(r"\bnone\b", text)
+    # classic detectably worse: the page says why, in one sentence
+    assert "differ only in where the factor 0.5 sits" in text
 
 
 def test_every_variant_builds_and_rejects_unknown_names() -> None:

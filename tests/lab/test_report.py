@@ -230,19 +230,6 @@ def test_long_tables_are_folded(
     assert "<summary>Numbers: " in page
 
 
-def test_a_module_may_choose_its_headline(
-    records: tuple[Path, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, saved = records
-    rows = masks.numbers(saved[0]["result"])
-    monkeypatch.setattr(masks, "headline", lambda result: len(rows) - 1, raising=False)
-    page = render_report(saved[:1])
-    summary = page[
-        page.index('<section id="summary">') : page.index('<section id="masks">')
-    ]
-    assert rows[-1]["quantity"] in summary.replace("&#39;", "'")
-
-
 def test_the_forest_plot_has_a_phone_sized_version() -> None:
     """The phone gets its own forest plot (picture/source), drawn near a phone's
     width so its labels are not shrunk; the desktop one stays wide."""

@@ -116,27 +116,74 @@ def size_sweep(
 
 
 NOISY = 0.25  # median repeat this far above the best: the machine is busy
+# Ratios no quiet run has given (docs/performance.md: torch/droplab 1.2-18x,
+# droplab/clone 0.4-17 from 2^12 to 2^26): past them a timing was disturbed.
+TORCH_OVER_DROPLAB_MAX = 50.0
+DROPLAB_OVER_CLONE_MIN = 0.1
 
 
-def noise_warning(rows: list[dict[str, Any]], threads: int) -> str | None:
-    """A warning when the repeats of a sweep disagree (None when they agree).
+def _implausible(row: dict[str, Any]) -> bool:
+    for kind in ("fwd", "fb"):
+        mine = row.get(f"{kind}_droplab")
+        torch_, clone = row.get(f"{kind}_torch"), row.get(f"{kind}_clone")
+        if mine is None or mine <= 0:
+            continue
+        if torch_ is not None and torch_ / mine > TORCH_OVER_DROPLAB_MAX:
+            return True
+        if clone is not None and clone > 0 and mine / clone < DROPLAB_OVER_CLONE_MIN:
+            return True
+    return False
+
+
+def noise_warning(
+    rows: list[dict[str, Any]],
+    threads: int,
+    load: float | None = None,
+    cores: int | None = None,
+) -> str | None:
+    """Warnings, one a line, when a sweep's timings cannot be trusted (None: none).
+
+    Three signs: the repeats disagree (median far above the best); a ratio no
+    quiet run gives (every repeat of one timing was disturbed alike, which the
+    first sign misses); the load average above the cores (other work competes
+    with every timing).
 
     >>> noise_warning([{"log2n": 12, "spread": 0.05}], 2) is None
     True
     >>> print(noise_warning([{"log2n": 12, "spread": 0.6}], 2))
     warning: repeats disagree (median up to 60 % above the best, at 2^12, 2 threads): the machine is busy, so the ratios can contradict each other; rerun on a quiet machine or with more --repeats
+    >>> row = {"log2n": 16, "spread": 0.1, "fwd_droplab": 0.1, "fwd_torch": 16.9,
+    ...        "fwd_clone": 0.07}
+    >>> print(noise_warning([row], 2, load=7.5, cores=2))
+    warning: a ratio no quiet run gives at 2^16 (torch/droplab above 50x or droplab/clone below 0.1): some timings were disturbed in every repeat; the ratios there mean nothing
+    warning: the machine is busy (load 7.5 on 2 cores): every timing competes with other work; rerun on a quiet machine
     """
+    lines = []
     noisy = [r for r in rows if r.get("spread", 0.0) > NOISY]
-    if not noisy:
-        return None
-    worst = max(noisy, key=lambda r: r["spread"])
-    where = ", ".join(f"2^{r['log2n']}" for r in noisy)
-    return (
-        f"warning: repeats disagree (median up to {100 * worst['spread']:.0f} % above "
-        f"the best, at {where}, {threads} threads): the machine is busy, so the "
-        "ratios can contradict each other; rerun on a quiet machine or with more "
-        "--repeats"
-    )
+    if noisy:
+        worst = max(noisy, key=lambda r: r["spread"])
+        where = ", ".join(f"2^{r['log2n']}" for r in noisy)
+        lines.append(
+            f"warning: repeats disagree (median up to {100 * worst['spread']:.0f} % "
+            f"above the best, at {where}, {threads} threads): the machine is busy, so "
+            "the ratios can contradict each other; rerun on a quiet machine or with "
+            "more --repeats"
+        )
+    odd = [r for r in rows if _implausible(r)]
+    if odd:
+        where = ", ".join(f"2^{r['log2n']}" for r in odd)
+        lines.append(
+            f"warning: a ratio no quiet run gives at {where} (torch/droplab above "
+            f"{TORCH_OVER_DROPLAB_MAX:g}x or droplab/clone below "
+            f"{DROPLAB_OVER_CLONE_MIN:g}): some timings were disturbed in every "
+            "repeat; the ratios there mean nothing"
+        )
+    if load is not None and cores and load > cores:
+        lines.append(
+            f"warning: the machine is busy (load {load:.1f} on {cores} cores): every "
+            "timing competes with other work; rerun on a quiet machine"
+        )
+    return "\n".join(lines) or None
 
 
 def mlp_step(steps: int = 200, repeats: int = 5, p: float = 0.5) -> dict[str, float]:
@@ -367,7 +414,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
         rows = size_sweep(sizes, args.p, args.repeats, on_row=show)
         results["sizes"] = rows
-        warning = noise_warning(rows, torch.get_num_threads())
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        warning = noise_warning(rows, torch.get_num_threads(), load, os.cpu_count())
         if warning:
             print(warning, file=sys.stderr, flush=True)
     if "saved" not in args.skip:

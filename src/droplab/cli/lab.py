@@ -8,6 +8,7 @@ saved results in ``OUT/results/``.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -42,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name in ("report", "run"):
         parser.add_argument(
             "--preset", choices=PRESETS, default="default",
-            help="quick (about a minute), default (a few minutes) or full (the publication runs)",
+            help=f"quick (about {_preset_time('quick')}), default (about "
+            f"{_preset_time('default')}), both on 2 quiet cores, or full (the "
+            "publication runs: hours); default: %(default)s",
         )  # fmt: skip
         parser.add_argument(
             "--data", default=None, metavar="NAME", type=data_spec,
@@ -58,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
             type=int_at_least(1),
             default=1,
             metavar="N",
-            help="processes for independent training runs",
+            help="processes for independent training runs (default: %(default)s)",
         )
         parser.add_argument(
             "--executor", default="local", metavar="SPEC", help=EXECUTOR_HELP
@@ -69,12 +72,22 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
             default=None,
             type=_experiment_list,
             metavar="NAMES",
-            help="comma-separated experiments to run",
+            help="comma-separated experiments to run (default: all, see `droplab list`)",
         )
     parser.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR",
         help=f"report folder; results are saved in DIR/results (default {DEFAULT_OUT})",
     )  # fmt: skip
+
+
+def _preset_time(preset: str) -> str:
+    """A whole run of ``preset`` on the reference machine, to 10 s or the minute."""
+    from droplab.lab.timing import reference_seconds
+
+    seconds = reference_seconds(experiment_names(), preset)
+    if seconds < 90:
+        return f"{10 * round(seconds / 10)} s"
+    return f"{round(seconds / 60)} min"
 
 
 def _experiment_name(text: str) -> str:
@@ -99,49 +112,7 @@ def _experiment_list(text: str) -> list[str]:
     return [n for n in names if n in wanted]
 
 
-# Seconds each experiment took in the default preset on this project's 2-core
-# Intel Xeon machine (AVX-512), quiet (load <= 1), from a fresh venv, 2026-12-03
-# (README, "Results"); only for the estimate printed at the start, never shown as
-# a result. Quick is about a tenth of default.
-DEFAULT_SECONDS = {
-    "masks": 0.9, "expectation": 2.2, "averaging": 8.2, "gradients": 0.1,
-    "exact-count": 17.2, "smaller-network": 17.2, "convergence": 4.3,
-    "rate": 20.7, "data-size": 19.7, "when-it-helps": 61.2, "features": 10.1,
-    "uncertainty": 8.6, "variants": 32.7, "uci": 10.8,
-}  # fmt: skip
-PRESET_FACTOR = {"quick": 0.1, "default": 1.0}
-
-
-def expected_time(names: list[str], preset: str, reused: set[str]) -> str:
-    """A sentence on how long the run should take (reused results cost nothing).
-
-    >>> expected_time(["masks", "rate"], "default", {"masks"})
-    'expected time: about 21 s (1 experiment to run, 1 saved result reused; measured on 2 cores, slower under load)'
-    >>> expected_time(["when-it-helps", "variants", "rate"], "default", set())
-    'expected time: about 1 min 50 s (3 experiments to run; measured on 2 cores, slower under load)'
-    >>> expected_time(["rate"], "full", set())
-    'expected time: the full preset takes minutes to hours per experiment (when-it-helps: 37 min on 2 cores)'
-    """
-    if preset not in PRESET_FACTOR:
-        return (
-            "expected time: the full preset takes minutes to hours per experiment "
-            "(when-it-helps: 37 min on 2 cores)"
-        )
-    todo = [n for n in names if n not in reused]
-    seconds = PRESET_FACTOR[preset] * sum(DEFAULT_SECONDS.get(n, 10.0) for n in todo)
-    if seconds < 90:
-        when = f"{seconds:.0f} s"
-    else:  # minutes and seconds, to 10 s
-        tens = round(seconds / 10)
-        when = (
-            f"{tens // 6} min {10 * (tens % 6)} s" if tens % 6 else f"{tens // 6} min"
-        )
-    counts = f"{len(todo)} experiment{'' if len(todo) == 1 else 's'} to run"
-    if reused:
-        counts += (
-            f", {len(reused)} saved result{'' if len(reused) == 1 else 's'} reused"
-        )
-    return f"expected time: about {when} ({counts}; measured on 2 cores, slower under load)"
+# (How long a run should take: droplab.lab.timing, measured on this machine.)
 
 
 def _reusable(names: list[str], out: Path, preset: str, data: str | None) -> set[str]:
@@ -190,9 +161,16 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.force
         else _reusable(names, Path(args.out), args.preset, args.data)
     )
+    from droplab.lab import timing
+
+    speed = timing.measure_speed() if args.preset in timing.PRESET_FACTOR else None
     _stderr(
         f"droplab {args.command}: {args.preset} preset, {len(names)} experiment"
-        f"{'' if len(names) == 1 else 's'}; {expected_time(names, args.preset, reused)}"
+        f"{'' if len(names) == 1 else 's'}; "
+        f"{timing.expected_time(names, args.preset, reused, speed)}"
+    )
+    expected = (
+        timing.expected_range(names, args.preset, reused, speed) if speed else None
     )
     clock = time.perf_counter()
     tasks = Path(args.out) / "results" / ".tasks"
@@ -215,7 +193,12 @@ def run_cli(args: argparse.Namespace) -> int:
     else:
         failures = {o.name: o.message for o in failed}
         page, _ = write_report(args.out, _selected(args.only), failed=failures)
-        _stderr(f"took {time.perf_counter() - clock:.0f} s")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        _stderr(
+            timing.took(
+                time.perf_counter() - clock, expected, load, os.cpu_count() or 1
+            )
+        )
         print(f"wrote {page}")
         print(page.resolve().as_uri())  # the last line: a link a terminal can open
     for outcome in failed:
@@ -230,7 +213,9 @@ def _selected(only: list[str] | None) -> list[str]:
 def _list(out: Path) -> int:
     """Names, questions and saved results, read without importing the experiments
     (fast); whether a saved config is still current is checked when it runs."""
-    for name, question in catalog():
+    entries = catalog()
+    width = max([14, *(len(name) for name, _ in entries)])  # "smaller-network": 15
+    for name, question in entries:
         path = result_path(out / "results", name)
         try:
             record = load_result(path, name)
@@ -240,5 +225,5 @@ def _list(out: Path) -> int:
             state = "unreadable result (will be recomputed)"
         else:
             state = f"saved ({record.get('preset') or 'custom'} config, {record['wall_time_s']:.1f} s)"
-        print(f"{name:14s} {state:40s} {question}")
+        print(f"{name:{width}s} {state:40s} {question}")
     return 0

@@ -29,24 +29,48 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "sweep") -> None:
     """The options of ``droplab sweep``."""
     defaults = SweepConfig()
     parser.add_argument(
-        "--data", default=defaults.data, help="digits, mnist1d, toy or mnist:DIR"
-    )
+        "--data", default=defaults.data, metavar="NAME",
+        help="digits, mnist1d, toy or mnist:DIR (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--n-trials", type=int, default=20, metavar="N",
-                        help="total finished trials the study should reach (a rerun continues; 0: only report)")  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+                        help="total finished trials the study should reach (a rerun "
+                        "continues; 0: only report; default: %(default)s)")  # fmt: skip
     parser.add_argument(
-        "--depth", type=int, default=defaults.depth, help="hidden layers"
-    )
-    parser.add_argument("--max-rate", type=float, default=defaults.max_rate)
-    parser.add_argument("--startup-trials", type=int, default=defaults.startup_trials)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+        "--epochs", type=int, default=defaults.epochs, metavar="N",
+        help="epochs per trial; pruning may stop a trial earlier (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--depth", type=int, default=defaults.depth, metavar="N",
+        help="hidden layers (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-rate", type=float, default=defaults.max_rate, metavar="P",
+        help="largest dropout rate tried in the hidden layers (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--startup-trials", type=int, default=defaults.startup_trials, metavar="N",
+        help="trials sampled at random, unpruned, before TPE takes over "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed,
+        help="seed of the data split, the sampler and every trial (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
                         help=f"folder for sweep.json (and the SQLite study by default; default {DEFAULT_OUT})")  # fmt: skip
     parser.add_argument("--storage", default=None, metavar="URL",
                         help="Optuna storage URL, e.g. sqlite:///PATH or postgresql://USER@HOST/DB (default sqlite:///OUT/study.db)")  # fmt: skip
-    parser.add_argument("--study-name", default=DEFAULT_STUDY)
     parser.add_argument(
-        "--top", type=int, default=3, help="curves of this many best trials"
+        "--study-name", default=DEFAULT_STUDY, metavar="NAME",
+        help="the study's name in the storage; a rerun with it continues "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=3,
+        metavar="N",
+        help="curves of this many best trials (default: %(default)s)",
     )
 
 

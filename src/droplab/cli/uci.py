@@ -35,40 +35,60 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "uci") -> None:
         "--data",
         type=Path,
         default=None,
+        metavar="DIR",
         help=f"folder holding the data set folders (default: ${DATA_ENV}, "
         "or the five data sets shipped with droplab)",
     )
-    parser.add_argument(
-        "--dataset", default=None, help="data set folder name, e.g. yacht (required)"
-    )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group(required=True)  # one of the two
+    which.add_argument(
+        "--dataset", default=None, metavar="NAME",
+        help="data set folder name, e.g. yacht (this or --list is required)",
+    )  # fmt: skip
+    which.add_argument(
         "--list", action="store_true", help="name the data sets shipped with droplab"
     )
     parser.add_argument(
-        "--splits", default=None, help="e.g. 0-19 or 0,3,5-7 (default: all)"
+        "--splits",
+        default=None,
+        metavar="LIST",
+        help="e.g. 0-19 or 0,3,5-7 (default: all)",
     )
     parser.add_argument(
         "--epochs-multiplier",
         type=float,
         default=100.0,
-        help="epochs = n_epochs.txt x this (published runs: 100)",
+        help="epochs = n_epochs.txt x this (default: %(default)g, as published)",
     )
     parser.add_argument(
-        "--samples", type=int, default=10_000, help="MC passes T for the test"
+        "--samples",
+        type=int,
+        default=10_000,
+        metavar="T",
+        help="MC passes T for the test (default: %(default)d, as published)",
     )
     parser.add_argument(
         "--validation-samples",
         type=int,
         default=None,
+        metavar="T",
         help="MC passes for the grid's validation scores (default: --samples)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of everything random")
-    parser.add_argument("--jobs", type=int, default=1, help="splits run in parallel")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of everything random (default: 0)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="splits run in parallel (default: 1)",
+    )  # fmt: skip
     parser.add_argument(
         "--executor", default="local", metavar="SPEC", help=EXECUTOR_HELP
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("uci-results"), help="results folder"
+        "--out",
+        type=Path,
+        default=Path("uci-results"),
+        metavar="DIR",
+        help="results folder (default: uci-results)",
     )
 
 

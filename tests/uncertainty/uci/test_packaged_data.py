@@ -71,8 +71,12 @@ def test_list_names_the_shipped_sets(capsys: pytest.CaptureFixture[str]) -> None
 def test_dataset_is_required_without_list(capsys: pytest.CaptureFixture[str]) -> None:
     from droplab import cli
 
-    assert cli.main(["uci"]) == 2
-    assert "--dataset NAME is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # argparse: one of the two options
+        cli.main(["uci"])
+    assert stopped.value.code == 2
+    assert (
+        "one of the arguments --dataset --list is required" in capsys.readouterr().err
+    )
 
 
 def test_a_plain_text_folder_of_an_unshipped_set_still_works(tmp_path: Path) -> None:

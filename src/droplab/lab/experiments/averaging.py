@@ -21,6 +21,7 @@ import torch
 
 from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import gap_clause, train_test_gap
+from droplab.lab.ranges import in_range
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import (
@@ -128,6 +129,8 @@ def _small(config: Config) -> dict[str, Any]:
             list(mean_ci(tv_geo[:, j])) for j in range(len(config.small_ks))
         ],
         "ws_tv": float(tv_distance(ws_probs, exact.mean_probs).mean()),
+        # over test inputs: how much the distance varies from input to input
+        "ws_tv_ci": list(mean_ci(tv_distance(ws_probs, exact.mean_probs))),
         "nwgm_tv": float(tv_distance(exact.nwgm, exact.mean_probs).mean()),
         "nwgm_vs_ws_max": float(np.abs(exact.nwgm - ws_probs).max()),
         "accuracy_exact": float(np.mean(exact.mean_probs.argmax(1) == data.y_test)),
@@ -204,6 +207,11 @@ def _band(
         )
 
 
+def _percent(triple: list[Any]) -> list[Any]:
+    """A test error's triple in percent, its interval cut as the table cuts it."""
+    return [None if v is None else 100 * v for v in in_range(triple, "test error")]
+
+
 def figure(result: dict[str, Any]) -> Any:
     """Left: distance to the exact average vs k. Right: test error vs k (Fig. 11 analogue)."""
     from matplotlib.figure import Figure
@@ -211,11 +219,12 @@ def figure(result: dict[str, Any]) -> Any:
     small, large = result["small"], result["large"]
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    _band(left, small["ks"], small["mc_tv"], "#1f5fa8", "MC-k (mean of softmax)")
+    distances = [in_range(t, "total variation") for t in small["mc_tv"]]
+    _band(left, small["ks"], distances, "#1f5fa8", "MC-k (mean of softmax)")
     _band(
         left,
         small["ks"],
-        small["mc_geometric_tv"],
+        [in_range(t, "total variation") for t in small["mc_geometric_tv"]],
         "#4f9a6b",
         "MC-k (softmax of mean logits)",
     )
@@ -232,11 +241,11 @@ def figure(result: dict[str, Any]) -> Any:
     _band(
         right,
         large["ks"],
-        [[100 * v if v is not None else None for v in t] for t in large["mc_error"]],
+        [_percent(t) for t in large["mc_error"]],
         "#1f5fa8",
         "MC-k",
     )
-    ws = [100 * v if v is not None else None for v in large["ws_error"]]
+    ws = _percent(large["ws_error"])
     right.axhline(ws[0], color="#d08c60", lw=2, label="weight scaling")
     if ws[1] is not None:
         right.axhspan(ws[1], ws[2], color="#d08c60", alpha=0.15)
@@ -259,7 +268,9 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     add(
         f"small net (n = {small['units']}): weight scaling, TV to exact average",
-        small["ws_tv"],
+        *small.get(
+            "ws_tv_ci", [small["ws_tv"]]
+        ),  # (saved before 2026-12-06: no interval)
     )
     add("small net: NWGM, TV to exact average", small["nwgm_tv"])
     add("small net: max |NWGM - weight scaling| (0 in theory)", small["nwgm_vs_ws_max"])
@@ -299,8 +310,11 @@ def answer(result: dict[str, Any]) -> str:
             f"({small['mc_tv'][-1][0]:.3g})."
         )
     s2 = (
-        f"The NWGM equals weight scaling here (largest difference {small['nwgm_vs_ws_max']:.1e}), as Baldi and Sadowski "
-        "prove for one linear layer after dropout."
+        "The normalized weighted geometric mean (NWGM: the softmax of the subnetworks' "
+        "average logits, a geometric mean of their outputs renormalized to sum to 1, "
+        "not the arithmetic mean of their outputs that the exact average takes) equals "
+        f"weight scaling here (largest difference {small['nwgm_vs_ws_max']:.1e}), as "
+        "Baldi and Sadowski prove for one linear layer after dropout."
     )
     diffs = large["mc_minus_ws"]
     ks = large["ks"]

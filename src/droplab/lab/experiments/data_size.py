@@ -28,6 +28,7 @@ from droplab.lab.compare import (
     verdict,
 )
 from droplab.lab.curves import load_cached, train_with_curves
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
@@ -154,7 +155,7 @@ def figure(result: dict[str, Any]) -> Any:
     left, right = fig.subplots(1, 2)
     sizes = [s["size"] for s in result["sizes"]]
     for rule, color in (("none", "#1f5fa8"), ("dropout", "#d08c60")):
-        triples = [s[rule] for s in result["sizes"]]
+        triples = [in_range(s[rule], "test error") for s in result["sizes"]]
         left.plot(sizes, [100 * t[0] for t in triples], "o-", color=color, ms=4,
                   label=rule if rule == "none" else f"dropout p = {result['p']:g}")  # fmt: skip
         if all(t[1] is not None for t in triples):

@@ -31,6 +31,7 @@ from droplab.lab.compare import (
     verdict,
 )
 from droplab.lab.curves import load_cached, train_with_curves
+from droplab.lab.ranges import in_range
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
@@ -260,7 +261,7 @@ def figure(result: dict[str, Any]) -> Any:
         left, right = axes[row]
         summary = result["per_data"][name]["summary"]
         for rule in result["rules"]:
-            triples = summary[rule]["accuracy"]
+            triples = [in_range(t, "test accuracy") for t in summary[rule]["accuracy"]]
             mean = [100 * t[0] for t in triples]
             left.plot(widths, mean, "o-", ms=3, color=COLORS.get(rule), label=rule)
             if all(t[1] is not None for t in triples):

@@ -23,6 +23,7 @@ import torch
 
 from droplab.execution import one_thread
 from droplab.functional import dropout
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import (
     build_mlp,
@@ -223,7 +224,10 @@ def figure(result: dict[str, Any]) -> Any:
     ax_forum.legend(fontsize=8)
 
     rules = list(result["network"]["rules"])
-    mse = [result["network"]["rules"][r]["mse"] for r in rules]
+    mse = [
+        in_range(result["network"]["rules"][r]["mse"], "mean squared error")
+        for r in rules
+    ]
     errors = [[m[0] - m[1] for m in mse], [m[2] - m[0] for m in mse]]
     ax_rules.bar(
         rules,
@@ -288,13 +292,16 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     for name, entry in result["forum"].items():
         add(f"forum: mean({name}), average over repeats", entry["mean"])
+        # The middle 95 % of single runs is a range, not an interval around one
+        # run: the value beside it is their median, which always lies inside.
+        singles = entry.get("values")
         rows.append(
             {
-                "quantity": f"forum: mean({name}), middle 95 % of single runs",
-                "value": entry["first"],
+                "quantity": f"forum: mean({name}), single runs: median, middle 95 %",
+                "value": float(np.median(singles)) if singles else entry["first"],
                 "low": entry["range95"][0],
                 "high": entry["range95"][1],
-                "unit": "first run; range",
+                "unit": "range of runs",
             }
         )
     rows.append(

@@ -268,12 +268,15 @@ def answer(result: dict[str, Any]) -> str:
                 factor=1.0,
                 unit="",
                 digits=3,
-            ).replace(" is better than ", " is sparser than ")
+            )
+            .replace(" is better than ", " is sparser than ")
+            .replace(f" of {LABELS[m]}", f" in the {LABELS[m]}")
+            .replace(f" in {LABELS[m]}", f" in the {LABELS[m]}")
         )
     mse = verdict(
         "dropout", "no dropout", result["difference"]["test_mse"],
         quantity=LABELS["test_mse"], higher_is_better=False, factor=1.0, unit="", digits=3,
-    )  # fmt: skip
+    ).replace(f" of {LABELS['test_mse']}", f" in the {LABELS['test_mse']}")  # fmt: skip
     return (
         f"Autoencoders with {result['units']} hidden units, {result['seeds']} paired seeds: "
         + "; ".join(clauses)

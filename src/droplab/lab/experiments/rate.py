@@ -26,6 +26,7 @@ import numpy as np
 from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import detectable, gap_clause, holm, paired_difference, verdict
 from droplab.lab.curves import load_cached, train_with_curves
+from droplab.lab.ranges import in_range
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
@@ -241,7 +242,7 @@ def figure(result: dict[str, Any]) -> Any:
             ("val_error", "#1f5fa8", "validation"),
             ("test_error", "#d08c60", "test"),
         ):
-            triples = s[key]
+            triples = [in_range(t, key.replace("_", " ")) for t in s[key]]
             top.plot(
                 ps, [100 * t[0] for t in triples], "o-", ms=3, color=color, label=label
             )

@@ -33,6 +33,7 @@ from droplab.lab.curves import (
     train_with_curves,
     warm_up_kernels,
 )
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
@@ -170,6 +171,9 @@ def figure(result: dict[str, Any]) -> Any:
         (left, widths, result["width"]),
         (right, [s["seconds"][0] for s in plain], drop["seconds"][0]),
     ):
+        plain = [
+            dict(s, test_error=in_range(s["test_error"], "test error")) for s in plain
+        ]
         mean = [100 * s["test_error"][0] for s in plain]
         ax.plot(xs, mean, "o-", color="#1f5fa8", ms=4, label=label_plain)
         if all(s["test_error"][1] is not None for s in plain):
@@ -179,7 +183,7 @@ def figure(result: dict[str, Any]) -> Any:
                       [100 * s["test_error"][2] - m for m, s in zip(mean, plain, strict=True)]],
                 fmt="none", color="#1f5fa8", capsize=3,
             )  # fmt: skip
-        d = drop["test_error"]
+        d = in_range(drop["test_error"], "test error")
         yerr = None if d[1] is None else [[100 * (d[0] - d[1])], [100 * (d[2] - d[0])]]
         ax.errorbar([x_drop], [100 * d[0]], yerr=yerr, fmt="s", color="#d08c60",
                     capsize=3, ms=7, label=label_drop)  # fmt: skip

@@ -29,6 +29,7 @@ from droplab.execution import one_thread, parallel_map
 from droplab.lab.compare import paired_difference, verdict
 from droplab.lab.curves import load_cached, train_regressor
 from droplab.lab.data import make_gap_regression
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import build_mlp, train_classifier
 from droplab.rng import derive_seed
@@ -242,7 +243,7 @@ def figure(result: dict[str, Any]) -> Any:
     )
     left.legend(fontsize=7, loc="lower right")
     names = ["test", *SHIFTS]
-    triples = [result["entropy"][k] for k in names]
+    triples = [in_range(result["entropy"][k], "predictive entropy") for k in names]
     means = [t[0] for t in triples]
     yerr = None
     if all(t[1] is not None for t in triples):
@@ -296,22 +297,33 @@ def answer(result: dict[str, Any]) -> str:
     gap = verdict(
         "the gap", "the training range", result["gap_minus_data"],
         quantity="MC standard deviation", higher_is_better=True, factor=1.0, unit="", digits=3,
-    ).replace(" is better than ", " has a larger spread than ")  # fmt: skip
+    ).replace(" is better than ", " has a larger spread than ").replace(
+        " of MC standard deviation", " in MC standard deviation"
+    )  # fmt: skip
     beyond = verdict(
-        "beyond the data", "the training range", result["beyond_minus_data"],
+        "the region beyond the data", "the training range", result["beyond_minus_data"],
         quantity="MC standard deviation", higher_is_better=True, factor=1.0, unit="", digits=3,
-    ).replace(" is better than ", " has a larger spread than ")  # fmt: skip
+    ).replace(" is better than ", " has a larger spread than ").replace(
+        " of MC standard deviation", " in MC standard deviation"
+    )  # fmt: skip
     cov, lo, hi = result["coverage"]
     shifts = [
         verdict(
             f"{k} inputs", "test inputs", result["entropy_shift"][k],
             quantity="predictive entropy", higher_is_better=True, factor=1.0, unit=" nats",
             digits=3,
-        ).replace(" is better than ", " has a higher entropy than ")
+        )
+        .replace(" inputs is better than ", " inputs have a higher entropy than ")
+        .replace(" inputs is ahead of ", " inputs are ahead of ")
         + f" (AUROC {result['auroc'][k][0]:.2f})"
         for k in SHIFTS
     ]  # fmt: skip
     return (
+        "How: dropout is left on at prediction time and each input goes through the "
+        "network T times, each pass dropping different units, so the T predictions "
+        "differ. Their spread (standard deviation, or for classes the entropy of their "
+        "average) is the uncertainty, and it should grow where the training data gave "
+        "the network nothing to agree on. "
         f"On the 1-D toy ({result['seeds']} seeds): {gap}; {beyond}; the 2-sigma band "
         f"covers {100 * cov:.1f} % of fresh points [{100 * lo:.1f}, {100 * hi:.1f}] "
         f"(95 % expected). On {result['data']}: " + "; ".join(shifts) + "."

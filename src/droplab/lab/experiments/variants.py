@@ -37,6 +37,7 @@ from droplab.lab.curves import (
     train_with_curves,
     warm_up_kernels,
 )
+from droplab.lab.ranges import in_range
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.nn import (
@@ -189,6 +190,9 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
         "epoch_seconds": {
             v: list(mean_ci([r["epoch_seconds"] for r in runs[v]])) for v in VARIANTS
         },
+        "train_error": {
+            v: list(mean_ci([r["train_error"] for r in runs[v]])) for v in VARIANTS
+        },
         "minus_dropout": diffs,
         "learned_p": list(mean_ci([np.mean(r["learned_p"]) for r in runs["concrete"]])),
         "gap_none": train_test_gap(
@@ -208,7 +212,8 @@ def figure(result: dict[str, Any]) -> Any:
         (axes[0], "accuracy", 100.0, "test accuracy (%)"),
         (axes[1], "epoch_seconds", 1.0, "CPU seconds per epoch (median of epochs)"),
     ):
-        triples = [result[key][v] for v in VARIANTS]
+        quantity = "test accuracy" if key == "accuracy" else "seconds per epoch"
+        triples = [in_range(result[key][v], quantity) for v in VARIANTS]
         means = [scale * t[0] for t in triples]
         yerr = None
         if all(t[1] is not None for t in triples):
@@ -217,7 +222,7 @@ def figure(result: dict[str, Any]) -> Any:
         ax.errorbar(
             range(len(VARIANTS)), means, yerr=yerr, fmt="o", capsize=4, color="#1f5fa8"
         )
-        ax.set_xticks(range(len(VARIANTS)), list(VARIANTS), rotation=30)
+        ax.set_xticks(range(len(VARIANTS)), [_name(v) for v in VARIANTS], rotation=30)
         ax.set_ylabel(label)
     axes[0].set_title(f"{result['data']}, 2 x {result['hidden']} units, {result['seeds']} seeds",
                       fontsize=10)  # fmt: skip
@@ -233,13 +238,44 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
                      "high": triple[2], "unit": unit})  # fmt: skip
 
     for v in VARIANTS:
-        add(f"{v}: test accuracy", result["accuracy"][v])
-        add(f"{v}: seconds per epoch", result["epoch_seconds"][v], "s")
+        add(f"{_name(v)}: test accuracy", result["accuracy"][v])
+        if v in result.get("train_error", {}):
+            add(f"{_name(v)}: final training error", result["train_error"][v])
+        add(f"{_name(v)}: seconds per epoch", result["epoch_seconds"][v], "s")
     for v, d in result["minus_dropout"].items():
-        add(f"{v} minus dropout: test accuracy (paired; Holm p = {d['p_holm']:.3g})",
+        add(f"{_name(v)} minus dropout: test accuracy (paired; Holm p = {d['p_holm']:.3g})",
             [d["mean"], d["low"], d["high"]])  # fmt: skip
     add("concrete dropout: learned rate (mean of its layers)", result["learned_p"])
     return rows
+
+
+def _name(variant: str) -> str:
+    """ "none" is the network without dropout: the page never calls it a bare "none"."""
+    return "no dropout" if variant == "none" else variant
+
+
+def _classic_reason(result: dict[str, Any]) -> str:
+    """Why classic can differ from standard dropout although, once trained, they are
+    the same network scaled differently; the training errors where they were saved."""
+    d = result["minus_dropout"].get("classic")
+    if d is None or d.get("high") is None or not d["high"] < 0:
+        return ""  # classic not behind standard dropout, even before Holm
+    keep = 1 - result["p"]
+    train = result.get("train_error", {})
+    ending = "in the same epochs it therefore reaches a different network"
+    if "classic" in train and "dropout" in train:
+        fits = "less" if train["classic"][0] > train["dropout"][0] else "no less"
+        ending += (
+            f", one that fits the training set {fits} well (final training error "
+            f"{100 * train['classic'][0]:.2f} % against {100 * train['dropout'][0]:.2f} %)"
+        )
+    return (
+        f" Classic and standard dropout differ only in where the factor {keep:g} sits: "
+        f"classic leaves the kept units unscaled in training, so from the same initial "
+        f"weights each layer after a dropout sees inputs {keep:g} times as large as in "
+        f"standard dropout and an Adam step of the same size moves its output {keep:g} "
+        f"times as far; {ending}."
+    )
 
 
 def answer(result: dict[str, Any]) -> str:
@@ -252,21 +288,23 @@ def answer(result: dict[str, Any]) -> str:
     parts = []
     for v in better + worse:
         d = result["minus_dropout"][v]
-        parts.append(verdict(v, "standard dropout", d, quantity="test accuracy",
+        parts.append(verdict(_name(v), "standard dropout", d, quantity="test accuracy",
                              higher_is_better=True, adjusted_p=d["p_holm"]))  # fmt: skip
     if same:
         listing = ", ".join(
-            f"{v}{holm_caveat(result['minus_dropout'][v])}" for v in same
+            f"{_name(v)}{holm_caveat(result['minus_dropout'][v])}" for v in same
         )
+        verb = "shows" if len(same) == 1 else "show"
         parts.append(
-            f"{listing} show no difference from standard dropout detectable after Holm"
+            f"{listing} {verb} no difference from standard dropout detectable after Holm"
         )
     best = max(VARIANTS, key=lambda v: result["accuracy"][v][0])
     fastest = min(VARIANTS, key=lambda v: result["epoch_seconds"][v][0])
     return (
         f"On {result['data']} ({result['seeds']} paired seeds, Holm-corrected): "
         + "; ".join(parts)
-        + f". Highest mean accuracy: {best} ({100 * result['accuracy'][best][0]:.2f} %); "
-        f"lowest mean seconds per epoch: {fastest}; concrete dropout learned p = {result['learned_p'][0]:.2f}."
+        + f". Highest mean accuracy: {_name(best)} ({100 * result['accuracy'][best][0]:.2f} %); "
+        f"lowest mean seconds per epoch: {_name(fastest)}; concrete dropout learned p = {result['learned_p'][0]:.2f}."
+        + _classic_reason(result)
         + gap_clause(result.get("gap_none"), who="without dropout, the network")
     )

@@ -36,6 +36,7 @@ from droplab.lab.compare import (
     verdict,
 )
 from droplab.lab.data import make_mnist1d
+from droplab.lab.ranges import in_range
 from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp, fit, max_norm_, predict
@@ -340,7 +341,7 @@ def figure(result: dict[str, Any]) -> Any:
     )
     fig.colorbar(image, ax=left, label="points (blue: dropout helps)")
     c = result["comparison"]
-    triples = [c["test_accuracy"][rule] for rule in COMPARED]
+    triples = [in_range(c["test_accuracy"][rule], "test accuracy") for rule in COMPARED]
     means = [100 * t[0] for t in triples]
     errors = [
         [100 * (t[0] - t[1]) if t[1] is not None else 0.0 for t in triples],

@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from importlib import resources
@@ -28,21 +29,20 @@ from typing import Any
 import jinja2
 
 from droplab.execution import write_text
+from droplab.lab.ranges import value_range
 from droplab.lab.registry import get_experiment
 from droplab.lab.report.summary import (
-    EXACT_HEADLINES,
-    HEADLINE_POINTS,
     MAX_WORDS,
     SEED_QUESTIONS,
     forest_figure,
     forest_rows,
-    headline_row,
-    in_points,
+    headline,
     short_answer,
 )
 from droplab.lab.results import ResultError, load_result, result_path
 
 __all__ = [
+    "answers_markdown",
     "figure_png",
     "format_number",
     "render_report",
@@ -71,15 +71,57 @@ def format_number(value: Any) -> str:
     return f"{number:.4g}"
 
 
-# Figures at most this wide (pixels) shrink to a phone's width (370 px: 8-point
-# text stays at 9 px or more); wider ones are shown at their own size there.
-PHONE_FIT_PX = 600
+# Figures at most this wide (pixels) shrink to a phone's width at 88 % or more
+# of their size (a 390-px screen leaves 372 px: 8-point text stays at 9 px);
+# wider ones get a phone version (phone_figure), as wide as this.
+PHONE_FIT_PX = 420
 
 
 def png_width(png_base64: str) -> int:
     """The width in pixels of a base64 PNG (from its IHDR header)."""
     header = base64.b64decode(png_base64[:32])
     return int.from_bytes(header[16:20], "big")
+
+
+PHONE_INCHES = 3.5  # a phone figure's width: 385 px at 110 dpi, shown near full size
+
+
+def phone_figure(figure: Any) -> Any:
+    """``figure`` redrawn for a phone: its panels stacked in one column, 3.5 inches
+    wide, each keeping its own legend (and twin axes, colorbars) beside it, long
+    titles wrapped; the desktop figure's panels side by side would be cut at 390 px.
+    """
+    import textwrap
+
+    panels: dict[tuple[int, int], list[Any]] = {}  # grid cell -> its axes (twins)
+    for ax in figure.axes:
+        spec = ax.get_subplotspec()
+        if spec is not None:
+            key = (spec.rowspan.start, spec.colspan.start)
+            panels.setdefault(key, []).append(ax)
+    if not panels:
+        return figure
+    cells = sorted(panels)
+    first = panels[cells[0]][0].get_subplotspec().get_gridspec()
+    rows, cols = first.get_geometry()
+    width, height = figure.get_size_inches()
+    # each panel keeps its shape (height / width), within readable limits
+    panel = min(max(PHONE_INCHES * (height / rows) / (width / cols), 2.3), 3.4)
+    grid = figure.add_gridspec(len(cells), 1)
+    for i, key in enumerate(cells):
+        for ax in panels[key]:
+            ax.set_subplotspec(grid[i, 0])
+            title = ax.get_title()
+            if len(title) > 44 and "\n" not in title:
+                head, sep, tail = title.rpartition(" (")
+                lines = [head, "(" + tail] if sep and len(head) <= 44 else [title]
+                ax.set_title("\n".join(textwrap.fill(t, 44) for t in lines), fontsize=9)
+            words = "".join(t.get_text() for t in ax.get_xticklabels())
+            letters = re.sub(r"\\mathdefault|[^A-Za-z]", "", words)  # not 10^2, 0.5
+            if len(words) > 24 and len(letters) > 6:
+                ax.tick_params(axis="x", labelrotation=30)  # names, not numbers
+    figure.set_size_inches(PHONE_INCHES, panel * len(cells))
+    return figure
 
 
 def figure_png(figure: Any) -> str:
@@ -92,57 +134,47 @@ def figure_png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-# Quantities that cannot be negative (or leave [0, 1]); a t interval from a few
-# seeds can reach past the bound, and the page then shows it cut there, marked.
-_NONNEGATIVE = ("error", "accuracy", "seconds", "cost", "rmse", "standard deviation",
-                "coverage", "fraction", "epochs", "units dropped")  # fmt: skip
-_DIFFERENCE = (" - ", "minus", "ratio", "difference", "log-likelihood", "gap")
+def shown_interval(row: Mapping[str, Any]) -> tuple[float, float, str, str] | None:
+    """The interval the page shows for ``row``: ``(low, high, mark_low, mark_high)``,
+    each end cut to the quantity's range (:func:`value_range`) and marked ``*``
+    where it was; None where the row has no interval. Figures that draw an
+    interval draw this one.
 
-
-def _bounds(quantity: str, unit: str) -> tuple[float, float | None] | None:
-    """The range a quantity lives in, from its name (None: unbounded).
-
-    >>> _bounds("none: test error", ""), _bounds("dropout - none (paired)", "")
-    ((0.0, 1.0), None)
-    >>> _bounds("dropout: seconds per epoch", "s")
-    (0.0, None)
+    >>> shown_interval({"quantity": "test error", "value": 0.04, "low": -0.03, "high": 0.11})
+    (0.0, 0.11, '*', '')
     """
-    text = quantity.lower()
-    if any(word in text for word in _DIFFERENCE):
+    low, high = row.get("low"), row.get("high")
+    if low is None or high is None:
         return None
-    if not any(word in text for word in _NONNEGATIVE):
-        return None
-    proportion = any(w in text for w in ("error", "accuracy", "coverage", "fraction"))
-    return (
-        0.0,
-        1.0 if proportion and unit in ("", "fraction") and "rmse" not in text else None,
-    )
+    bottom, top = value_range(str(row.get("quantity", "")), str(row.get("unit", "")))
+    mark_low = mark_high = ""
+    if bottom is not None and low < bottom:
+        low, mark_low = bottom, "*"
+    if top is not None and high > top:
+        high, mark_high = top, "*"
+    return float(low), float(high), mark_low, mark_high
 
 
 def _interval(row: Mapping[str, Any]) -> str:
-    """``[low, high]``, cut (and marked ``*``) where it crosses the quantity's bound.
+    """``[low, high]``, cut (and marked ``*``) where it crosses the quantity's range.
 
     A paired difference's point "interval" (every seed pair differed alike) is
     said to be no interval:
 
     >>> _interval({"quantity": "epochs to target", "value": 5.5, "low": -0.85, "high": 11.9})
     '[0*, 11.9]'
+    >>> _interval({"quantity": "inverted: mean squared error", "value": 1.44, "low": 1.31, "high": 1.58})
+    '[1.31, 1.58]'
     >>> _interval({"quantity": "dropout - none (paired)", "low": -0.01, "high": -0.01})
     '(no spread: no interval)'
     """
-    low, high = row.get("low"), row.get("high")
-    if low is None or high is None:
+    shown = shown_interval(row)
+    if shown is None:
         return ""
     quantity = str(row.get("quantity", ""))
-    if low == high and any(w in quantity for w in ("paired", " - ", "minus")):
+    if shown[0] == shown[1] and any(w in quantity for w in ("paired", " - ", "minus")):
         return "(no spread: no interval)"
-    bounds = _bounds(quantity, str(row.get("unit", "")))
-    mark_low = mark_high = ""
-    if bounds is not None:
-        if low < bounds[0]:
-            low, mark_low = bounds[0], "*"
-        if bounds[1] is not None and high > bounds[1]:
-            high, mark_high = bounds[1], "*"
+    low, high, mark_low, mark_high = shown
     return f"[{format_number(low)}{mark_low}, {format_number(high)}{mark_high}]"
 
 
@@ -150,37 +182,20 @@ FOLD_ROWS = 8  # number tables longer than this are folded (<details>)
 
 
 def _headline(
-    module: Any,
-    result: Any,
-    rows: Sequence[Mapping[str, str]],
-    raw_rows: Sequence[Mapping[str, Any]] = (),
+    name: str, result: Any, raw_rows: Sequence[Mapping[str, Any]]
 ) -> Mapping[str, str] | None:
-    """The number the summary shows: ``module.headline(result)`` (a row of
-    ``numbers``, or its index) where the module defines it, else the first row
-    with an interval, else the first row."""
-    picked = headline_row(module.NAME, [dict(row) for row in raw_rows])
-    if picked is not None and module.NAME in HEADLINE_POINTS:
-        picked = in_points(picked)
-    chosen: Any
-    if picked is not None:
-        chosen = lambda _result: picked  # noqa: E731
-    else:
-        chosen = getattr(module, "headline", None)
-    if chosen is not None:
-        pick = chosen(result)
-        if isinstance(pick, int):
-            return rows[pick] if 0 <= pick < len(rows) else None
-        if pick is None:
-            return None
-        return {
-            "quantity": pick["quantity"],
-            "value": format_number(pick.get("value")),
-            "interval": _interval(pick),
-            "unit": pick.get("unit", ""),
-        }
-    with_interval = [row for row in rows if row["interval"]]
-    chosen_rows = with_interval or list(rows)
-    return chosen_rows[0] if chosen_rows else None
+    """The number the summary shows: the one its short answer states
+    (:func:`~droplab.lab.report.summary.headline`), formatted as the tables are."""
+    pick = headline(name, result, [dict(row) for row in raw_rows])
+    if pick is None:
+        return None
+    return {
+        "quantity": pick["quantity"],
+        "value": format_number(pick.get("value")),
+        "interval": _interval(pick),
+        "unit": pick.get("unit", ""),
+        "reason": pick.get("reason", ""),
+    }
 
 
 def _section(
@@ -210,6 +225,8 @@ def _section(
             }
         )
     figure = figure_png(module.figure(result))
+    wide = png_width(figure) > PHONE_FIT_PX
+    phone = figure_png(phone_figure(module.figure(result))) if wide else ""
     answer = module.answer(result)
     short = short_answer(record["name"], result, raw_rows) or _first_sentence(answer)
     decided = None
@@ -236,12 +253,11 @@ def _section(
         "short": short,
         "decided": decided,
         "has_intervals": any(row["interval"] for row in rows),
-        "headline": _headline(module, result, rows, raw_rows),
-        "exact": EXACT_HEADLINES.get(record["name"], ""),
+        "headline": _headline(record["name"], result, raw_rows),
         "question": module.QUESTION,
         "method": module.METHOD,
         "figure": figure,
-        "figure_wide": png_width(figure) > PHONE_FIT_PX,
+        "figure_phone": phone,
         "numbers": rows,
         "tables": tables,
         "answer": answer,
@@ -273,6 +289,41 @@ def _duration(seconds: float) -> str:
     ('42 s', '37 min')
     """
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def answers_markdown(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The lab's answers as Markdown table rows (the README's table): per record,
+    its question, short answer, headline number with its interval, and the run.
+
+    The same functions as the page's summary, so the two say the same.
+    """
+    lines = []
+    for record in records:
+        name = str(record["name"])
+        result = record["result"]
+        rows = get_experiment(name).numbers(result)
+        picked = _headline(name, result, rows)
+        number = ""
+        if picked is not None:
+            unit = f" {picked['unit']}" if picked["unit"] else ""
+            said = picked["interval"] or (
+                f"({picked['reason']})" if picked["reason"] else ""
+            )
+            number = f"**{picked['value']}**{unit} {said}".strip()
+        seeds = record.get("config", {}).get("seeds")
+        run = (
+            f"{record.get('preset', '')}"
+            + (f", {seeds} seeds" if seeds else "")
+            + f", {str(record.get('started', ''))[:10]}"
+        )
+        cells = [
+            SEED_QUESTIONS.get(name, name),
+            short_answer(name, result, rows),
+            number,
+            run,
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
 
 
 def shipped_results() -> dict[str, dict[str, Any]]:

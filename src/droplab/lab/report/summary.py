@@ -16,15 +16,14 @@ from typing import Any
 from droplab.lab.compare import detectable
 
 __all__ = [
-    "EXACT_HEADLINES",
-    "HEADLINE_PICK",
-    "HEADLINE_ROWS",
+    "HEADLINE_POINTS",
     "MAX_WORDS",
     "SEED_QUESTIONS",
     "forest_figure",
     "forest_rows",
-    "headline_row",
+    "headline",
     "short_answer",
+    "variant_name",
 ]
 
 MAX_WORDS = 25
@@ -32,7 +31,7 @@ MAX_WORDS = 25
 # The question each experiment answers, as a reader would ask it.
 SEED_QUESTIONS: dict[str, str] = {
     "masks": "How many units are dropped, and can a whole layer go?",
-    "expectation": "Why divide by keep_prob, even when the big activations are dropped?",
+    "expectation": "Why divide by keep_prob, even when the largest activations are dropped?",
     "averaging": "Is scaling the weights as good as averaging all subnetworks?",
     "gradients": "What does a dropped unit do to the gradient?",
     "exact-count": "Would dividing by the units actually kept be better?",
@@ -42,7 +41,7 @@ SEED_QUESTIONS: dict[str, str] = {
     "data-size": "Does dropout help more with little data?",
     "when-it-helps": "When does dropout help, and when not?",
     "features": "Does dropout change the features a network learns?",
-    "uncertainty": "Does MC dropout know where it has not seen data?",
+    "uncertainty": "How does dropout give uncertainty, and does it grow off the data?",
     "variants": "Do the other dropout variants do better?",
     "uci": "Does droplab reproduce Gal & Ghahramani's MC dropout numbers?",
 }
@@ -65,6 +64,26 @@ def _interval_pts(d: Mapping[str, Any], sign: float = 1.0) -> str:
     return f"{_pts(sign * d['mean'])} points [{_pts(low)}, {_pts(high)}]"
 
 
+def _row(
+    quantity: str, value: float, low: float | None = None, high: float | None = None,
+    unit: str = "", reason: str = "",
+) -> dict[str, Any]:  # fmt: skip
+    """A headline: a numbers-style row (``reason``: why it has no interval)."""
+    return {"quantity": quantity, "value": value, "low": low, "high": high,
+            "unit": unit, "reason": reason}  # fmt: skip
+
+
+def _benefit(quantity: str, d: Mapping[str, Any], sign: float) -> dict[str, Any]:
+    """A paired difference as dropout's benefit in points, as the forest plot
+    draws it (``sign`` -1 for an error or for "other minus dropout")."""
+    low, high = sorted((100 * sign * d["low"], 100 * sign * d["high"]))
+    return _row(f"{quantity} (paired)", 100 * sign * d["mean"], low, high, "points")
+
+
+def _points(quantity: str, d: Mapping[str, Any]) -> dict[str, Any]:
+    return _row(quantity, 100 * d["mean"], 100 * d["low"], 100 * d["high"], "points")
+
+
 def _count_helps(
     diffs: list[Mapping[str, Any]], helps_if_negative: bool
 ) -> tuple[int, int]:
@@ -79,29 +98,47 @@ def _count_helps(
     return good, bad
 
 
-def _masks(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+Short = tuple[str, dict[str, Any]]  # the short answer and its headline number
+
+
+def _masks(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     pvals = [row["value"] for row in rows if "chi-square p-value" in row["quantity"]]
-    alls = [row for row in rows if "P(all dropped) = p^n" in row["quantity"]]
-    verdict = "match" if min(pvals) >= 0.01 else "do not all match"
+    seen = next(
+        row
+        for row in rows
+        if "droplab.masks: observed P(all dropped)" in row["quantity"]
+    )
+    n = seen["quantity"].split(",")[0].split("=")[1].strip()
+    exact = next(
+        row for row in rows if row["quantity"] == f"n = {n}: P(all dropped) = p^n"
+    )
+    verdict = "match" if min(pvals) >= 0.01 else "differ"
+    headline = _row(
+        f"n = {n}: observed P(all dropped)", seen["value"], seen["low"], seen["high"]
+    )
     return (
         f"Binomial(n, p): counts {verdict} (smallest chi-square p = {min(pvals):.2g}); "
-        f"a whole layer goes with probability p^n: {alls[0]['value']:.3g} at n = 4."
-    )
+        f"a whole layer of {n} goes {seen['value']:.3g} [{seen['low']:.3g}, "
+        f"{seen['high']:.3g}] of the time, p^n = {exact['value']:.3g}."
+    ), headline  # fmt: skip
 
 
-def _expectation(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _expectation(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     get = {row["quantity"]: row for row in rows}
     scaled = get["forum: mean(r*y/keep), average over repeats"]
-    plain = get["forum: mean(y), average over repeats"]
-    single = get["forum: mean(r*y/keep), middle 95 % of single runs"]
+    target = get["forum: mean(y), average over repeats"]["value"]
+    holds = scaled["low"] <= target <= scaled["high"]
+    small, large = r["widths"][0], r["widths"][-1]
     return (
-        f"On average: mean(r*y/keep) = {scaled['value']:.4f} [{scaled['low']:.4f}, "
-        f"{scaled['high']:.4f}] vs mean(y) = {plain['value']:.4f}; one run lands in "
-        f"[{single['low']:.3f}, {single['high']:.3f}]."
-    )
+        f"{'Yes' if holds else 'No'}, on average: mean(r*y/keep) {scaled['value']:.4f} "
+        f"[{scaled['low']:.4f}, {scaled['high']:.4f}] {'matches' if holds else 'misses'} "
+        f"mean(y). Losing 14.1 and 13.1 (P {small['p_both_exact']:.2g}) leaves the sum "
+        f"{-small['error_if_both_exact']:.0%} short at n={small['n']}, "
+        f"{-large['error_if_both_exact']:.1%} at n={large['n']}."
+    ), dict(scaled)
 
 
-def _averaging(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _averaging(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     ws = next(
         row for row in rows if "weight scaling, TV to exact average" in row["quantity"]
     )
@@ -116,45 +153,64 @@ def _averaging(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         if closer
         else "no MC-k tried is detectably closer"
     )
+    spread = f" [{ws['low']:.3g}, {ws['high']:.3g}]" if ws["low"] is not None else ""
+    headline = _row(
+        "weight scaling: total variation to the exact average", ws["value"],
+        ws["low"], ws["high"],
+        reason="" if ws["low"] is not None
+        else "saved before its interval over test inputs was recorded",
+    )  # fmt: skip
     return (
-        f"Nearly: weight scaling is {ws['value']:.3g} (total variation) from the exact "
-        f"average of all subnetworks; {tail}."
-    )
+        f"Nearly: weight scaling is {ws['value']:.3g}{spread} (total variation) from "
+        f"the exact average of all subnetworks; {tail}."
+    ), headline
 
 
-def _gradients(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _gradients(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     dropped = next(
         row for row in rows if row["quantity"].startswith("max |term| of dropped")
     )
     agree = next(row for row in rows if row["quantity"].startswith("max |reference"))
     n = dropped["quantity"].split("(")[1].split()[0]
+    headline = _row(
+        "largest gradient term of a dropped unit", dropped["value"],
+        reason="exact: one deterministic computation, no sampling",
+    )  # fmt: skip
     return (
         f"It zeroes it: the largest of the {n} terms of dropped units is "
         f"{dropped['value']:g}; hand-written backprop matches autograd to "
         f"{agree['value']:.1g}."
-    )
+    ), headline
 
 
-def _exact_count(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _exact_count(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     acc = [c for c in r["comparisons"] if c["metric"] == "accuracy"]
     good, bad = _count_helps(acc, helps_if_negative=False)
+    largest = max(acc, key=lambda c: abs(c["mean"]))
+    where = f"{largest['rule']} - inverted, {largest['data']}, n = {largest['width']}"
     return (
-        f"Not in accuracy: of {len(acc)} paired comparisons with 'inverted', "
-        f"{good} are detectably better and {bad} detectably worse after Holm."
-    )
+        f"{'Not' if good == 0 else 'Sometimes'} in accuracy: of {len(acc)} paired "
+        f"comparisons with 'inverted', {good} "
+        f"detectably better, {bad} worse (Holm); largest: {_interval_pts(largest)}."
+    ), _points(f"largest accuracy difference ({where})", largest)
 
 
-def _smaller_network(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _smaller_network(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     diffs = r["dropout_minus_plain"]
     good, bad = _count_helps(diffs, helps_if_negative=True)
-    best = min(diffs, key=lambda d: d["mean"])
+    best = min(range(len(diffs)), key=lambda i: r["plain"][i]["test_error"][0])
+    width = r["widths"][best]
     return (
-        f"Dropout beats {good}, loses to {bad} of {len(diffs)} smaller or equal networks "
-        f"(Holm); best dropout-minus-none test error: {_interval_pts(best)}."
-    )
+        f"Against the best network without dropout (width {width}): test error lowered "
+        f"by {_interval_pts(diffs[best], -1.0)}; beats {good}, loses to {bad} of "
+        f"{len(diffs)} widths (Holm)."
+    ), _benefit(
+        f"dropout's benefit over the best network without dropout (width {width}), "
+        "test error lowered", diffs[best], -1.0,
+    )  # fmt: skip
 
 
-def _convergence(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _convergence(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     e = r["epochs_ratio"]
     side = (
         "more" if e["p_value"] < 0.05 and e["low"] > 1
@@ -162,31 +218,46 @@ def _convergence(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         else "no detectably different number of"
     )  # fmt: skip
     return (
-        f"It takes {side} epochs: dropout / none = {e['value']:.2f}x "
+        f"It takes {side} epochs: dropout / no dropout = {e['value']:.2f}x "
         f"[{e['low']:.2f}, {e['high']:.2f}] to reach the same validation error."
-    )
+    ), _row("epochs ratio, dropout / no dropout", e["value"], e["low"], e["high"])
 
 
-def _rate(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    parts = []
-    for scheme in r["schemes"].values():
+SCHEME_WORDS = {
+    "fixed_n": "at {width} units per layer",  # the same width for every p
+    "fixed_kept": "keeping {kept} units on average",  # width n = kept / (1 - p)
+}
+
+
+def _rate(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
+    parts, settings = [], []
+    for key, scheme in r["schemes"].items():
         best = scheme["best"]
         lo, hi = best["bootstrap"]
-        parts.append(f"p = {best['p']:g} (bootstrap [{lo:g}, {hi:g}])")
-    return "Lowest validation error at " + " and ".join(parts) + ", per width setting."
+        where = SCHEME_WORDS[key].format(width=r["width"], kept=r["kept"])
+        parts.append(f"{best['p']:g} [{lo:g}, {hi:g}] {where}")
+        settings.append((where, best))
+    where, best = settings[0]
+    headline = _row(
+        f"best p {where} (bootstrap interval)", best["p"], *best["bootstrap"]
+    )
+    return "Best p by validation (bootstrap): " + "; ".join(parts) + ".", headline
 
 
-def _data_size(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _data_size(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     diffs = [s["difference"] for s in r["sizes"]]
     good, _bad = _count_helps(diffs, helps_if_negative=True)
     best = min(r["sizes"], key=lambda s: s["difference"]["mean"])
     return (
         f"Dropout lowers test error detectably (Holm) at {good} of {len(diffs)} sizes; "
-        f"most at {best['size']}: {_interval_pts(best['difference'])}."
-    )
+        f"most at {best['size']} examples, by {_interval_pts(best['difference'], -1.0)}."
+    ), _benefit(
+        f"dropout's benefit at {best['size']} examples, test error lowered",
+        best["difference"], -1.0,
+    )  # fmt: skip
 
 
-def _when_it_helps(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _when_it_helps(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     diffs = [c["benefit"] for c in r["cells"]]
     good, bad = _count_helps(diffs, helps_if_negative=False)
     best = max(r["cells"], key=lambda c: c["benefit"]["mean"])
@@ -194,55 +265,84 @@ def _when_it_helps(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"Helps detectably (Holm) in {good}, hurts in {bad} of {len(diffs)} size × width "
         f"cells; most at {best['size']} × {best['width']}: "
         f"{_interval_pts(best['benefit'])}."
-    )
+    ), _benefit(
+        f"dropout's benefit at {best['size']} examples × width {best['width']}, "
+        "test accuracy", best["benefit"], 1.0,
+    )  # fmt: skip
 
 
-def _features(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _features(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     paired = [row for row in rows if "dropout - none (paired)" in row["quantity"]]
     sparser = paired[0]
+    word = "Yes, sparser" if sparser["high"] < 0 else "Not detectably sparser"
     return (
-        f"Yes, sparser: mean hidden activation changes by {sparser['value']:+.3f} "
+        f"{word}: the mean hidden activation changes by {sparser['value']:+.3f} "
         f"[{sparser['low']:+.3f}, {sparser['high']:+.3f}] with dropout (paired seeds)."
-    )
+    ), dict(sparser)
 
 
-def _uncertainty(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _uncertainty(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     gap, beyond = r["gap_minus_data"], r["beyond_minus_data"]
 
     def say(d: Mapping[str, Any]) -> str:
         return "larger" if detectable(d) and d["mean"] > 0 else "not detectably larger"
 
     return (
-        f"MC spread is {say(beyond)} beyond the data ({beyond['mean']:+.3f} "
-        f"[{beyond['low']:+.3f}, {beyond['high']:+.3f}]) and {say(gap)} in the gap."
-    )
+        f"Repeated passes with dropout on; their spread is {say(beyond)} beyond the data "
+        f"({beyond['mean']:+.3f} [{beyond['low']:+.3f}, {beyond['high']:+.3f}]) and "
+        f"{say(gap)} in the gap."
+    ), _row(
+        "toy: MC standard deviation beyond the data minus on it (paired)",
+        beyond["mean"], beyond["low"], beyond["high"],
+    )  # fmt: skip
 
 
-def _variants(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def variant_name(variant: str) -> str:
+    """A variant as the page names it: "none" is "no dropout", never a bare "none".
+
+    >>> variant_name("none"), variant_name("classic")
+    ('no dropout', 'classic')
+    """
+    return "no dropout" if variant == "none" else variant
+
+
+def _variants(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     diffs = r["minus_dropout"]
-    better = [
-        v for v, d in diffs.items() if detectable(d, d["p_holm"]) and d["mean"] > 0
-    ]
-    worse = [
-        v for v, d in diffs.items() if detectable(d, d["p_holm"]) and d["mean"] < 0
-    ]
-    return (
-        f"Better than standard dropout after Holm: {', '.join(better) or 'none'}; "
-        f"worse: {', '.join(worse) or 'none'} (of {len(diffs)} compared)."
+    better = [variant_name(v) for v, d in diffs.items()
+              if detectable(d, d["p_holm"]) and d["mean"] > 0]  # fmt: skip
+    worse = [variant_name(v) for v, d in diffs.items()
+             if detectable(d, d["p_holm"]) and d["mean"] < 0]  # fmt: skip
+    text = (
+        f"Better than standard dropout (Holm): {', '.join(better) or 'no variant'}; "
+        f"worse: {', '.join(worse) or 'no variant'} (of {len(diffs)})"
     )
+    if len(text.split()) > MAX_WORDS - 8:  # long lists: counts instead of names
+        text = (
+            f"Of {len(diffs)} compared with standard dropout (Holm): {len(better)} "
+            f"better, {len(worse)} worse"
+        )
+    if "none" not in diffs:
+        return text + ".", _row("variants compared", len(diffs), reason="a count")
+    return (
+        text + f"; dropout vs no dropout: {_interval_pts(diffs['none'], -1.0)}."
+    ), _benefit("dropout's benefit over no dropout, test accuracy", diffs["none"], -1.0)
 
 
-def _uci(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _uci(r: dict[str, Any], rows: list[dict[str, Any]]) -> Short:
     from droplab.lab.experiments.uci import is_published_protocol
 
     ours, published = r["ours"]["rmse_mc"], r["published"]["rmse_mc"]
     splits = r["splits"]
+    mine = next(
+        row for row in rows if row["quantity"].startswith("RMSE, MC dropout (droplab)")
+    )
+    headline = dict(mine)
     if not is_published_protocol(r):
         return (
             f"A pipeline check ({r['epochs']} epochs, not 4,000): {r['dataset']} RMSE "
             f"{ours['mean']:.3g} vs {published['mean']:.3g} published, "
             f"{len(splits)} splits."
-        )
+        ), headline
     everything = r.get("published_all")
     if len(splits) == 1 and everything is not None:
         mc = everything["rmse_mc"]
@@ -250,14 +350,14 @@ def _uci(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"Published protocol, split {splits[0]} of {len(everything['splits'])} "
             f"only: {r['dataset']} RMSE {ours['mean']:.3g} vs {published['mean']:.3g} "
             f"published there ({mc['mean']:.2f} ± {mc['se']:.2f} over all splits)."
-        )
+        ), headline
     return (
         f"Published protocol on {len(splits)} splits: {r['dataset']} RMSE "
         f"{ours['mean']:.3g} vs {published['mean']:.3g} published."
-    )
+    ), headline
 
 
-SHORT: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], str]] = {
+SHORT: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], Short]] = {
     "masks": _masks,
     "expectation": _expectation,
     "averaging": _averaging,
@@ -274,87 +374,43 @@ SHORT: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], str]] = {
     "uci": _uci,
 }
 
-
-# The summary's headline number: the numbers row whose quantity contains this
-# text (the largest in size where several do, or the one HEADLINE_PICK names),
-# for experiments whose first row with an interval is not their answer's number.
-HEADLINE_ROWS: dict[str, str] = {
-    "expectation": "forum: mean(r*y/keep), average over repeats",
-    "rate": "best p by validation (bootstrap interval)",
-    "smaller-network": "dropout minus width",
-    "convergence": "epochs ratio dropout / none",
-    "data-size": "dropout - none (paired",
-    "when-it-helps": "dropout - none (paired",
-    "variants": "none minus dropout",
-    "uci": "RMSE, MC dropout (droplab)",
-    "uncertainty": "sd beyond minus sd on the data",
-    "features": "mean hidden activation, dropout - none",
-}
-
-
-# Where the short answer quotes the best case ("most at 400: ..."), the headline
-# is that row too: the largest value (+1) or the smallest (-1), not the largest
-# in size, which could be another cell with the opposite sign.
-HEADLINE_PICK: dict[str, int] = {
-    "when-it-helps": +1,  # dropout - none, test accuracy: its largest benefit
-    "data-size": -1,  # dropout - none, test error: its lowest
-    "smaller-network": -1,  # dropout minus width, test error: its lowest
-}
-
-# Headlines that are paired differences of accuracy or error fractions: the short
-# answers state them in points (0.05 is 5 points), so the summary's headline
-# column does too, and a reader never compares 0.056 with +5.6 points.
+# The experiments whose headline is a paired difference of accuracy or error
+# fractions: the short answer and the headline state it in points (0.05 is 5
+# points), as dropout's benefit where it is a comparison with no dropout (the
+# forest plot's sign: right of 0, dropout helps).
 HEADLINE_POINTS = frozenset(
-    {"when-it-helps", "data-size", "smaller-network", "variants"}
+    {"when-it-helps", "data-size", "smaller-network", "variants", "exact-count"}
 )
 
 
-def in_points(row: Mapping[str, Any]) -> dict[str, Any]:
-    """``row`` with its value and interval times 100 and the unit ``points``.
-
-    >>> in_points({"quantity": "dropout - none", "value": 0.05, "low": 0.01, "high": None})
-    {'quantity': 'dropout - none', 'value': 5.0, 'low': 1.0, 'high': None, 'unit': 'points'}
-    """
-    scaled = dict(row)
-    for key in ("value", "low", "high"):
-        if scaled.get(key) is not None:
-            scaled[key] = 100 * float(scaled[key])
-    scaled["unit"] = "points"
-    return scaled
-
-
-# Headlines that are exact computations (no sampling), so have no interval;
-# the summary says so in the interval's place.
-EXACT_HEADLINES: dict[str, str] = {
-    "gradients": "exact: one deterministic computation, no sampling",
-}
-
-
-def headline_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The row :data:`HEADLINE_ROWS` names for ``name`` (None: no such rule or row)."""
-    text = HEADLINE_ROWS.get(name)
-    if text is None:
+def _answer_and_headline(
+    name: str, result: dict[str, Any], rows: list[dict[str, Any]]
+) -> Short | None:
+    make = SHORT.get(name)
+    if make is None:
         return None
-    matches = [row for row in rows if text in row["quantity"]]
-    if not matches:
-        return None
-    pick = HEADLINE_PICK.get(name)
-    if pick is not None:
-        return max(matches, key=lambda row: pick * float(row["value"] or 0.0))
-    return max(matches, key=lambda row: abs(float(row["value"] or 0.0)))
+    try:
+        return make(result, rows)
+    except (KeyError, IndexError, StopIteration, TypeError, ValueError):
+        return None  # e.g. a result saved by an older version: fall back
 
 
 def short_answer(name: str, result: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The summary's answer for experiment ``name``, computed from its result and
-    its ``numbers`` rows; for an experiment without one (or whose result lacks
-    what it reads), the first sentence of its full answer, if short enough."""
-    make = SHORT.get(name)
-    if make is not None:
-        try:
-            return make(result, rows)
-        except (KeyError, IndexError, StopIteration, TypeError, ValueError):
-            pass  # e.g. a result saved by an older version: fall back
-    return ""
+    its ``numbers`` rows; "" for an experiment without one (or whose result lacks
+    what it reads): the page then shows the first sentence of its full answer."""
+    made = _answer_and_headline(name, result, rows)
+    return made[0] if made else ""
+
+
+def headline(
+    name: str, result: dict[str, Any], rows: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The summary's headline number for ``name``: the number its short answer
+    states, as a row (``quantity``, ``value``, ``low``, ``high``, ``unit`` and
+    ``reason``, why it has no interval); None where there is no short answer."""
+    made = _answer_and_headline(name, result, rows)
+    return made[1] if made else None
 
 
 # ------------------------------------------------------------------ forest plot
@@ -391,7 +447,11 @@ def forest_rows(records: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
         for w, d in zip(r["widths"], r["dropout_minus_plain"], strict=False):
             add(f"smaller-network: vs width {w}", d, -1.0)
     if "variants" in records and "none" in records["variants"]["minus_dropout"]:
-        add("variants: vs none", records["variants"]["minus_dropout"]["none"], -1.0)
+        add(
+            "variants: vs no dropout",
+            records["variants"]["minus_dropout"]["none"],
+            -1.0,
+        )
     if "rate" in records:
         for key, s in records["rate"]["schemes"].items():
             d = s.get("best_vs_no_dropout_test")
