@@ -636,8 +636,7 @@ def test_a_read_only_out_is_refused_before_any_work(fakes: Path) -> None:
         line = _one_line_exit_2(["report", "--out", str(out)], fakes)
     finally:
         (fakes / "read-only").chmod(0o755)
-    assert line.startswith("droplab report: error: argument --out: cannot ")
-    assert str(out) in line
+    assert line.startswith("droplab report: error: argument --out: cannot write in ")
 
 
 def test_an_out_that_is_a_file_is_refused_before_any_work(fakes: Path) -> None:

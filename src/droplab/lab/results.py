@@ -207,14 +207,15 @@ def output_problem(out: str | Path, names: Iterable[str] = ()) -> str:
     """Why ``out`` cannot take a report, in one sentence ("" when it can).
 
     Checked before any experiment starts, so that an unusable folder costs
-    seconds, not the whole run: ``out`` and ``out/results`` are folders (made
-    if missing) that this process can write in, the disk has
+    seconds, not the whole run, and without making anything: ``out`` and
+    ``out/results`` are folders this process can write in (or, where missing,
+    the nearest folder above them is, so they can be made), the disk has
     :data:`MIN_FREE_BYTES` free, and no folder stands where the result of one
     of ``names`` is saved.
 
     >>> import tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> output_problem(folder)
+    >>> output_problem(folder / "new")
     ''
     >>> (folder / "page").write_text("x")
     1
@@ -226,17 +227,18 @@ def output_problem(out: str | Path, names: Iterable[str] = ()) -> str:
     for folder in (out, results):
         if folder.exists() and not folder.is_dir():
             return f"{folder} is a file, not a folder"
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        return f"cannot create {results}: {error.strerror or error}"
-    for folder in (out, results):
+    existing = results if results.is_dir() else out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    for folder in dict.fromkeys((existing, out if out.is_dir() else existing)):
         try:  # the only sure test of "can write here" (root ignores modes)
             with tempfile.TemporaryFile(dir=folder, prefix=".droplab-probe."):
                 pass
         except OSError as error:
             return f"cannot write in {folder}: {error.strerror or error}"
-    free = shutil.disk_usage(out).free
+    free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
         return (
             f"{out} has {free / 2**20:.1f} MiB free; a report needs at least "

@@ -363,6 +363,7 @@ def mc_predict(
     passes = check_int(samples, "samples", low=1, owner="mc_predict")
     task = check_choice(task, "task", TASKS, owner="mc_predict")
     strict = check_bool(strict, "strict", owner="mc_predict")
+    keep_samples = check_bool(keep_samples, "keep_samples", owner="mc_predict")
     if not (output is None or isinstance(output, str) or callable(output)):
         raise fail(
             "output",
