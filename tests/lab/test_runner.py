@@ -700,13 +700,18 @@ def test_a_failed_save_names_the_path_and_leaves_no_empty_traceback(
     out = fakes / "results"
     messages: list[str] = []
     outcomes = runner.run_experiments(
-        ["fake_first"], results_dir=out, log=messages.append, progress=False
+        ["fake_first", "fake_second"],
+        results_dir=out,
+        log=messages.append,
+        progress=False,
     )
     path = results.result_path(out, "fake_first")
-    assert outcomes[0].status == "failed"
-    assert outcomes[0].message == f"could not save {path}: No space left on device"
-    assert (
-        messages[-1]
-        == f"fake_first failed: could not save {path}: No space left on device"
+    reason = f"could not save {path}: No space left on device"
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert outcomes[0].message == reason
+    assert outcomes[1].message == f"not run: {reason}"
+    assert _runs(fakes, "fake_second") == 0  # not computed for nothing
+    assert messages[-1] == (
+        f"fake_first failed: {reason}; the experiments after it are not run"
     )
     assert not list(out.glob("*.traceback.txt")) if out.exists() else True

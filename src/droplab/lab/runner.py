@@ -173,7 +173,8 @@ def run_experiments(
     An experiment that raises is reported (one line to ``log``, the traceback
     to ``NAME.traceback.txt`` beside the results) as ``failed`` and the next one
     runs; a result that cannot be saved (:class:`SaveError`) is reported in one
-    line, without a traceback file. KeyboardInterrupt stops the loop (finished
+    line, without a traceback file, and the experiments after it are not run
+    (``failed``, "not run: ..."). KeyboardInterrupt stops the loop (finished
     results are already on disk). Stale temporary files of a killed write are
     removed first (:func:`droplab.execution.storage.remove_stale_temporaries`).
     """
@@ -193,8 +194,13 @@ def run_experiments(
             def log(text: str) -> None:  # lines of their own, not over the bar
                 bar.write(text, command_log)
 
+        unsaved = ""  # why the results folder took no result, once it did not
         for name in names:
             bar.advance(0, item=name)
+            if unsaved:  # no point computing what cannot be saved
+                outcomes.append(Outcome(name, "failed", None, f"not run: {unsaved}"))
+                bar.advance(item=f"{name} not run")
+                continue
             module = get_experiment(name)
             config = config_for(module, preset, data=data)
             try:
@@ -203,8 +209,9 @@ def run_experiments(
                     force=force, jobs=jobs, log=log,
                 )  # fmt: skip
             except SaveError as error:  # the folder is the problem: no trace file
-                log(f"{name} failed: {error}")
+                log(f"{name} failed: {error}; the experiments after it are not run")
                 outcome = Outcome(name, "failed", None, str(error))
+                unsaved = str(error)
             except Exception as error:  # report it, run the others
                 # One line on the terminal; the traceback goes to a file beside
                 # the results, for whoever wants to debug it (written whole or
