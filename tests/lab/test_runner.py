@@ -715,3 +715,25 @@ def test_a_failed_save_names_the_path_and_leaves_no_empty_traceback(
         f"fake_first failed: {reason}; the experiments after it are not run"
     )
     assert not list(out.glob("*.traceback.txt")) if out.exists() else True
+
+
+def test_a_stale_result_stays_until_its_replacement_is_saved(
+    fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = registry.get_experiment("fake_first")
+    out = fakes / "results"
+    runner.run_experiment(module, module.Config(), results_dir=out)
+    record = _saved(out, "fake_first")
+    record["code"] = "another version"
+    _resave(out, "fake_first", record)
+    before = results.result_path(out, "fake_first").read_bytes()
+    monkeypatch.setenv("FAKE_MODE_fake_first", "raise")
+    (failed,) = runner.run_experiments(["fake_first"], results_dir=out, progress=False)
+    assert failed.status == "failed"
+    assert results.result_path(out, "fake_first").read_bytes() == before  # kept
+    monkeypatch.setenv("FAKE_MODE_fake_first", "ok")
+    (ran,) = runner.run_experiments(["fake_first"], results_dir=out, progress=False)
+    assert ran.status == "ran" and ran.message.startswith(
+        "recomputed: saved result from"
+    )
+    assert _saved(out, "fake_first")["code"] == registry.code_fingerprint(module)
