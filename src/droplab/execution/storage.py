@@ -97,8 +97,8 @@ def remove_stale_temporaries(
     >>> (folder / ".a.json.x1.tmp").write_text("{")
     1
     >>> os.utime(folder / ".a.json.x1.tmp", (0, 0))
-    >>> [p.name for p in remove_stale_temporaries(folder)]
-    ['.a.json.x1.tmp']
+    >>> [p.name for p in remove_stale_temporaries(folder)] == [".a.json.x1.tmp"]
+    True
     """
     folder = Path(folder)
     if not folder.is_dir():
