@@ -166,10 +166,11 @@ def _reusable(names: list[str], out: Path, preset: str, data: str | None) -> set
             record = load_result(result_path(out / "results", name), name)
         except (FileNotFoundError, ResultError):
             continue
-        config = config_for(get_experiment(name), preset, data=data)
+        module = get_experiment(name)
+        config = config_for(module, preset, data=data)
         if record["config_hash"] == config_hash(config) and record.get(
             "code"
-        ) == code_fingerprint(name):
+        ) == code_fingerprint(module):
             reused.add(name)
     return reused
 
