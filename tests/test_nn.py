@@ -448,3 +448,30 @@ def test_stream_attributes_and_extra_state_are_validated():
     ):
         m.next_stream(-1)
     assert (m.seed, m.offset) == (1, 0)
+
+
+def test_a_refused_extra_state_changes_nothing() -> None:
+    """Issue 31: a valid seed with a negative offset used to set the seed,
+    then refuse the offset; and a module's parameters were loaded before."""
+    m = Dropout(seed=1)
+    m.offset = 40
+    for state in ({"seed": 9, "offset": -1}, {"seed": 9, "offset": 2**64}):
+        with pytest.raises(
+            ValueError, match=r"'offset' argument of Dropout\.set_extra_state"
+        ):
+            m.set_extra_state(state)
+        assert (m.seed, m.offset) == (1, 40)
+    with pytest.raises(TypeError, match=r"'seed' argument of Dropout\.set_extra_state"):
+        m.set_extra_state({"seed": "9", "offset": 3})
+    assert (m.seed, m.offset) == (1, 40)
+
+    class Scaled(Dropout):
+        def __init__(self) -> None:
+            super().__init__(0.5, seed=1)
+            self.gain = nn.Parameter(torch.ones(3))
+
+    s = Scaled()
+    bad = {"gain": torch.full((3,), 7.0), "_extra_state": {"seed": 5, "offset": -2}}
+    with pytest.raises(ValueError, match="offset"):
+        s.load_state_dict(bad)
+    assert torch.equal(s.gain, torch.ones(3)) and (s.seed, s.offset) == (1, 0)

@@ -134,3 +134,62 @@ def test_check_shared_dims_refuses_non_integers(dims):
         TypeError, match=r"The 'shared_dims' argument must be an int or a tuple of ints"
     ):
         check_shared_dims(dims, 3)
+
+
+# ----------------------------------------- issue 31: sparse and nested tensors
+
+
+def _layouts() -> list[tuple[str, object]]:
+    import warnings
+
+    import torch
+
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():  # torch's "prototype" note, once a process
+        warnings.simplefilter("ignore", UserWarning)
+        nested = torch.nested.nested_tensor(
+            [torch.randn(3, 8, 8), torch.randn(3, 8, 8)]
+        )
+    return [("sparse_coo", x.to_sparse()), ("nested", nested)]
+
+
+def _every_op() -> dict[str, object]:
+    """Each droplab op and module, called in training mode on a 4-d input."""
+    import torch
+
+    import droplab.functional as F
+    import droplab.nn as N
+
+    def linear(t: object, **kw: object) -> object:
+        return F.drop_connect_linear(t, torch.randn(5, 8), None, 0.5, **kw)
+
+    return {
+        "dropout": lambda t: F.dropout(t, 0.5),
+        "alpha_dropout": lambda t: F.alpha_dropout(t, 0.5, True),
+        "feature_alpha_dropout": lambda t: F.feature_alpha_dropout(t, 0.5, True),
+        "gaussian_dropout": lambda t: F.gaussian_dropout(t, 0.5),
+        "concrete_dropout": lambda t: F.concrete_dropout(t, 0.2),
+        "drop_block2d": lambda t: F.drop_block2d(t, 0.2, 3),
+        "drop_connect_linear": linear,
+        "drop_path": lambda t: F.drop_path(t, 0.5),
+        "dropout2d": lambda t: F.dropout2d(t, 0.5),
+        "locked_dropout": lambda t: F.locked_dropout(t, 0.5),
+        "Dropout": N.Dropout(0.5),
+        "AlphaDropout": N.AlphaDropout(0.5),
+        "FeatureAlphaDropout": N.FeatureAlphaDropout(0.5),
+        "GaussianDropout": N.GaussianDropout(0.5),
+        "Dropout2d": N.Dropout2d(0.5),
+        "DropPath": N.DropPath(0.5),
+        "DropBlock2d": N.DropBlock2d(0.2, 3),
+        "LockedDropout": N.LockedDropout(0.5),
+    }
+
+
+@pytest.mark.parametrize("op", list(_every_op()))
+def test_every_op_refuses_sparse_and_nested_tensors_alike(op: str) -> None:
+    call = _every_op()[op]
+    for layout, x in _layouts():
+        with pytest.raises(TypeError) as error:
+            call(x)  # type: ignore[operator]
+        assert "must be a dense (strided) torch.Tensor" in str(error.value)
+        assert f"got a {layout} tensor" in str(error.value)

@@ -4,12 +4,22 @@ The same ``(seed, offset)`` gives the same mask in NumPy, in the PyTorch CPU pat
 and in the GPU kernel. See docs/DESIGN.md for the contracts and the layers.
 
 The names below are imported on first use (PEP 562), so ``import droplab``
-and ``droplab --help`` do not pay for importing PyTorch.
+and ``droplab --help`` do not pay for importing PyTorch. droplab's operators
+(``torch.ops.droplab.*``, what ``torch.export.load`` of a saved droplab program
+and a graph need) are registered as soon as PyTorch is imported: at once if
+it already is, else right after its import completes (a one-shot import hook),
+so ``import droplab`` is enough in a fresh process, in either order.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -88,3 +98,85 @@ __all__ = [
     "revert",
     "weight_scaled",
 ]
+
+
+def _register_operators() -> None:
+    """Register ``torch.ops.droplab.*`` (importing the modules that define them)."""
+    importlib.import_module("droplab.nn")
+
+
+def _initializing(name: str, but: types.ModuleType | None = None) -> bool:
+    """Whether a module under ``name`` (other than ``but``) is being imported now."""
+    return any(
+        getattr(module.__spec__, "_initializing", False)
+        for key, module in list(sys.modules.items())
+        if (key == name or key.startswith(name + "."))
+        and module is not but
+        and getattr(module, "__spec__", None) is not None
+    )
+
+
+class _Loader(importlib.abc.Loader):
+    """A module's own loader, then droplab's operators if torch is imported."""
+
+    def __init__(self, loader: Any, hook: _AfterTorch) -> None:
+        self.loader, self.hook = loader, hook
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__loader__ = self.loader  # the module sees its own loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        self.hook.register(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+class _AfterTorch(importlib.abc.MetaPathFinder):
+    """Registers droplab's operators once torch is imported (removed then).
+
+    The import of ``torch``, and of each droplab module, completes with
+    :meth:`register`: it registers when torch is in and no droplab module is
+    half-imported (importing ``droplab.nn`` from inside a droplab module that
+    imports torch would find that module's names not yet defined); the droplab
+    module whose import completes last then does it.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if self.busy or not (fullname == "torch" or fullname.startswith("droplab.")):
+            return None
+        self.busy = True  # the search below asks this finder again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy = False
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _Loader(spec.loader, self)
+        return spec
+
+    def register(self, done: types.ModuleType) -> None:
+        if self not in sys.meta_path or "torch" not in sys.modules:
+            return
+        if _initializing("torch", done) or _initializing("droplab", done):
+            return
+        sys.meta_path.remove(self)
+        _register_operators()
+
+
+if "torch" in sys.modules:
+    _register_operators()
+elif not any(type(f).__name__ == "_AfterTorch" for f in sys.meta_path):
+    sys.meta_path.insert(0, _AfterTorch())

@@ -261,7 +261,7 @@ def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tenso
     Raises otherwise, naming the argument, what was received and what is
     allowed (the template of this module): :class:`InputDtypeError` (a
     TypeError and a RuntimeError) for a tensor of another dtype, TypeError for
-    anything that is not a tensor.
+    anything that is not a tensor and for a sparse or nested tensor.
 
     >>> check_floating_tensor(torch.arange(3), owner="dropout")
     Traceback (most recent call last):
@@ -269,7 +269,16 @@ def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tenso
     droplab.InputDtypeError: The 'x' argument of dropout must be a torch.Tensor of dtype float16, bfloat16, float32 or float64; got a tensor of dtype torch.int64.
     """
     if isinstance(x, torch.Tensor) and x.dtype in FLOAT_DTYPES:
-        return x
+        if x.layout is torch.strided and not x.is_nested:
+            return x
+        # Sparse and nested tensors: every op refuses them alike, rather than
+        # some returning a sparse result and others failing deep in torch.
+        kind_of = "nested" if x.is_nested else f"{x.layout}".removeprefix("torch.")
+        raise TypeError(
+            f"The {name!r} argument of {owner} must be a dense (strided) "
+            f"torch.Tensor; got a {kind_of} tensor (convert it with "
+            f"{'.to_padded_tensor(0.0)' if x.is_nested else '.to_dense()'} first)."
+        )
     got = (
         f"a tensor of dtype {x.dtype}"
         if isinstance(x, torch.Tensor)

@@ -162,3 +162,107 @@ def test_a_converted_block_compiles_with_no_graph_break_torchs_has_not() -> None
         out_c.sum().backward()
     assert twin.drop.offset == eager.drop.offset == 3 * X.numel()
     torch._dynamo.reset()
+
+
+# ------------------------------- issue 31: draws from NumPy's and Python's generators
+
+
+class _HostNoise(nn.Module):
+    """Draws from NumPy's global generator (as wav2vec2's SpecAugment does) or
+    from Python's ``random``, in its own forward."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import random
+
+        import numpy as np
+
+        if self.source == "numpy":
+            return x + float(np.random.rand()) * 1e-3  # noqa: NPY002 (the point)
+        return x + random.random() * 1e-3
+
+
+def _host_model(source: str) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(3, 4), nn.Dropout(0.5), _HostNoise(source), nn.Linear(4, 1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "named"),
+    [
+        ("numpy", "numpy.random in '2' draws from NumPy's global generator"),
+        ("python", "random in '2' draws from Python's global random generator"),
+    ],
+)
+def test_draws_from_numpy_and_python_generators_are_named(
+    source: str, named: str
+) -> None:
+    model, x = _host_model(source), torch.randn(5, 3)
+    with pytest.warns(UserWarning, match=named):
+        mc_predict(model, x, samples=4, seed=0)
+    with pytest.raises(
+        ValueError, match=r"The 'model' argument of mc_predict must be .*"
+    ) as error:
+        mc_predict(model, x, samples=4, seed=0, strict=True)
+    assert "intercept" not in str(error.value)
+    with pytest.warns(
+        UserWarning, match=named.replace("'2'", "'Sequential>_HostNoise'")
+    ):
+        with droplab.intercept(seed=0):
+            model.train()(x)
+    with pytest.raises(ValueError, match=r"The 'model' argument of intercept"):
+        with droplab.intercept(seed=0, strict=True):
+            model(x)
+
+
+def test_a_host_draw_in_a_parents_own_code_names_the_parent() -> None:
+    class Parent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.second = nn.Linear(3, 3), nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import numpy as np
+
+            h = self.first(x)
+            h = h * float(np.random.rand() > 2.0)  # noqa: NPY002 (between children)
+            return self.second(h)
+
+    with pytest.warns(UserWarning, match="numpy.random in '<root>'"):
+        mc_predict(Parent(), torch.randn(2, 3), samples=2, seed=0)
+
+
+class _LayerDrop(nn.Module):
+    """A layer skipped with probability 1/2 per forward call (Bart's layerdrop):
+    one draw per call, from torch's generator, and no other randomness."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and bool(torch.rand([]) < 0.5):
+            return x
+        return self.layer(x)
+
+
+def test_a_per_pass_draw_shared_by_a_chunk_says_the_variance_collapses() -> None:
+    torch.manual_seed(0)
+    model, x = _LayerDrop(), torch.randn(4, 3)
+    with pytest.warns(UserWarning) as record:
+        chunked = mc_predict(model, x, samples=16, seed=0)  # the default chunk
+    assert float(chunked.variance.max()) == 0.0  # one draw for all 16 passes
+    (message,) = [str(w.message) for w in record]
+    assert "torch.rand in '<root>' draws from torch's generator" in message
+    assert "variance between passes it should add collapses" in message
+    assert "pass chunk=1 to draw it once per pass" in message
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning) as record:
+        per_pass = mc_predict(model, x, samples=16, seed=0, chunk=1)
+    assert float(per_pass.variance.max()) > 0.0
+    assert all("chunk=1" not in str(w.message) for w in record)

@@ -343,3 +343,41 @@ def test_bare_intercept_replays_timm_drop_path_and_torchvision_stochastic_depth(
     assert torch.equal(
         b != 0, droplab.variants.drop_path(x, 0.5, seed=3, offset=64) != 0
     )
+
+
+def tiny_wav2vec2() -> nn.Module:
+    """wav2vec2 from a config (random weights), its SpecAugment on as by default
+    (mask_time_prob=0.05): in training mode it draws its masks from NumPy's
+    global generator. Layerdrop off, so that draw is the only one unreplayed."""
+    torch.manual_seed(0)
+    config = transformers.Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=4,
+        num_conv_pos_embedding_groups=2,
+        layerdrop=0.0,
+    )
+    assert config.mask_time_prob > 0 and config.apply_spec_augment
+    return transformers.Wav2Vec2Model(config).eval()
+
+
+def test_wav2vec2_spec_augment_draws_are_named_and_refused_under_strict() -> None:
+    """Issue 31: these draws went unnoticed, and two mc_predict calls with the
+    same seed differed."""
+    model, audio = tiny_wav2vec2(), torch.randn(2, 400)
+    with pytest.warns(UserWarning) as record:
+        mc_predict(model, audio, samples=4, seed=0, output="last_hidden_state")
+    messages = [str(w.message) for w in record]
+    assert any(
+        "numpy.random in '<root>' draws from NumPy's global generator" in m
+        for m in messages
+    ), messages
+    with pytest.raises(ValueError, match=r"The 'model' argument of mc_predict"):
+        mc_predict(
+            model, audio, samples=4, seed=0, output="last_hidden_state", strict=True
+        )

@@ -375,3 +375,79 @@ def test_split_work_after_fork() -> None:
 def _child_masked_scale(x: np.ndarray, kw: dict[str, object]) -> np.ndarray:
     torch.set_num_threads(2)  # big enough to be split: the child's own pool
     return cpu.masked_scale(torch.from_numpy(x), **kw).numpy()
+
+
+# ------------------------------------- issue 31: 16-bit input, chunk by chunk
+
+HALF_CASES = [  # (shape, sampler, scale, shared_dims, layout)
+    ((6, 50, 7), "bernoulli", "inverted", (), "contiguous"),  # flat chunks
+    ((6, 50, 7), "bernoulli", "classic", (), "transposed"),  # rows of a view
+    ((6, 50, 7), "fixed", "inverted", (), "contiguous"),  # whole rows
+    ((6, 50, 7), "bernoulli", "realized", (), "contiguous"),
+    ((6, 50, 7), "fixed", "realized", (2,), "contiguous"),  # a shared dim
+    ((2, 3000), "bernoulli", "inverted", (0,), "contiguous"),  # shared dim 0: whole
+    ((4100,), "fixed", "inverted", (), "contiguous"),  # one row: whole
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("shape", "sampler", "scale", "shared", "layout"), HALF_CASES)
+def test_16bit_input_in_chunks_gives_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    sampler: str,
+    scale: str,
+    shared: tuple[int, ...],
+    layout: str,
+) -> None:
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    x = (
+        base.transpose(0, -1).contiguous().transpose(0, -1)
+        if layout != "contiguous"
+        else base
+    )
+    kw = dict(p=0.3, seed=2**63 + 5, offset=4 * 2**32 - 3, scale=scale,
+              sampler=sampler, shared_dims=shared)  # fmt: skip
+    want = reference_masked_scale(x, **kw)
+    chunks: list[int] = []
+    real = cpu.masked_scale
+
+    def counted(t: torch.Tensor, **k: object) -> torch.Tensor:
+        chunks.append(t.numel())
+        return real(t, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cpu, "_half_chunk", lambda: 700)
+    monkeypatch.setattr(cpu, "masked_scale", counted)
+    assert same_bits(cpu.masked_scale(x, **kw), want)
+    cut = not (shared == (0,) or (len(shape) == 1 and sampler == "fixed"))
+    assert (len(chunks) > 2) == cut, chunks
+    if cut:  # the whole call, then chunks of at most 700 elements
+        assert max(chunks[1:]) <= 700, chunks
+    inplace = x.clone()
+    assert cpu.masked_scale(inplace, out=inplace, **kw) is inplace
+    assert same_bits(inplace, want)
+
+
+def test_16bit_dropout_takes_the_output_and_a_bounded_buffer() -> None:
+    """Peak extra memory over the input's size, in a fresh process (see
+    benchmarks/bench_half_memory.py): at most the output (1.0) plus a
+    bounded working buffer; it was 5.0 before issue 31 (torch's: 2.0)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import resource, torch, droplab.functional as F\n"
+        "x = torch.ones(1 << 26, dtype=torch.float16)\n"
+        "F.dropout(torch.ones(1 << 16, dtype=torch.float16), 0.5, seed=0)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "y = F.dropout(x, 0.5, seed=0)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((after - before) * 1024 / (x.numel() * 2))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    extra = float(done.stdout.split()[-1])
+    buffer = 10 * cpu._half_chunk() / 2**27  # f32 in and out, 16-bit copy: 10 B each
+    assert extra <= 1.0 + buffer + 0.1, extra

@@ -267,7 +267,7 @@ def test_corrupt_or_foreign_result_is_reported_and_recomputed(fakes: Path) -> No
             module, module.Config(), results_dir=out, log=messages.append
         )
         assert outcome.status == "ran"
-        assert "Recomputing fake_first" in messages[0]
+        assert "recomputed: saved result malformed" in messages[0]
         assert results.load_result(path, "fake_first")["result"]["size"] == 2
 
 
@@ -477,3 +477,263 @@ def test_the_machine_record_names_the_cpu_and_torchs_instruction_set() -> None:
     assert isinstance(info["cpu_model"], str) and info["cpu_model"]
     assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert info["cpus"] == os.cpu_count()
+
+
+# ------------------------------------------------- issue 31: what a rerun may reuse
+
+
+def _saved(out: Path, name: str) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(results.result_path(out, name).read_text())
+    return record
+
+
+def _resave(out: Path, name: str, record: dict[str, Any]) -> None:
+    results.result_path(out, name).write_text(json.dumps(record))
+
+
+def test_a_result_from_another_version_is_recomputed_and_the_page_says_so(
+    fakes: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fakes / "out"
+    assert cli.main(["report", "--only", "fake_first", "--out", str(out)]) == 0
+    assert _runs(fakes, "fake_first") == 1
+    # Another version's file: same config hash, other code, and a result
+    # without the key this version reads ("size").
+    record = _saved(out / "results", "fake_first")
+    record["code"] = "0123456789abcdef"
+    record["result"] = {"old_key": 7, "jobs": 1}
+    _resave(out / "results", "fake_first", record)
+    assert cli.main(["list", "--out", str(out)]) == 0
+    assert "saved by another version (will be recomputed)" in capsys.readouterr().out
+    assert cli.main(["report", "--only", "fake_first", "--out", str(out)]) == 0
+    assert _runs(fakes, "fake_first") == 2
+    err = capsys.readouterr().err
+    assert "fake_first: recomputed: saved result from another version" in err
+    page = (out / "index.html").read_text()
+    assert "Recomputed: saved result from another version" in page
+    assert "size is 2" in page
+    assert _saved(out / "results", "fake_first")["result"]["size"] == 2
+
+
+def test_a_result_this_code_cannot_read_is_recomputed_not_shown(fakes: Path) -> None:
+    module = registry.get_experiment("fake_first")
+    out = fakes / "results"
+    runner.run_experiment(module, module.Config(), results_dir=out)
+    record = _saved(out, "fake_first")
+    record["result"] = {"jobs": 1}  # same code and config, a key missing
+    _resave(out, "fake_first", record)
+    messages: list[str] = []
+    again = runner.run_experiment(
+        module, module.Config(), results_dir=out, log=messages.append
+    )
+    assert again.status == "ran" and _runs(fakes, "fake_first") == 2
+    assert messages == [
+        f"fake_first: recomputed: saved result malformed "
+        f"({results.result_path(out, 'fake_first')}: KeyError: 'size')"
+    ]
+    # And the page, rendered from such a file without a run, names it
+    # instead of crashing.
+    from droplab.lab.report import write_report
+
+    record["result"] = {"jobs": 1}
+    _resave(out, "fake_first", record)
+    page, missing = write_report(fakes, ["fake_first"])
+    assert "KeyError" in missing["fake_first"] and page.exists()
+
+
+@pytest.mark.parametrize("started", ["yesterday", 12, ["2026"]])
+def test_a_record_with_a_malformed_started_is_refused_and_recomputed(
+    fakes: Path, started: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fakes / "out"
+    assert cli.main(["report", "--only", "fake_first", "--out", str(out)]) == 0
+    record = _saved(out / "results", "fake_first")
+    record["started"] = started
+    _resave(out / "results", "fake_first", record)
+    with pytest.raises(results.ResultError, match="'started' must be an ISO 8601"):
+        results.load_result(results.result_path(out / "results", "fake_first"))
+    assert cli.main(["report", "--only", "fake_first", "--out", str(out)]) == 0
+    assert "recomputed: saved result malformed" in capsys.readouterr().err
+    assert "size is 2" in (out / "index.html").read_text()
+
+
+def test_a_cut_task_checkpoint_is_set_aside_and_heals_on_the_next_run(
+    tmp_path: Path,
+) -> None:
+    from droplab.execution import LocalExecutor, TaskCheckpoint, checkpointed_map
+
+    folder = tmp_path / ".tasks"
+    messages: list[str] = []
+    saved = TaskCheckpoint(folder, log=messages.append)
+    assert checkpointed_map(LocalExecutor(1), abs, [-1, -2], checkpoint=saved) == [1, 2]
+    cut = saved.path(TaskCheckpoint.key(abs, -2))
+    cut.write_bytes(cut.read_bytes()[:7])  # a kill during the write
+    stale = folder / f".{cut.name}.k1ll3d.tmp"
+    stale.write_text('{"key": ')
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    again = TaskCheckpoint(folder, log=messages.append)
+    assert not stale.exists()
+    assert checkpointed_map(LocalExecutor(1), abs, [-1, -2], checkpoint=again) == [1, 2]
+    assert any(
+        f"task checkpoint {cut} is damaged (JSONDecodeError" in m
+        and f"set aside as {cut}.damaged" in m
+        for m in messages
+    ), messages
+    assert (folder / f"{cut.name}.damaged").exists()  # kept for a look, not used
+    assert again.load(TaskCheckpoint.key(abs, -2)) == (True, 2)  # healed
+
+
+def test_stale_temporary_result_files_are_removed_on_the_next_run(
+    fakes: Path,
+) -> None:
+    out = fakes / "results"
+    out.mkdir()
+    stale = out / ".fake_first.json.a1b2c3.tmp"
+    stale.write_text('{"format": "droplab-res')
+    fresh = out / ".fake_second.json.d4e5f6.tmp"  # a write in progress elsewhere
+    fresh.write_text("{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    runner.run_experiments(["fake_first"], results_dir=out, progress=False)
+    assert not stale.exists() and fresh.exists()
+
+
+def _one_line_exit_2(argv: list[str], fakes: Path, seconds: float = 2.0) -> str:
+    """Run ``droplab`` in a fresh process; it must refuse in one line, exit 2, < 2 s
+    (well before any experiment: the fakes count their runs)."""
+    path = [str(fakes / "code"), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    probe = textwrap.dedent(
+        """
+        import sys
+        from droplab import cli
+        from droplab.lab import registry
+        registry.EXPERIMENTS = ("fake_first", "fake_second")
+        sys.exit(cli.main(sys.argv[1:]))
+        """
+    )
+    clock = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    took = time.perf_counter() - clock
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert took < seconds
+    assert _runs(fakes, "fake_first") == 0
+    return done.stderr.strip()
+
+
+def test_a_read_only_out_is_refused_before_any_work(fakes: Path) -> None:
+    out = fakes / "read-only"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):  # root writes anyway: use sysfs, where
+            if not Path("/sys").is_dir():  # no one can make a folder
+                pytest.skip("no read-only folder to test with")
+            out = Path("/sys/droplab-report")
+        line = _one_line_exit_2(["report", "--out", str(out)], fakes)
+    finally:
+        (fakes / "read-only").chmod(0o755)
+    assert line.startswith("droplab report: error: argument --out: cannot write in ")
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(fakes: Path) -> None:
+    page = fakes / "page.html"
+    page.write_text("mine")
+    line = _one_line_exit_2(["report", "--out", str(page)], fakes)
+    assert line == (
+        f"droplab report: error: argument --out: {page} is a file, not a folder "
+        "(see droplab report --help)"
+    )
+    assert page.read_text() == "mine"
+
+
+def test_a_folder_where_a_result_goes_is_refused_before_any_work(
+    fakes: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fakes / "out"
+    blocker = out / "results" / "fake_second.json"
+    blocker.mkdir(parents=True)
+    assert cli.main(["list", "--out", str(out)]) == 0
+    assert "blocked: not a file (move it away)" in capsys.readouterr().out
+    # (checked once the names are known, after PyTorch's import: no 2 s bound)
+    line = _one_line_exit_2(["report", "--out", str(out)], fakes, seconds=60.0)
+    assert line == (
+        f"droplab report: error: argument --out: {blocker} is not a file "
+        "(the result of fake_second is saved there): move it away"
+    )
+
+
+def test_a_disk_without_room_is_refused_before_any_work(
+    fakes: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    usage = shutil.disk_usage(fakes)
+    monkeypatch.setattr(
+        results.shutil, "disk_usage", lambda _: usage._replace(free=5 * 2**20)
+    )
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["report", "--out", str(fakes / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"droplab report: error: argument --out: {fakes / 'out'} has 5.0 MiB free; "
+        "a report needs at least 64 MiB (see droplab report --help)"
+    )
+    assert _runs(fakes, "fake_first") == 0
+
+
+def test_a_failed_save_names_the_path_and_leaves_no_empty_traceback(
+    fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from droplab.execution import storage
+
+    def full_disk(path: Any, write: Any) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(storage, "write_atomically", full_disk)
+    out = fakes / "results"
+    messages: list[str] = []
+    outcomes = runner.run_experiments(
+        ["fake_first", "fake_second"],
+        results_dir=out,
+        log=messages.append,
+        progress=False,
+    )
+    path = results.result_path(out, "fake_first")
+    reason = f"could not save {path}: No space left on device"
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert outcomes[0].message == reason
+    assert outcomes[1].message == f"not run: {reason}"
+    assert _runs(fakes, "fake_second") == 0  # not computed for nothing
+    assert messages[-1] == (
+        f"fake_first failed: {reason}; the experiments after it are not run"
+    )
+    assert not list(out.glob("*.traceback.txt")) if out.exists() else True
+
+
+def test_a_stale_result_stays_until_its_replacement_is_saved(
+    fakes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = registry.get_experiment("fake_first")
+    out = fakes / "results"
+    runner.run_experiment(module, module.Config(), results_dir=out)
+    record = _saved(out, "fake_first")
+    record["code"] = "another version"
+    _resave(out, "fake_first", record)
+    before = results.result_path(out, "fake_first").read_bytes()
+    monkeypatch.setenv("FAKE_MODE_fake_first", "raise")
+    (failed,) = runner.run_experiments(["fake_first"], results_dir=out, progress=False)
+    assert failed.status == "failed"
+    assert results.result_path(out, "fake_first").read_bytes() == before  # kept
+    monkeypatch.setenv("FAKE_MODE_fake_first", "ok")
+    (ran,) = runner.run_experiments(["fake_first"], results_dir=out, progress=False)
+    assert ran.status == "ran" and ran.message.startswith(
+        "recomputed: saved result from"
+    )
+    assert _saved(out, "fake_first")["code"] == registry.code_fingerprint(module)

@@ -630,3 +630,13 @@ def test_everything_is_restored_bit_for_bit_even_when_the_forward_raises(
     assert same_state(before, full_state(net))
     assert net[3].__dict__["forward"] is custom
     assert seen  # the user's hook ran, and is still there
+
+
+@pytest.mark.parametrize("value", ["y", 1, None])
+def test_keep_samples_must_be_a_bool(value: object) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), Dropout(0.5))
+    with pytest.raises(
+        TypeError,
+        match=r"The 'keep_samples' argument of mc_predict must be True or False",
+    ):
+        mc_predict(net, torch.ones(2, 3), samples=2, seed=0, keep_samples=value)  # type: ignore[arg-type]

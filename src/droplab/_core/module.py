@@ -291,6 +291,15 @@ class StochasticModule(nn.Module):
         Takes its int64 tensor (2 elements, or none for no seed) or the dict
         with the keys ``seed`` and ``offset`` that droplab 0.1 wrote.
         """
+        seed, offset = self._checked_extra_state(state)
+        # Both checked before either is set: a refused state changes nothing.
+        self.seed = seed
+        if offset is not None:
+            self.offset = offset
+
+    def _checked_extra_state(self, state: Any) -> tuple[int | None, int | None]:
+        """``(seed or None, offset or None to keep)`` of a saved stream
+        position, all of it validated (nothing is set here)."""
         owner = f"{type(self).__name__}.set_extra_state"
         if isinstance(state, torch.Tensor):
             if state.dtype != torch.int64 or tuple(state.shape) not in ((2,), (0,)):
@@ -302,11 +311,9 @@ class StochasticModule(nn.Module):
                     owner=owner,
                 )
             if state.numel() == 0:
-                self.seed = None
-                return
+                return None, None
             seed, offset = (int(v) & MASK64 for v in state.tolist())
-            self.seed, self.offset = seed, offset
-            return
+            return seed, offset
         if not isinstance(state, dict) or set(state) != {"seed", "offset"}:
             raise fail(
                 "state",
@@ -316,8 +323,12 @@ class StochasticModule(nn.Module):
                 owner=owner,
                 kind=TypeError if not isinstance(state, dict) else ValueError,
             )
-        self.seed = state["seed"]
-        self.offset = state["offset"]
+        offset = check_offset(state["offset"], owner=owner)
+        if offset >= 2**64:  # what the int64 state holds
+            raise fail("offset", offset, "an int in [0, 2**64)", owner=owner)
+        if state["seed"] is None:
+            return None, offset
+        return check_seed(state["seed"], owner=owner), offset
 
     def _load_from_state_dict(
         self,
@@ -329,6 +340,11 @@ class StochasticModule(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            # The stream position is checked before anything of this module
+            # (its parameters included) is loaded: a refused one changes nothing.
+            self._checked_extra_state(state_dict[key])
         super()._load_from_state_dict(
             state_dict,
             prefix,
@@ -340,7 +356,6 @@ class StochasticModule(nn.Module):
         )
         # A checkpoint written with torch.nn.Dropout in this place has no stream:
         # keep the module's own (seed, offset) rather than refuse a strict load.
-        key = prefix + "_extra_state"
         if key in missing_keys:
             missing_keys.remove(key)
 

@@ -1,8 +1,10 @@
 """``droplab report``, ``droplab run NAME`` and ``droplab list``: thin shells over the lab.
 
 ``report`` runs every registered experiment (or ``--only`` some), reusing saved
-results whose config is unchanged, then renders ``OUT/index.html`` from the
-saved results in ``OUT/results/``.
+results whose config and code are unchanged, then renders ``OUT/index.html``
+from the saved results in ``OUT/results/``. ``--out`` is checked before any
+experiment starts (a folder this process can write in, with room for the
+page): an unusable one is refused in one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import time
 from pathlib import Path
 
 from droplab.cli._args import EXECUTOR_HELP, data_spec, int_at_least
-from droplab.lab.registry import PRESETS, catalog, experiment_names
-from droplab.lab.results import ResultError, load_result, result_path
+from droplab.lab.registry import PRESETS, catalog, code_fingerprint, experiment_names
+from droplab.lab.results import ResultError, load_result, output_problem, result_path
 
 # (The lab's runner, report and experiments import PyTorch and matplotlib:
 # they are imported in run_cli, after the arguments have been checked.)
@@ -76,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         )
     parser.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR",
+        type=str if name == "list" else _usable_out,
         help=f"report folder; results are saved in DIR/results (default {DEFAULT_OUT})",
     )  # fmt: skip
 
@@ -88,6 +91,15 @@ def _preset_time(preset: str) -> str:
     if seconds < 90:
         return f"{10 * round(seconds / 10)} s"
     return f"{round(seconds / 60)} min"
+
+
+def _usable_out(text: str) -> str:
+    """``--out`` of report and run: a folder to write in, with room, checked
+    while the arguments are read (before PyTorch is even imported)."""
+    problem = output_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _experiment_name(text: str) -> str:
@@ -125,8 +137,11 @@ def _reusable(names: list[str], out: Path, preset: str, data: str | None) -> set
             record = load_result(result_path(out / "results", name), name)
         except (FileNotFoundError, ResultError):
             continue
-        config = config_for(get_experiment(name), preset, data=data)
-        if record["config_hash"] == config_hash(config):
+        module = get_experiment(name)
+        config = config_for(module, preset, data=data)
+        if record["config_hash"] == config_hash(config) and record.get(
+            "code"
+        ) == code_fingerprint(module):
             reused.add(name)
     return reused
 
@@ -135,12 +150,17 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run the command in ``args.command``; returns the exit status.
 
     0 when every experiment ran (or was reused), 1 when one failed (the others
-    still run and the page shows it as failed); bad arguments never get here
-    (argparse exits with 2).
+    still run and the page shows it as failed) or the page could not be
+    written; 2 when ``--out`` is unusable (checked before any work; bad
+    arguments never get here: argparse exits with 2).
     """
     if args.command == "list":
         return _list(Path(args.out))
     names = [args.experiment] if args.command == "run" else _selected(args.only)
+    problem = output_problem(args.out, names)  # (the folder itself: in _usable_out)
+    if problem:
+        _stderr(f"droplab {args.command}: error: argument --out: {problem}")
+        return 2
     # Tasks run on --executor; each finished task is kept in results/.tasks
     # until its experiment's result is saved.
     from droplab.execution import make_executor, use_executor
@@ -192,7 +212,17 @@ def run_cli(args: argparse.Namespace) -> int:
                 print(f"saved {result_path(Path(args.out) / 'results', outcome.name)}")
     else:
         failures = {o.name: o.message for o in failed}
-        page, _ = write_report(args.out, _selected(args.only), failed=failures)
+        notes = {o.name: o.message for o in outcomes if o.status == "ran" and o.message}
+        try:
+            page, _ = write_report(
+                args.out, _selected(args.only), failed=failures, notes=notes
+            )
+        except OSError as error:
+            _stderr(
+                f"droplab report: error: could not write the page in {args.out}: "
+                f"{error.strerror or error}"
+            )
+            return 1
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         _stderr(
             timing.took(
@@ -213,17 +243,28 @@ def _selected(only: list[str] | None) -> list[str]:
 def _list(out: Path) -> int:
     """Names, questions and saved results, read without importing the experiments
     (fast); whether a saved config is still current is checked when it runs."""
+    from droplab.lab import registry
+
     entries = catalog()
     width = max([14, *(len(name) for name, _ in entries)])  # "smaller-network": 15
-    for name, question in entries:
+    for (name, question), module_name in zip(
+        entries, registry.EXPERIMENTS, strict=True
+    ):
         path = result_path(out / "results", name)
         try:
+            if path.exists() and not path.is_file():
+                raise IsADirectoryError(path)
             record = load_result(path, name)
         except FileNotFoundError:
             state = "not run"
+        except IsADirectoryError:
+            state = "blocked: not a file (move it away)"
         except ResultError:
             state = "unreadable result (will be recomputed)"
         else:
-            state = f"saved ({record.get('preset') or 'custom'} config, {record['wall_time_s']:.1f} s)"
+            if record.get("code") != code_fingerprint(module_name):
+                state = "saved by another version (will be recomputed)"
+            else:
+                state = f"saved ({record.get('preset') or 'custom'} config, {record['wall_time_s']:.1f} s)"
         print(f"{name:{width}s} {state:40s} {question}")
     return 0

@@ -6,13 +6,18 @@ training checkpoints, task checkpoints): a temporary file in the same folder,
 flushed and ``fsync``-ed, made ``0644`` (``mkstemp`` makes it private, and
 results are ordinary files to share), then moved into place with
 :func:`os.replace`. A crash or Ctrl-C leaves the old file or the new one, never
-half of one, and the temporary file is removed when the write fails.
+half of one, and the temporary file is removed when the write fails; a
+process killed mid-write (SIGKILL, power loss) leaves a hidden
+``.NAME.XXXX.tmp``, which :func:`remove_stale_temporaries` removes on the next
+run.
 
 :class:`TaskCheckpoint` keeps one JSON file per finished task. JSON, not pickle:
 a results folder shared with others must not run their code when it is read.
 Results are encoded with tags for what JSON lacks (tuples, NumPy arrays and
 scalars, tensors, dicts with non-string keys, non-finite floats), so a task's
-result reads back equal to what it returned.
+result reads back equal to what it returned. A checkpoint that cannot be read
+back (cut short, or written by other code) is named, set aside as
+``NAME.json.damaged`` and its task run again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +40,7 @@ __all__ = [
     "TaskCheckpoint",
     "decode",
     "encode",
+    "remove_stale_temporaries",
     "write_atomically",
     "write_json",
     "write_text",
@@ -70,6 +77,47 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], object]) -> 
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+# A temporary file older than this is from a killed write, not one in progress
+# (writes take milliseconds): another process writing in the folder is spared.
+STALE_SECONDS = 60.0
+
+
+def remove_stale_temporaries(
+    folder: str | Path, log: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Remove the ``.NAME.XXXX.tmp`` files a killed :func:`write_atomically` left.
+
+    Only files of that pattern last modified more than :data:`STALE_SECONDS`
+    ago; returns them (and tells ``log`` how many went, if any).
+
+    >>> import tempfile, pathlib, os
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> (folder / ".a.json.x1.tmp").write_text("{")
+    1
+    >>> os.utime(folder / ".a.json.x1.tmp", (0, 0))
+    >>> [p.name for p in remove_stale_temporaries(folder)] == [".a.json.x1.tmp"]
+    True
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for path in sorted(folder.glob(".*.tmp")):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > STALE_SECONDS:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
+    if removed and log is not None:
+        log(
+            f"removed {len(removed)} temporary file"
+            f"{'' if len(removed) == 1 else 's'} of an interrupted write in {folder}"
+        )
+    return removed
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -174,7 +222,11 @@ class TaskCheckpoint:
 
     Args:
         directory: the folder (created on the first save).
-        log: told how many tasks a map found saved (None: say nothing).
+        log: told how many tasks a map found saved, and of damaged checkpoints
+            (None: say nothing).
+
+    Stale temporary files of a killed write are removed when the checkpoint is
+    opened (:func:`remove_stale_temporaries`).
     """
 
     def __init__(
@@ -182,6 +234,7 @@ class TaskCheckpoint:
     ) -> None:
         self.directory = Path(directory)
         self.log = log
+        remove_stale_temporaries(self.directory, log)
 
     @staticmethod
     def key(fn: Callable[[Any], Any], item: Any) -> str:
@@ -195,14 +248,34 @@ class TaskCheckpoint:
         return self.directory / f"{key[:32]}.json"
 
     def load(self, key: str) -> tuple[bool, Any]:
-        """``(True, result)`` if the task is saved, else ``(False, None)``."""
+        """``(True, result)`` if the task is saved, else ``(False, None)``.
+
+        A damaged file (cut short, not JSON, or not a checkpoint this code
+        reads) is renamed ``NAME.json.damaged``, named to ``log``, and the task
+        counts as not saved, so it runs again and the checkpoint heals.
+        """
+        path = self.path(key)
         try:
-            saved = json.loads(self.path(key).read_text(encoding="utf-8"))
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict) or saved.get("key") != key:
+                raise ValueError("not a checkpoint of this task")
+            return True, decode(saved["result"])
         except FileNotFoundError:
             return False, None
-        if not isinstance(saved, dict) or saved.get("key") != key:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            # (json.JSONDecodeError and UnicodeDecodeError are ValueErrors.)
+            aside = path.with_name(path.name + ".damaged")
+            try:
+                os.replace(path, aside)
+                where = f"set aside as {aside}"
+            except OSError:
+                where = "left in place"
+            if self.log is not None:
+                self.log(
+                    f"task checkpoint {path} is damaged ({type(error).__name__}: "
+                    f"{error}); {where}, its task runs again"
+                )
             return False, None
-        return True, decode(saved["result"])
 
     def save(self, key: str, result: Any) -> None:
         write_json(self.path(key), {"key": key, "result": encode(result)})

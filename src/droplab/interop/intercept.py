@@ -23,11 +23,16 @@ Nothing silent: any other random draw inside the block (``torch.rand*``,
 ``uniform_``, ``exponential_``, ``multinomial``, an RNN's inter-layer dropout,
 ``rrelu``, ``gumbel_softmax``, ``native_dropout``) comes from torch's generator,
 which droplab does not replay: it is named, once per module path, in a
-``UserWarning`` (a ``ValueError`` with ``strict=True``).
+``UserWarning`` (a ``ValueError`` with ``strict=True``). So is a draw from
+NumPy's global generator (``np.random.rand``, ``np.random.uniform``, ...; e.g.
+the SpecAugment masks of Hugging Face's wav2vec2) or from Python's ``random``:
+their states are compared as each module's forward starts and returns, so the
+module whose own code drew is named.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 import warnings
 from collections.abc import Callable
@@ -100,14 +105,36 @@ def _rnn_dropout(args: tuple[Any, ...]) -> float:
     return 0.0
 
 
+def _host_states() -> tuple[Any, ...]:
+    """The states of NumPy's global generator and of Python's ``random``."""
+    numpy = sys.modules.get("numpy")
+    state = numpy.random.get_state() if numpy is not None else None
+    return (
+        None if state is None else (state[0], state[1].tobytes(), *state[2:]),
+        random.getstate(),
+    )
+
+
+# What changed between two _host_states(), by position: its name, and how to seed it.
+_HOST_GENERATORS = (
+    ("numpy.random", "NumPy's global generator", "np.random.seed"),
+    ("random", "Python's global random generator", "random.seed"),
+)
+
+
 class _ModulePaths:
     """The module whose forward is running, named, from global module hooks
-    installed while an :class:`Interception` is entered."""
+    installed while an :class:`Interception` is entered; ``on_step`` is called
+    as each module's forward starts and returns, while the module whose code
+    ran since the previous step is the current one."""
 
-    def __init__(self, names: dict[int, str]) -> None:
+    def __init__(
+        self, names: dict[int, str], on_step: Callable[[], None] | None = None
+    ) -> None:
         self.names = names
         self.stack: list[nn.Module] = []
         self.handles: list[Any] = []
+        self.on_step = on_step
 
     def install(self) -> None:
         hooks = torch.nn.modules.module
@@ -124,11 +151,17 @@ class _ModulePaths:
         self.stack.clear()
 
     def _enter(self, module: nn.Module, args: Any) -> None:
+        if self.on_step is not None:
+            self.on_step()  # what the caller's own code did before this call
         self.stack.append(module)
 
     def _leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.stack and self.stack[-1] is module:
-            self.stack.pop()
+        try:
+            if self.on_step is not None:
+                self.on_step()
+        finally:
+            if self.stack and self.stack[-1] is module:
+                self.stack.pop()
 
     def current(self) -> str:
         """The innermost running module's name in the model (else the chain
@@ -150,6 +183,10 @@ class Interception(TorchFunctionMode):
         calls: intercepted calls that drew a mask so far.
         strict: whether a draw droplab does not replay is an error.
         unreplayed: ``(module path, what)`` for each such draw named so far.
+        owner: the function the user called, named in errors (``intercept``,
+            ``mc_predict``).
+        advice: called when a draw is named; what it returns is added to the
+            message (``mc_predict`` says there what chunking does to it).
     """
 
     def __init__(
@@ -160,23 +197,28 @@ class Interception(TorchFunctionMode):
         model: nn.Module | None = None,
         sample_all: bool = False,
         streams: StreamSource | None = None,
+        owner: str = "intercept",
+        advice: Callable[[], str] | None = None,
     ) -> None:
         super().__init__()
-        self.seed = None if seed is None else check_seed(seed, owner="intercept")
+        self.owner = owner
+        self.advice = advice
+        self.seed = None if seed is None else check_seed(seed, owner=owner)
         self.offset = 0
         self.calls = 0
-        self.strict = check_bool(strict, "strict", owner="intercept")
+        self.strict = check_bool(strict, "strict", owner=owner)
         if model is not None and not isinstance(model, nn.Module):
             raise fail(
                 "model",
                 model,
                 "a torch.nn.Module or None",
-                owner="intercept",
+                owner=owner,
                 kind=TypeError,
             )
         names = {} if model is None else {id(m): n for n, m in model.named_modules()}
         self.unreplayed: list[tuple[str, str]] = []
-        self._paths = _ModulePaths(names)
+        self._paths = _ModulePaths(names, on_step=self._check_host_draws)
+        self._host: tuple[Any, ...] | None = None
         self._sample_all = sample_all
         self._streams = streams
         self._rules: dict[Any, FunctionRule] = function_rules()
@@ -187,6 +229,7 @@ class Interception(TorchFunctionMode):
     def __enter__(self) -> Interception:
         if self._depth == 0:
             self._paths.install()
+            self._host = _host_states() if self.replays else None
         self._depth += 1
         super().__enter__()
         return self
@@ -196,6 +239,22 @@ class Interception(TorchFunctionMode):
         self._depth -= 1
         if self._depth == 0:
             self._paths.remove()
+            if exc[0] is None:  # a draw outside any module
+                self._check_host_draws()
+            self._host = None
+
+    def _check_host_draws(self) -> None:
+        """Name a draw from NumPy's or Python's global generator since the last look."""
+        if self._host is None:
+            return
+        now = _host_states()
+        changed = [
+            i for i, (a, b) in enumerate(zip(self._host, now, strict=True)) if a != b
+        ]
+        self._host = now
+        for index in changed:
+            what, source, fix = _HOST_GENERATORS[index]
+            self._name_unreplayed(what, source=source, fix=fix)
 
     # ------------------------------------------------------------ streams
 
@@ -334,23 +393,30 @@ class Interception(TorchFunctionMode):
         )
         return noise.copy_(keep)
 
-    def _name_unreplayed(self, what: str) -> None:
+    def _name_unreplayed(
+        self,
+        what: str,
+        source: str = "torch's generator",
+        fix: str = "torch.manual_seed",
+    ) -> None:
         path = self._paths.current()
         if (path, what) in self.unreplayed:
             return
         self.unreplayed.append((path, what))
+        advice = self.advice() if self.advice is not None else ""
         message = (
-            f"{what} in {path!r} draws from torch's generator, which droplab does "
-            "not replay: the results mix in torch's random numbers (seed them "
-            "with torch.manual_seed, or remove the draw)"
+            f"{what} in {path!r} draws from {source}, which droplab does "
+            f"not replay: the results mix in its random numbers (seed it "
+            f"with {fix}, or remove the draw){advice}"
         )
         if self.strict:
             raise fail(
                 "model",
-                f"a model with a random draw droplab does not replay ({what} in {path!r})",
+                f"a model with a random draw droplab does not replay ({what} in "
+                f"{path!r}, from {source}){advice}",
                 "a model whose every random draw is dropout droplab replays "
                 "(strict=False names such draws in a warning instead)",
-                owner="intercept",
+                owner=self.owner,
             )
         warnings.warn(message, UserWarning, stacklevel=4)
 

@@ -22,7 +22,9 @@ Threads: the kernels release the GIL and work on ranges; a tensor of at least
 droplab too). Smaller tensors run on the calling thread. The split never
 changes the result: each element's random word depends on its position only.
 
-float16 and bfloat16 go through a float32 copy. Non-contiguous inputs are
+float16 and bfloat16 go through a float32 copy, one chunk at a time
+(:func:`_chunked_16bit`): the extra memory is the output plus a working buffer
+of at most a few chunks, not ~5x the input. Non-contiguous inputs are
 copied to contiguous memory first; ``out`` is written in place when it is
 contiguous and of the compute dtype.
 
@@ -195,6 +197,13 @@ def masked_scale(
             out=out,
             runs=runs,
         )
+    if t.dtype in _HALF and t.numel() > _half_chunk():
+        chunked = _chunked_16bit(
+            t, p=p, seed=seed, offset=offset, scale=scale, sampler=sampler,
+            shared_dims=shared_dims, out=out,
+        )  # fmt: skip
+        if chunked is not None:
+            return chunked
     if (  # the training default, on a tensor one thread does at once: no detours
         out is None
         and sampler == "bernoulli"
@@ -497,3 +506,88 @@ def _memory(t: torch.Tensor) -> npt.NDArray[np.generic]:
         (size - 1) * step for size, step in zip(t.shape, t.stride(), strict=True)
     )
     return torch.as_strided(t, (span,), (1,), t.storage_offset()).numpy()
+
+
+# ------------------------------------------------- 16-bit input, chunk by chunk
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _half_chunk() -> int:
+    """Elements of a 16-bit input converted to float32 at a time: enough for
+    every thread's share (``PER_THREAD`` each, at least four), no more."""
+    return PER_THREAD * max(4, torch.get_num_threads())
+
+
+def _chunked_16bit(
+    t: torch.Tensor,
+    *,
+    p: float,
+    seed: int,
+    offset: int,
+    scale: str,
+    sampler: str,
+    shared_dims: tuple[int, ...],
+    out: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """:func:`masked_scale` of a 16-bit ``t``, one chunk at a time; None when
+    ``t`` cannot be cut so (the caller then takes the one-piece path).
+
+    Element ``j`` of a draw uses stream element ``offset + j`` (j its row-major
+    index in the mask's shape), so a chunk that starts at mask element ``m``
+    is the call with ``offset + m``: the same bits as the whole call. Flat
+    chunks for a per-element Bernoulli mask with one factor; else whole rows
+    along dim 0 (a fixed-count or ``realized`` row stays in one chunk).
+    """
+    shape = tuple(t.shape)
+    target = torch.empty_like(t) if out is None else out
+    if target.dtype != t.dtype or tuple(target.shape) != shape:
+        return None
+    own = masks.mask_shape(shape, shared_dims) if shared_dims else shape
+    chunk = _half_chunk()
+    x, dst = t.detach(), target.detach()
+    if (
+        sampler == "bernoulli"
+        and scale != "realized"
+        and own == shape
+        and x.is_contiguous()
+        and dst.is_contiguous()
+    ):
+        x, dst, shared_dims = x.view(-1), dst.view(-1), ()
+        step, per_step = chunk, 1  # elements, mask elements per element
+    elif len(shape) >= 2 and own[0] == shape[0]:
+        step = max(1, chunk // max(1, math.prod(shape[1:])))  # whole rows
+        per_step = math.prod(own[1:])  # mask elements per row
+        if step >= shape[0]:
+            return None
+    else:
+        return None  # one row, or a mask shared along dim 0: not cut
+    # Two float32 buffers, reused: the chunk in, converted; the kernel's output.
+    size = min(x.shape[0], step) * math.prod(x.shape[1:])
+    chunk_in = torch.empty(size, dtype=torch.float32)
+    chunk_out = torch.empty(size, dtype=torch.float32)
+    for lo in range(0, x.shape[0], step):
+        part = x[lo : lo + step]
+        n = part.numel()
+        into = chunk_in[:n].view(part.shape).copy_(part)
+        result = chunk_out[:n].view(part.shape)
+        masked_scale(
+            into, p=p, seed=seed, offset=offset + lo * per_step, scale=scale,
+            sampler=sampler, shared_dims=shared_dims, out=result,
+        )  # fmt: skip
+        dst[lo : lo + step].copy_(result)
+    return target
+    if len(shape) < 2 or own[0] != shape[0]:
+        return None  # one row, or a mask shared along dim 0: not cut
+    rows = max(1, chunk // max(1, math.prod(shape[1:])))
+    if rows >= shape[0]:
+        return None
+    row_elements = math.prod(own[1:])  # mask elements per row
+    dst = target.detach()
+    for lo in range(0, shape[0], rows):
+        hi = min(lo + rows, shape[0])
+        dst[lo:hi] = masked_scale(
+            x[lo:hi], p=p, seed=seed, offset=offset + lo * row_elements,
+            scale=scale, sampler=sampler, shared_dims=shared_dims,
+        )  # fmt: skip
+    return target

@@ -17,12 +17,18 @@ An experiment is a module under :mod:`droplab.lab.experiments` with:
   shown as HTML tables.
 
 To add an experiment, add its module name to :data:`EXPERIMENTS` (report order).
+
+A saved result is reused only by the code that made it
+(:func:`code_fingerprint`) and only if that experiment's own ``numbers``,
+``answer`` and ``tables`` read it without error, with its ``check_result(result)``
+first when it has one (:func:`result_problem`).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -33,9 +39,11 @@ __all__ = [
     "EXPERIMENTS",
     "PRESETS",
     "catalog",
+    "code_fingerprint",
     "config_for",
     "experiment_names",
     "get_experiment",
+    "result_problem",
     "row_adder",
 ]
 
@@ -145,6 +153,66 @@ def get_experiment(name: str) -> ModuleType:
     if name not in modules:
         raise fail("name", name, "one of " + ", ".join(modules), owner="get_experiment")
     return modules[name]
+
+
+def code_fingerprint(experiment: ModuleType | str) -> str:
+    """A fingerprint of the code that computes ``experiment`` (a module, its
+    module name in :data:`EXPERIMENTS`, or its NAME).
+
+    SHA-256 (first 16 hex digits) of droplab's version and of the experiment
+    module's source file, read without importing it: any edit of the
+    experiment, and any droplab upgrade, changes it. (Edits of shared helpers
+    without a version change do not: pass ``--force`` after those.)
+
+    >>> code_fingerprint("masks") == code_fingerprint(get_experiment("masks"))
+    True
+    """
+    from droplab import __version__
+
+    if isinstance(experiment, ModuleType):
+        module_name = experiment.__name__
+    elif experiment in EXPERIMENTS:
+        module_name = experiment
+    else:
+        names = dict(zip(experiment_names(), EXPERIMENTS, strict=True))
+        if experiment not in names:
+            from droplab._validation import fail
+
+            raise fail(
+                "experiment",
+                experiment,
+                "one of " + ", ".join(names),
+                owner="code_fingerprint",
+            )
+        module_name = names[experiment]
+    spec = importlib.util.find_spec(module_name)
+    source = b""
+    if spec is not None and spec.origin is not None and spec.origin.endswith(".py"):
+        with open(spec.origin, "rb") as file:
+            source = file.read()
+    digest = hashlib.sha256(f"droplab {__version__}\0".encode() + source)
+    return digest.hexdigest()[:16]
+
+
+def result_problem(module: ModuleType, result: Any) -> str:
+    """Why this code cannot use a saved ``result`` of ``module`` ("" if it can).
+
+    The experiment's own schema check: its ``check_result`` if it has one,
+    then its ``numbers``, ``answer`` and ``tables``, which read the keys the
+    page shows; a result missing one of them, or of the wrong shape, is named.
+    """
+    if not isinstance(result, dict):
+        return f"the result is a {type(result).__name__}, not an object"
+    try:
+        check = getattr(module, "check_result", None)
+        if check is not None:
+            check(result)
+        module.numbers(result)
+        module.answer(result)
+        getattr(module, "tables", lambda _: [])(result)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        return f"{type(error).__name__}: {error}"
+    return ""
 
 
 def config_for(

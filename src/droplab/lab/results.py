@@ -1,12 +1,15 @@
 """Results on disk: one JSON file per experiment, written atomically.
 
 A record is ``{"format": "droplab-result", "format_version": 1, "name", "preset",
-"config", "config_hash", "seed", "versions", "machine", "started", "wall_time_s",
-"result"}``. It is written to a temporary file in the same folder and moved into
+"config", "config_hash", "code", "seed", "versions", "machine", "started",
+"wall_time_s", "result"}``; ``code`` is the fingerprint of the experiment's code
+(:func:`droplab.lab.registry.code_fingerprint`): a result is reused only by the
+code that made it. It is written to a temporary file in the same folder and moved into
 place with :func:`os.replace`, so a crash or Ctrl-C leaves either the old file or
 the new one, never half of one. :func:`load_result` refuses (raises
-:class:`ResultError`) anything that is not a complete record for the expected
-experiment; the runner reports it and recomputes.
+:class:`ResultError`) anything that is not a complete, well-formed record for
+the expected experiment; the runner reports it and recomputes.
+:func:`output_problem` checks a report folder before any experiment starts.
 """
 
 from __future__ import annotations
@@ -14,9 +17,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,7 @@ __all__ = [
     "config_hash",
     "load_result",
     "machine_info",
+    "output_problem",
     "result_path",
     "save_result",
     "versions",
@@ -155,4 +164,88 @@ def load_result(path: str | Path, name: str | None = None) -> dict[str, Any]:
         raise ResultError(
             f"{path} holds a result for {record['name']!r}, not {name!r}."
         )
+    problem = _malformed(record)
+    if problem:
+        raise ResultError(f"{path} is malformed: {problem}.")
     return record
+
+
+def _malformed(record: dict[str, Any]) -> str:
+    """What is wrong with the fields every record has ("" when nothing is)."""
+    if not isinstance(record["name"], str) or not isinstance(
+        record["config_hash"], str
+    ):
+        return "'name' and 'config_hash' must be strings"
+    if not isinstance(record["config"], dict):
+        return f"'config' must be an object, not {type(record['config']).__name__}"
+    wall = record["wall_time_s"]
+    if (
+        isinstance(wall, bool)
+        or not isinstance(wall, (int, float))
+        or not math.isfinite(wall)
+        or wall < 0
+    ):
+        return f"'wall_time_s' must be a number of seconds >= 0, not {wall!r}"
+    started = record.get("started")
+    if started is not None:
+        try:
+            datetime.fromisoformat(started)
+        except (TypeError, ValueError):
+            return f"'started' must be an ISO 8601 time, not {started!r}"
+    for key in ("code", "preset"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            return f"{key!r} must be a string, not {record[key]!r}"
+    return ""
+
+
+# Room a report folder must have before a run starts: the page (a few MB of
+# figures) and the results files (tens of kB each), with a wide margin.
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def output_problem(out: str | Path, names: Iterable[str] = ()) -> str:
+    """Why ``out`` cannot take a report, in one sentence ("" when it can).
+
+    Checked before any experiment starts, so that an unusable folder costs
+    seconds, not the whole run, and without making anything: ``out`` and
+    ``out/results`` are folders this process can write in (or, where missing,
+    the nearest folder above them is, so they can be made), the disk has
+    :data:`MIN_FREE_BYTES` free, and no folder stands where the result of one
+    of ``names`` is saved.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> output_problem(folder / "new")
+    ''
+    >>> (folder / "page").write_text("x")
+    1
+    >>> output_problem(folder / "page")  # doctest: +ELLIPSIS
+    '.../page is a file, not a folder'
+    """
+    out = Path(out)
+    results = out / "results"
+    for folder in (out, results):
+        if folder.exists() and not folder.is_dir():
+            return f"{folder} is a file, not a folder"
+    existing = results if results.is_dir() else out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    for folder in dict.fromkeys((existing, out if out.is_dir() else existing)):
+        try:  # the only sure test of "can write here" (root ignores modes)
+            with tempfile.TemporaryFile(dir=folder, prefix=".droplab-probe."):
+                pass
+        except OSError as error:
+            return f"cannot write in {folder}: {error.strerror or error}"
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        return (
+            f"{out} has {free / 2**20:.1f} MiB free; a report needs at least "
+            f"{MIN_FREE_BYTES / 2**20:.0f} MiB"
+        )
+    for name in names:
+        path = result_path(results, name)
+        if path.exists() and not path.is_file():
+            return f"{path} is not a file (the result of {name} is saved there): move it away"
+    return ""

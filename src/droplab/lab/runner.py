@@ -2,10 +2,14 @@
 
 Each finished experiment is saved (atomically) before the next one starts, so
 Ctrl-C or a crash loses at most the experiment in progress, and a rerun skips
-every experiment whose saved result has the same config hash. A results file
-that is corrupt, from another experiment or not a droplab result is reported
-and recomputed, never used. An experiment that raises is reported and the
-others still run.
+every experiment whose saved result has the same config hash, was made by the
+same code (:func:`droplab.lab.registry.code_fingerprint`) and passes the
+experiment's schema check (:func:`droplab.lab.registry.result_problem`). A
+results file that is corrupt, malformed, from another version, from another
+experiment or not a droplab result is reported ("recomputed: ...") and
+recomputed, never used; it is replaced when the new result is saved, not
+removed before. An experiment that raises is reported and the others still run;
+a result that cannot be saved is named with the reason in one line.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from droplab.lab.registry import config_for, get_experiment
+from droplab.lab.registry import (
+    code_fingerprint,
+    config_for,
+    get_experiment,
+    result_problem,
+)
 from droplab.lab.results import (
     ResultError,
     config_dict,
@@ -34,7 +43,13 @@ from droplab.lab.results import (
     versions,
 )
 
-__all__ = ["Outcome", "progress_enabled", "run_experiment", "run_experiments"]
+__all__ = [
+    "Outcome",
+    "SaveError",
+    "progress_enabled",
+    "run_experiment",
+    "run_experiments",
+]
 
 Log = Callable[[str], None]
 
@@ -48,6 +63,10 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+class SaveError(OSError):
+    """A result computed but not saved: the message names the path and the reason."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one experiment.
@@ -56,7 +75,8 @@ class Outcome:
         name: the experiment.
         status: ``"ran"``, ``"skipped"`` (saved result reused) or ``"failed"``.
         record: the saved record (None when failed).
-        message: why it was recomputed or how it failed ("" otherwise).
+        message: why it was recomputed ("recomputed: ...") or how it failed
+            ("" otherwise).
     """
 
     name: str
@@ -84,25 +104,32 @@ def run_experiment(
     name = module.NAME
     path = result_path(results_dir, name)
     digest = config_hash(config)
+    code = code_fingerprint(module)
     message = ""
     if path.exists() and not force:
         try:
             saved = load_result(path, name)
         except ResultError as error:
-            message = f"{error} Recomputing {name}."
-            log(message)
+            message = f"recomputed: saved result malformed ({error})"
         else:
             not_run = isinstance(saved["result"], dict) and "skipped" in saved["result"]
-            if saved["config_hash"] == digest and not not_run:
+            problem = "" if not_run else result_problem(module, saved["result"])
+            if saved.get("code") != code:
+                message = (
+                    "recomputed: saved result from another version "
+                    f"({path} was made by other code of {name})"
+                )
+            elif not_run:
+                # A result that says the experiment could not run (e.g. its data
+                # folder was missing) is tried again rather than reused.
+                message = f"{path} records that {name} did not run; trying again"
+            elif saved["config_hash"] != digest:
+                message = f"{path} was computed with another config; recomputing {name}"
+            elif problem:
+                message = f"recomputed: saved result malformed ({path}: {problem})"
+            else:
                 return Outcome(name, "skipped", saved)
-            # A result that says the experiment could not run (e.g. its data
-            # folder was missing) is tried again rather than reused.
-            message = (
-                f"{path} records that {name} did not run; trying again."
-                if not_run
-                else f"{path} was computed with another config; recomputing {name}."
-            )
-            log(message)
+        log(f"{name}: {message}")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = time.perf_counter()
     result = module.run(config, jobs=jobs)
@@ -115,6 +142,7 @@ def run_experiment(
         "preset": preset,
         "config": config_dict(config),
         "config_hash": digest,
+        "code": code,
         "seed": getattr(config, "seed", None),
         "versions": versions(),
         "machine": machine_info(),
@@ -122,7 +150,10 @@ def run_experiment(
         "wall_time_s": wall,
         "result": result,
     }
-    save_result(path, record)
+    try:
+        save_result(path, record)
+    except OSError as error:  # a full disk, a folder in the way, no permission
+        raise SaveError(f"could not save {path}: {error.strerror or error}") from error
     return Outcome(name, "ran", record, message)
 
 
@@ -139,13 +170,19 @@ def run_experiments(
 ) -> list[Outcome]:
     """Run the named experiments in order, saving each as soon as it finishes.
 
-    An experiment that raises is reported (traceback to ``log``) as ``failed``
-    and the next one runs; KeyboardInterrupt stops the loop (finished results
-    are already on disk).
+    An experiment that raises is reported (one line to ``log``, the traceback
+    to ``NAME.traceback.txt`` beside the results) as ``failed`` and the next one
+    runs; a result that cannot be saved (:class:`SaveError`) is reported in one
+    line, without a traceback file, and the experiments after it are not run
+    (``failed``, "not run: ..."). KeyboardInterrupt stops the loop (finished
+    results are already on disk). Stale temporary files of a killed write are
+    removed first (:func:`droplab.execution.storage.remove_stale_temporaries`).
     """
     from droplab.execution.progress import Progress
+    from droplab.execution.storage import remove_stale_temporaries, write_text
 
     show = progress_enabled() if progress is None else progress
+    remove_stale_temporaries(results_dir, log=log)
     outcomes = []
     # A bar on a terminal, else a heartbeat line at most every 30 s; the training
     # loops inside (parallel_map, droplab uci) report their steps to it.
@@ -157,8 +194,13 @@ def run_experiments(
             def log(text: str) -> None:  # lines of their own, not over the bar
                 bar.write(text, command_log)
 
+        unsaved = ""  # why the results folder took no result, once it did not
         for name in names:
             bar.advance(0, item=name)
+            if unsaved:  # no point computing what cannot be saved
+                outcomes.append(Outcome(name, "failed", None, f"not run: {unsaved}"))
+                bar.advance(item=f"{name} not run")
+                continue
             module = get_experiment(name)
             config = config_for(module, preset, data=data)
             try:
@@ -166,13 +208,17 @@ def run_experiments(
                     module, config, results_dir=results_dir, preset=preset,
                     force=force, jobs=jobs, log=log,
                 )  # fmt: skip
+            except SaveError as error:  # the folder is the problem: no trace file
+                log(f"{name} failed: {error}; the experiments after it are not run")
+                outcome = Outcome(name, "failed", None, str(error))
+                unsaved = str(error)
             except Exception as error:  # report it, run the others
                 # One line on the terminal; the traceback goes to a file beside
-                # the results, for whoever wants to debug it.
+                # the results, for whoever wants to debug it (written whole or
+                # not at all: a full disk leaves no empty file).
                 trace = Path(results_dir) / f"{name}.traceback.txt"
                 try:
-                    trace.parent.mkdir(parents=True, exist_ok=True)
-                    trace.write_text(traceback.format_exc(), encoding="utf-8")
+                    write_text(trace, traceback.format_exc())
                     where = f" (traceback in {trace})"
                 except OSError:
                     where = ""

@@ -145,6 +145,16 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+# Added to the message naming an unreplayed draw when passes run chunked.
+_SHARED_DRAW = (
+    "; with chunk > 1 the passes of a chunk run as one batch and share such a "
+    "draw: a per-pass draw (layerdrop, stochastic depth by torch.rand) is then "
+    "the same for every pass of the chunk, and the variance between passes it "
+    "should add collapses (to exactly 0 where it is the only randomness); pass "
+    "chunk=1 to draw it once per pass"
+)
+
+
 @contextmanager
 def _pinned_streams(
     model: torch.nn.Module,
@@ -263,7 +273,12 @@ def _pinned_streams(
                 handles.append(module.register_forward_pre_hook(enter(index)))
                 handles.append(module.register_forward_hook(leave, always_call=True))
         interception = Interception(
-            sample_all=True, streams=stream, strict=strict, model=model
+            sample_all=True,
+            streams=stream,
+            strict=strict,
+            model=model,
+            owner="mc_predict",
+            advice=lambda: _SHARED_DRAW if chunk.size > 1 else "",
         )
         yield chunk, interception
     finally:
@@ -329,8 +344,10 @@ def mc_predict(
         model_kwargs: keyword arguments of the model (an ``attention_mask``,
             say); the tensors whose dim 0 is the batch are replicated with
             ``x``, the rest passed as they are.
-        strict: a random draw in the forward that droplab does not replay is
-            an error (by default it is named in a ``UserWarning``).
+        strict: a random draw in the forward that droplab does not replay
+            (torch's generator, NumPy's global generator, Python's
+            ``random``) is an error (by default it is named in a
+            ``UserWarning``, which says what chunking does to it).
 
     Returns:
         An :class:`MCPrediction`, or a dict of them by leaf path when the
@@ -363,6 +380,7 @@ def mc_predict(
     passes = check_int(samples, "samples", low=1, owner="mc_predict")
     task = check_choice(task, "task", TASKS, owner="mc_predict")
     strict = check_bool(strict, "strict", owner="mc_predict")
+    keep_samples = check_bool(keep_samples, "keep_samples", owner="mc_predict")
     if not (output is None or isinstance(output, str) or callable(output)):
         raise fail(
             "output",

@@ -30,7 +30,7 @@ import jinja2
 
 from droplab.execution import write_text
 from droplab.lab.ranges import value_range
-from droplab.lab.registry import get_experiment
+from droplab.lab.registry import get_experiment, result_problem
 from droplab.lab.report.summary import (
     MAX_WORDS,
     SEED_QUESTIONS,
@@ -199,7 +199,9 @@ def _headline(
 
 
 def _section(
-    record: Mapping[str, Any], shipped: Mapping[str, Any] | None = None
+    record: Mapping[str, Any],
+    shipped: Mapping[str, Any] | None = None,
+    note: str = "",
 ) -> dict[str, Any]:
     module = get_experiment(record["name"])
     result = record["result"]
@@ -249,6 +251,7 @@ def _section(
         }
     return {
         "name": record["name"],
+        "note": note,
         "seed_question": SEED_QUESTIONS.get(record["name"], module.QUESTION),
         "short": short,
         "decided": decided,
@@ -347,6 +350,7 @@ def render_report(
     failed: Mapping[str, str] | None = None,
     shipped: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "droplab: what dropout does, measured",
+    notes: Mapping[str, str] | None = None,
 ) -> str:
     """Render the report page from saved result records (see :mod:`droplab.lab.results`).
 
@@ -357,13 +361,21 @@ def render_report(
         shipped: saved full-preset records by name (see :func:`shipped_results`),
             shown in each section beside the fresh run, labelled as such.
         title: the page title.
+        notes: experiments recomputed in this run, mapped to why their saved
+            result was not reused ("recomputed: ..."), shown in their section.
 
     Returns:
         The complete HTML document as a string.
     """
     shipped = shipped or {}
+    notes = notes or {}
     sections = [
-        _section(record, shipped.get(str(record["name"]))) for record in records
+        _section(
+            record,
+            shipped.get(str(record["name"])),
+            notes.get(str(record["name"]), ""),
+        )
+        for record in records
     ]
     forest = forest_rows({str(r["name"]): r["result"] for r in records})
     first = records[0] if records else {}
@@ -401,7 +413,11 @@ def render_report(
 
 
 def write_report(
-    out: str | Path, names: list[str], *, failed: Mapping[str, str] | None = None
+    out: str | Path,
+    names: list[str],
+    *,
+    failed: Mapping[str, str] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> tuple[Path, dict[str, str]]:
     """Render ``out/index.html`` from the saved results of ``names`` (atomically).
 
@@ -411,6 +427,7 @@ def write_report(
         failed: experiments that failed in this run, with the error; the page
             shows them as failed (not as "not run yet"), even where an older
             result is saved.
+        notes: experiments recomputed in this run, with the reason (shown).
 
     Returns:
         The page's path and the experiments left out, with the reason.
@@ -422,12 +439,23 @@ def write_report(
             continue
         path = result_path(out / "results", name)
         try:
-            records.append(load_result(path, name))
+            record = load_result(path, name)
         except FileNotFoundError:
             missing[name] = "not run yet"
+            continue
         except ResultError as error:
             missing[name] = str(error)
+            continue
+        problem = result_problem(get_experiment(name), record["result"])
+        if problem:  # this code cannot read it: say so rather than crash
+            missing[name] = f"{path} is malformed for this version ({problem})"
+        else:
+            records.append(record)
     html = render_report(
-        records, missing=missing, failed=failed, shipped=shipped_results()
+        records,
+        missing=missing,
+        failed=failed,
+        shipped=shipped_results(),
+        notes=notes,
     )
     return write_text(out / "index.html", html), missing
