@@ -26,7 +26,6 @@ from droplab._core.base import DropoutBase
 from droplab._core.fx import Proxy, function_node
 from droplab._core.op import MASKED_SCALE, check_graph_seed
 from droplab._validation import (
-    FLOAT_DTYPES,
     OFFSET_LIMIT,
     SEED_LIMIT,
     check_bool,
@@ -245,8 +244,7 @@ class Dropout(DropoutBase):
         self.scale, self.sampler, self.shared_dims = scale, sampler, shared_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
-            x = check_floating_tensor(x, owner=type(self).__name__)
+        x = check_floating_tensor(x, owner=type(self).__name__)
         dims = self.shared_dims
         if not self.training:
             seed, offset = None, 0

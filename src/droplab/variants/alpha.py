@@ -33,7 +33,6 @@ from droplab._core.fx import traced_as_node
 from droplab._core.op import MASKED_SCALE, StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
-    FLOAT_DTYPES,
     check_bool,
     check_floating_tensor,
     check_offset,
@@ -275,8 +274,7 @@ class AlphaDropout(DropoutBase):
         if not self.training:
             return x
         owner = type(self).__name__
-        if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
-            x = check_floating_tensor(x, owner=owner)
+        x = check_floating_tensor(x, owner=owner)
         if self._feature and x.ndim < 2:
             raise fail_ndim(
                 x.ndim, "have at least 2 dimensions (N, C, ...)", owner=owner

@@ -24,7 +24,6 @@ import torch
 from droplab._core.base import DropoutBase, choice_check
 from droplab._core.dropout import _dropout, check_arguments
 from droplab._validation import (
-    FLOAT_DTYPES,
     check_choice,
     check_floating_tensor,
     check_int,
@@ -52,8 +51,7 @@ def linear_drop_rates(p_last: float, depth: int) -> list[float]:
 
 
 def _check_input(x: Any, owner: str) -> torch.Tensor:
-    if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
-        x = check_floating_tensor(x, owner=owner)
+    x = check_floating_tensor(x, owner=owner)
     if x.ndim < 1:
         raise fail_ndim(x.ndim, "have a batch dimension (at least 1-d)", owner=owner)
     return x

@@ -30,7 +30,6 @@ from droplab._core.fx import traced_as_node
 from droplab._core.op import StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
-    FLOAT_DTYPES,
     check_bool,
     check_floating_tensor,
     check_offset,
@@ -163,8 +162,7 @@ class GaussianDropout(DropoutBase):
         self.p = p  # checked: in [0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if type(x) is not torch.Tensor or x.dtype not in FLOAT_DTYPES:
-            x = check_floating_tensor(x, owner=type(self).__name__)
+        x = check_floating_tensor(x, owner=type(self).__name__)
         if not self.training:
             return x
         seed, offset = self.next_stream(2 * x.numel(), x)
