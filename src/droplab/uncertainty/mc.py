@@ -203,7 +203,7 @@ def _pinned_streams(
         def hook(module: StochasticModule, args: tuple[Any, ...]) -> None:
             x = args[0]
             if isinstance(module, DropPath) and module.mode == "batch":
-                module._groups = chunk.size  # one draw per pass, not per chunk
+                module.replicated(chunk.size)  # one draw per pass, not per chunk
             own = getattr(module, "mask_elements", None)
             if own is not None:  # channel dropout, DropPath: one draw per (N, C) / N
                 shared: tuple[int, ...] = ()
@@ -293,7 +293,7 @@ def _pinned_streams(
             target.seed = old_seed
             target.offset = old_offset
             if isinstance(target, DropPath) and groups is not None:
-                target._groups = groups
+                target.replicated(groups)
 
 
 def mc_predict(
