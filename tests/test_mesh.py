@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import droplab.nn as dnn
-from droplab.functional import alpha_dropout, dropout, gaussian_dropout
+from droplab.functional import (
+    alpha_dropout,
+    drop_connect_linear,
+    dropout,
+    gaussian_dropout,
+)
 from droplab.mesh import Box, plan
 
 # ------------------------------------------------------------------ the cases
@@ -79,6 +84,17 @@ def f_alpha(x: Any) -> list[Any]:
     return [alpha_dropout(x, 0.2, True, seed=9)]
 
 
+def f_drop_connect(w: Any) -> list[Any]:
+    # a sharded weight (Shard(0): ColwiseParallel's, Shard(1): RowwiseParallel's)
+    x = _input((3, 10), salt=8)
+    if hasattr(w, "device_mesh"):
+        from torch.distributed.tensor import Replicate, distribute_tensor
+
+        x = distribute_tensor(x, w.device_mesh, [Replicate()] * w.device_mesh.ndim)
+    masked = dropout(w, 0.5, seed=2)  # the weight mask drop_connect_linear draws
+    return [masked, drop_connect_linear(x, w, None, 0.5, seed=2)]
+
+
 def f_fixed_rows(x: Any) -> list[Any]:
     # whole rows on each rank: the fixed sampler and realized scale work
     return [
@@ -98,6 +114,7 @@ SHAPES = {
     "gaussian": (6, 10),
     "alpha": (6, 10),
     "fixed_rows": (6, 10),
+    "drop_connect": (6, 10),
 }
 FUNCTIONS: dict[str, Callable[[Any], list[Any]]] = {
     "dropout": f_dropout,
@@ -110,6 +127,7 @@ FUNCTIONS: dict[str, Callable[[Any], list[Any]]] = {
     "gaussian": f_gaussian,
     "alpha": f_alpha,
     "fixed_rows": f_fixed_rows,
+    "drop_connect": f_drop_connect,
 }
 
 # (case, placements): 1-d mesh of 4 ranks (uneven shards: 6 rows and 10
@@ -137,6 +155,8 @@ CASES_1D = [
     ("gaussian", ["S1"]),
     ("alpha", ["S1"]),
     ("fixed_rows", ["S0"]),
+    ("drop_connect", ["S0"]),
+    ("drop_connect", ["S1"]),
 ]
 CASES_2D = [
     ("dropout", ["S0", "S1"]),
@@ -433,7 +453,13 @@ def test_shards_draw_the_unsharded_call_bit_for_bit(
     expected = FUNCTIONS[name](_input(SHAPES[name], salt=len(name)))
     found = four[mesh_key]
     assert len(found) == len(expected)
-    for got, want in zip(found, expected, strict=True):
+    masks_and_outputs = zip(found, expected, strict=True)
+    if name == "drop_connect":  # the mask bit for bit; the sums of the
+        (got_mask, want_mask), (got, want) = masks_and_outputs  # sharded matmul
+        assert torch.equal(got_mask, want_mask), mesh_key  # round apart
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        return
+    for got, want in masks_and_outputs:
         assert torch.equal(got, want), mesh_key
 
 

@@ -48,7 +48,7 @@ from droplab._validation import (
     fail,
 )
 from droplab.masks import SAMPLERS
-from droplab.mesh import refuse_dtensor
+from droplab.mesh import is_dtensor
 from droplab.rng import draw_seed
 from droplab.scaling import SCALES, eval_scale, train_scale
 
@@ -122,6 +122,10 @@ def drop_connect_linear(
             (a row is an output unit's weights; with ``per_sample``, a sample's mask).
         per_sample: one mask per sample instead of one per call.
 
+    With a DTensor ``weight`` (sharded by a TP plan) and ``x``, the weight's
+    mask is that of the logical, unsharded weight on every mesh
+    (docs/mesh.md); ``per_sample`` is then refused.
+
     Returns:
         ``(..., out_features)``.
 
@@ -133,8 +137,13 @@ def drop_connect_linear(
     owner = "drop_connect_linear"
     x = check_floating_tensor(x, owner=owner)
     weight = check_floating_tensor(weight, "weight", owner=owner)
-    refuse_dtensor(x, owner)
-    refuse_dtensor(weight, owner)
+    sharded = is_dtensor(x) or is_dtensor(weight)
+    if sharded and per_sample is not False:
+        raise TypeError(
+            f"The 'x' and 'weight' arguments of {owner} include a DTensor: a "
+            f"per-sample weight mask is drawn for local tensors only (pass "
+            f"per_sample=False, or call it on to_local() tensors)."
+        )
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise fail(
             "weight",
@@ -153,6 +162,14 @@ def drop_connect_linear(
         return torch.nn.functional.linear(x, w_eval, bias)
     if seed is None:
         seed = draw_seed()
+    if sharded:
+        # A sharded weight (a TP plan's): the masked weight is a DTensor whose
+        # shards draw their part of the logical weight's mask (droplab.mesh),
+        # and DTensor's linear does the rest; the mask is replayed in backward.
+        masked = dropout(
+            weight, p, True, seed=seed, offset=offset, scale=scale, sampler=sampler
+        )
+        return torch.nn.functional.linear(x, masked, bias)
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
     out = _DropConnect.apply(flat, weight, p, seed, offset, scale, sampler, per_sample)
@@ -243,7 +260,8 @@ class DropConnectLinear(DropoutBase):
 
     def _draw(self, x: torch.Tensor) -> torch.Tensor:
         batch = x[..., 0].numel() if self.per_sample else 1
-        seed, offset = self.next_stream(batch * self.weight.numel())
+        # a DTensor weight (a TP plan's) draws its logical mask: no rank fold
+        seed, offset = self.next_stream(batch * self.weight.numel(), self.weight)
         return drop_connect_linear(
             x,
             self.weight,
