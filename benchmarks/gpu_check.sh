@@ -34,7 +34,7 @@ else
   log "pip could not build droplab here (see install.log); using PYTHONPATH=src"
 fi
 
-tests=(tests/kernels/test_gpu.py tests/variants/test_gpu.py tests/core/test_stream.py tests/core/test_compile.py tests/test_functional.py tests/cli/test_bench_cuda.py)
+tests=(tests/kernels/test_gpu.py tests/kernels/test_gpu_variants.py tests/variants/test_gpu.py tests/core/test_stream.py tests/core/test_compile.py tests/test_functional.py tests/cli/test_bench_cuda.py)
 log "pytest -m gpu ${tests[*]}"
 timeout 300 "$py" -m pytest -m gpu -q -ra -p no:cacheprovider --junitxml="$out/pytest-gpu.xml" "${tests[@]}" 2>&1 | tee "$out/pytest-gpu.log"
 test_rc=${PIPESTATUS[0]}

@@ -508,3 +508,21 @@ def test_runs_agree_with_the_cpu_kernel_and_the_unsharded_mask(
     assert same_bits(triton_result, cpu_result)
     assert same_bits(cpu_result, reference)
     assert same_bits(reference, unsharded.contiguous())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("box", "shared"), RUN_BOXES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_runs_match_the_cpu_kernel(
+    box: Box, shared: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    # a DTensor shard's runs (droplab.mesh) on a real GPU: the CPU's bits
+    from droplab.kernels import cpu
+
+    runs = plan(box, shared)
+    assert isinstance(runs, Runs)
+    local = torch.randn(box.local, dtype=torch.float64).to(dtype)
+    args = dict(p=0.4, seed=2**63 + 5, offset=4 * 2**32 - 6, scale="inverted")
+    args |= dict(sampler="bernoulli", shared_dims=shared)
+    on_gpu = gpu.masked_scale(local.cuda(), **args, runs=runs).cpu()
+    assert same_bits(on_gpu, cpu.masked_scale(local, **args, runs=runs))
