@@ -422,27 +422,14 @@ def _masked_scale_kernel(
     runs: Runs | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    dims = shared_dims if type(shared_dims) is tuple else tuple(shared_dims)
-    kernel = kernels.select(x)
-    if runs is None:
-        return kernel(
-            x,
-            p=p,
-            seed=seed,
-            offset=offset,
-            scale=scale,
-            sampler=sampler,
-            shared_dims=dims,
-            out=out,
-        )
-    return kernel(
+    return kernels.select(x)(
         x,
         p=p,
         seed=seed,
         offset=offset,
         scale=scale,
         sampler=sampler,
-        shared_dims=dims,
+        shared_dims=shared_dims if type(shared_dims) is tuple else tuple(shared_dims),
         out=out,
         runs=runs,
     )
