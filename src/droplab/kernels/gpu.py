@@ -138,29 +138,16 @@ def _bernoulli_scale_kernel(
         tl.store(out_ptr + index, y.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def _run_words(
-    starts_ptr, length, n, head, first_lo, first_hi, key_lo, key_hi, pid, BLOCK
-):
-    """(index, inside, words) of local mask elements ``pid * BLOCK + arange(BLOCK)``
-    of a DTensor shard whose positions are runs (:class:`droplab.mesh.Runs`).
+def _word_at(t, first_lo, first_hi, key_lo, key_hi):
+    """The word of stream position ``4 * first + t`` (``t`` an int64 vector >= 0).
 
-    Element ``i`` is run ``r = i // length``'s element ``i % length``, at
-    stream element ``4 * first + head + starts[r] + i % length``; each element
-    computes its own Philox block (the runs need not be aligned to 4) and
-    keeps its word.
+    Each element computes its own Philox block: for positions that are not
+    whole consecutive blocks (a DTensor shard's runs, the variants' pairs).
     """
-    index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    inside = index < n
-    run = index // length
-    start = tl.load(starts_ptr + run, mask=inside, other=0)
-    position = start + (index - run * length) + head  # from 4 * first
-    block = position >> 2
-    which = position & 3
-    low = first_lo.to(tl.int64) + (block & 0xFFFFFFFF)  # < 2**33
+    local = t >> 2
+    low = first_lo.to(tl.int64) + local
     c0 = (low & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((first_hi.to(tl.int64) + (block >> 32) + (low >> 32)) & 0xFFFFFFFF).to(
-        tl.uint32
-    )
+    c1 = ((first_hi.to(tl.int64) + (low >> 32)) & 0xFFFFFFFF).to(tl.uint32)
     c2 = c0 * 0
     c3 = c0 * 0
     k0 = key_lo.to(tl.uint32)
@@ -176,9 +163,28 @@ def _run_words(
         c3 = lo0
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
-    words = tl.where(
+    which = t & 3
+    return tl.where(
         which == 0, c0, tl.where(which == 1, c1, tl.where(which == 2, c2, c3))
     )
+
+
+def _run_words(
+    starts_ptr, length, n, head, first_lo, first_hi, key_lo, key_hi, pid, BLOCK
+):
+    """(index, inside, words) of local mask elements ``pid * BLOCK + arange(BLOCK)``
+    of a DTensor shard whose positions are runs (:class:`droplab.mesh.Runs`).
+
+    Element ``i`` is run ``r = i // length``'s element ``i % length``, at
+    stream element ``4 * first + head + starts[r] + i % length``: its word by
+    :func:`_word_at` (the runs need not be aligned to 4).
+    """
+    index = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    inside = index < n
+    run = index // length
+    start = tl.load(starts_ptr + run, mask=inside, other=0)
+    position = start + (index - run * length) + head  # from 4 * first
+    words = _word_at(position, first_lo, first_hi, key_lo, key_hi)
     return index, inside, words
 
 
@@ -249,7 +255,8 @@ def _kernels(interpret: bool) -> tuple[Any, ...]:
     """
     del interpret  # the cache key only
     helper = triton.jit(_philox_words)
-    run_helper = triton.jit(_run_words)
+    word_at = triton.jit(_word_at)
+    run_helper = triton.jit(_with_helper(_run_words, "_word_at", word_at))
     plain = tuple(
         triton.jit(
             _with_helper(kernel, "_philox_words", helper),

@@ -25,7 +25,6 @@ alpha inputs (the reference rounds ``x * a`` to 16 bits before adding ``b``).
 from __future__ import annotations
 
 import functools
-import types
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ import triton.language as tl
 
 from droplab import masks
 from droplab.kernels import gpu
+from droplab.kernels.gpu import _word_at  # the kernels' per-element Philox
 
 __all__ = ["alpha_dropout", "gaussian_noise", "runs"]
 
@@ -46,33 +46,6 @@ def runs(t: torch.Tensor) -> bool:
     from droplab import kernels
 
     return kernels.select(t) is gpu.masked_scale
-
-
-def _word_at(t, first_lo, first_hi, key_lo, key_hi):
-    """The word of stream position ``4 * first + t`` (``t`` an int64 vector >= 0)."""
-    local = t >> 2
-    low = first_lo.to(tl.int64) + local
-    c0 = (low & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((first_hi.to(tl.int64) + (low >> 32)) & 0xFFFFFFFF).to(tl.uint32)
-    c2 = c0 * 0
-    c3 = c0 * 0
-    k0 = key_lo.to(tl.uint32)
-    k1 = key_hi.to(tl.uint32)
-    for _ in tl.static_range(10):
-        hi0 = tl.umulhi(c0, 0xD2511F53)
-        lo0 = c0 * 0xD2511F53
-        hi2 = tl.umulhi(c2, 0xCD9E8D57)
-        lo2 = c2 * 0xCD9E8D57
-        c0 = hi2 ^ c1 ^ k0
-        c1 = lo2
-        c2 = hi0 ^ c3 ^ k1
-        c3 = lo0
-        k0 = k0 + 0x9E3779B9
-        k1 = k1 + 0xBB67AE85
-    which = t & 3
-    return tl.where(
-        which == 0, c0, tl.where(which == 1, c1, tl.where(which == 2, c2, c3))
-    )
 
 
 def _gaussian_kernel(
@@ -143,24 +116,11 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:
     helper = triton.jit(_word_at)
     return tuple(
         triton.jit(
-            _with_word_at(kernel, helper),
+            gpu._with_helper(kernel, "_word_at", helper),
             do_not_specialize=[s for s in _RUNTIME if s in kernel.__code__.co_varnames],
         )
         for kernel in (_gaussian_kernel, _alpha_kernel)
     )
-
-
-def _with_word_at(kernel: Any, helper: Any) -> Any:
-    """A copy of ``kernel`` whose global ``_word_at`` is the jitted ``helper``
-    (annotations kept: they mark the ``tl.constexpr`` parameters; see
-    :func:`droplab.kernels.gpu._with_helper`)."""
-    scope = dict(kernel.__globals__, _word_at=helper)
-    clone = types.FunctionType(
-        kernel.__code__, scope, kernel.__name__, kernel.__defaults__, kernel.__closure__
-    )
-    for name in ("__module__", "__qualname__", "__doc__", "__annotations__"):
-        setattr(clone, name, getattr(kernel, name))
-    return clone
 
 
 def _stream(seed: int, offset: int) -> tuple[int, ...]:
