@@ -21,6 +21,7 @@ the kernels can be loaded.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -47,6 +48,17 @@ BACKENDS = ("reference", "numba", "triton")
 MaskedScale = Callable[..., torch.Tensor]
 
 
+def _loads(package: str, module: str) -> bool:
+    """Whether ``package`` is installed and droplab's ``module`` imports with it."""
+    if importlib.util.find_spec(package) is None:
+        return False
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 @functools.cache
 def numba_available() -> bool:
     """Whether Numba is installed and the CPU kernel module imports.
@@ -54,13 +66,7 @@ def numba_available() -> bool:
     >>> isinstance(numba_available(), bool)
     True
     """
-    if importlib.util.find_spec("numba") is None:
-        return False
-    try:
-        import droplab.kernels.cpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _loads("numba", "droplab.kernels.cpu")
 
 
 @functools.cache
@@ -70,13 +76,7 @@ def triton_available() -> bool:
     >>> isinstance(triton_available(), bool)
     True
     """
-    if importlib.util.find_spec("triton") is None:
-        return False
-    try:
-        import droplab.kernels.gpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _loads("triton", "droplab.kernels.gpu")
 
 
 @functools.cache
