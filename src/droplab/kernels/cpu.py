@@ -324,7 +324,15 @@ def masked_scale(
 
     if writes_out and out is not None:
         return out
-    result = dst if compute == t.dtype else dst.to(t.dtype)
+    return _delivered(dst, t.dtype, out)
+
+
+def _delivered(
+    dst: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None
+) -> torch.Tensor:
+    """The result ``dst`` (compute dtype) in the input's ``dtype``, copied into
+    ``out`` when one is given."""
+    result = dst if dst.dtype == dtype else dst.to(dtype)
     if out is None:
         return result
     out.copy_(result)
@@ -411,11 +419,7 @@ def _masked_scale_runs(
             unit=length,
         )
         _apply_keep(x, dst, keep, own, factor)
-    result = dst if compute == t.dtype else dst.to(t.dtype)
-    if out is None:
-        return result
-    out.copy_(result)
-    return out
+    return _delivered(dst, t.dtype, out)
 
 
 def _shared_scale(

@@ -67,16 +67,16 @@ def runs_on(t: torch.Tensor) -> bool:
     return t.dtype in _COMPUTE and (t.device.type == "cuda" or interpreting())
 
 
-def _philox_words(first_lo, first_hi, key_lo, key_hi, pid, BLOCK: tl.constexpr):
-    """Words of stream elements ``4 * first + pid * BLOCK + arange(BLOCK)``.
+def _philox_block(local, first_lo, first_hi, key_lo, key_hi):
+    """The four words ``(c0, c1, c2, c3)`` of Philox blocks ``first + local``.
 
     Philox4x32-10 on counters ``(block low, block high, 0, 0)`` under the key
-    ``(key_lo, key_hi)``, written out here (as in ``tl.philox``) so that the
-    kernel needs no other jitted function and runs in the interpreter whatever
-    the import order.
+    ``(key_lo, key_hi)``, written out (the same rounds as ``tl.philox``) with
+    the 64-bit block number split by hand, so every seed and offset droplab
+    accepts is supported; ``local`` is an int64 vector >= 0. Word ``m`` of a
+    block is stream element ``4 * block + m``.
     """
-    local = pid.to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
-    low = first_lo.to(tl.int64) + local  # < 2**33: no overflow in int64
+    low = first_lo.to(tl.int64) + local  # < 2**33 when local < 2**32
     c0 = (low & 0xFFFFFFFF).to(tl.uint32)
     c1 = ((first_hi.to(tl.int64) + (low >> 32)) & 0xFFFFFFFF).to(tl.uint32)
     c2 = c0 * 0
@@ -94,6 +94,14 @@ def _philox_words(first_lo, first_hi, key_lo, key_hi, pid, BLOCK: tl.constexpr):
         c3 = lo0
         k0 = k0 + 0x9E3779B9  # wraps modulo 2**32
         k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+def _philox_words(first_lo, first_hi, key_lo, key_hi, pid, BLOCK: tl.constexpr):
+    """Words of stream elements ``4 * first + pid * BLOCK + arange(BLOCK)``:
+    ``BLOCK // 4`` consecutive blocks of :func:`_philox_block`, interleaved."""
+    local = pid.to(tl.int64) * (BLOCK // 4) + tl.arange(0, BLOCK // 4).to(tl.int64)
+    c0, c1, c2, c3 = _philox_block(local, first_lo, first_hi, key_lo, key_hi)
     # tl.join adds a minor dimension: join(join(c0, c2), join(c1, c3))[b, i, j]
     # is word 2 * i + j of block b, so row-major, word m of block b lands on
     # element 4 * b + m.
@@ -141,28 +149,11 @@ def _bernoulli_scale_kernel(
 def _word_at(t, first_lo, first_hi, key_lo, key_hi):
     """The word of stream position ``4 * first + t`` (``t`` an int64 vector >= 0).
 
-    Each element computes its own Philox block: for positions that are not
-    whole consecutive blocks (a DTensor shard's runs, the variants' pairs).
+    Each element computes its own Philox block (:func:`_philox_block`): for
+    positions that are not whole consecutive blocks (a DTensor shard's runs,
+    the variants' pairs).
     """
-    local = t >> 2
-    low = first_lo.to(tl.int64) + local
-    c0 = (low & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((first_hi.to(tl.int64) + (low >> 32)) & 0xFFFFFFFF).to(tl.uint32)
-    c2 = c0 * 0
-    c3 = c0 * 0
-    k0 = key_lo.to(tl.uint32)
-    k1 = key_hi.to(tl.uint32)
-    for _ in tl.static_range(10):
-        hi0 = tl.umulhi(c0, 0xD2511F53)
-        lo0 = c0 * 0xD2511F53
-        hi2 = tl.umulhi(c2, 0xCD9E8D57)
-        lo2 = c2 * 0xCD9E8D57
-        c0 = hi2 ^ c1 ^ k0
-        c1 = lo2
-        c2 = hi0 ^ c3 ^ k1
-        c3 = lo0
-        k0 = k0 + 0x9E3779B9
-        k1 = k1 + 0xBB67AE85
+    c0, c1, c2, c3 = _philox_block(t >> 2, first_lo, first_hi, key_lo, key_hi)
     which = t & 3
     return tl.where(
         which == 0, c0, tl.where(which == 1, c1, tl.where(which == 2, c2, c3))
@@ -247,15 +238,28 @@ def _words_kernel(
 _RUNTIME_SCALARS = ["n", "head", "first_lo", "first_hi", "key_lo", "key_hi"]
 
 
+def word_at_jit(interpret: bool) -> Any:
+    """:func:`_word_at` jitted for a mode (``interpret``: Triton's interpreter)
+    over the jitted :func:`_philox_block`: the helper the variants' kernels call."""
+    return _jitted(interpret)[1]
+
+
+@functools.cache
+def _jitted(interpret: bool) -> tuple[Any, Any]:
+    """(:func:`_philox_block`, :func:`_word_at`), jitted per mode."""
+    del interpret  # the cache key only: triton.jit reads TRITON_INTERPRET
+    block = triton.jit(_philox_block)
+    return block, triton.jit(_with_helper(_word_at, "_philox_block", block))
+
+
 @functools.cache
 def _kernels(interpret: bool) -> tuple[Any, ...]:
     """The jitted kernels, built per mode: ``triton.jit`` reads ``TRITON_INTERPRET``.
 
     ``(fused, words, fused over runs, words over runs)``.
     """
-    del interpret  # the cache key only
-    helper = triton.jit(_philox_words)
-    word_at = triton.jit(_word_at)
+    block, word_at = _jitted(interpret)
+    helper = triton.jit(_with_helper(_philox_words, "_philox_block", block))
     run_helper = triton.jit(_with_helper(_run_words, "_word_at", word_at))
     plain = tuple(
         triton.jit(

@@ -112,8 +112,7 @@ _RUNTIME = ["n", "group", "head", "first_lo", "first_hi", "key_lo", "key_hi"]
 @functools.cache
 def _kernels(interpret: bool) -> tuple[Any, Any]:
     """The jitted kernels, per mode (``triton.jit`` reads ``TRITON_INTERPRET``)."""
-    del interpret  # the cache key only
-    helper = triton.jit(_word_at)
+    helper = gpu.word_at_jit(interpret)
     return tuple(
         triton.jit(
             gpu._with_helper(kernel, "_word_at", helper),
