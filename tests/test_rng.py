@@ -150,3 +150,42 @@ def test_random_words_refuses_bad_arguments():
         TypeError, match=r"The 'n' argument of random_words must be an integer"
     ):
         random_words(0, 0, 2.0)
+
+
+def test_draw_seed_is_torch_randint_on_the_default_cpu_generator():
+    import threading
+
+    import torch
+
+    from droplab.rng import draw_seed
+
+    def reference(count: int) -> list[int]:
+        return [
+            int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+            for _ in range(count)
+        ]
+
+    torch.manual_seed(11)
+    expected = reference(4)
+    after = torch.get_rng_state()
+    torch.manual_seed(11)
+    assert [draw_seed() for _ in range(4)] == expected
+    assert torch.equal(torch.get_rng_state(), after)  # the same generator state
+
+    # A thread's first draw under inference_mode makes its buffer there; later
+    # draws outside it (and under a default device) still work and agree.
+    drawn: list[int] = []
+
+    def worker() -> None:
+        torch.manual_seed(5)
+        with torch.inference_mode():
+            drawn.append(draw_seed())
+        with torch.device("meta"):
+            drawn.append(draw_seed())
+        drawn.append(draw_seed())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    torch.manual_seed(5)
+    assert drawn == reference(3)

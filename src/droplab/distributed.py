@@ -67,6 +67,9 @@ _MASK64 = SEED_LIMIT - 1
 # so that a block in one thread or task does not leak into another.
 _RANK_OVERRIDE: ContextVar[int | None] = ContextVar("droplab_rank", default=None)
 
+# Whether this torch build has torch.distributed (fixed for the process).
+_DISTRIBUTED = dist.is_available()
+
 
 def fold_rank(seed: int, rank: int) -> int:
     """The Philox key a module with ``seed`` uses on process ``rank``.
@@ -108,7 +111,10 @@ def stream_key(seed: int) -> int:
         ...     stream_key(7) == fold_rank(7, 3)
         True
     """
-    rank = current_rank()
+    # current_rank(), inlined: this runs on every call of a module
+    rank = _RANK_OVERRIDE.get()
+    if rank is None:
+        rank = int(dist.get_rank()) if _DISTRIBUTED and dist.is_initialized() else 0
     # fold_rank(seed, 0) is the seed itself: skip its checks in one process.
     return seed if rank == 0 else fold_rank(seed, rank)
 
@@ -123,7 +129,7 @@ def current_rank() -> int:
     override = _RANK_OVERRIDE.get()
     if override is not None:
         return override
-    if dist.is_available() and dist.is_initialized():
+    if _DISTRIBUTED and dist.is_initialized():
         return int(dist.get_rank())
     return 0
 

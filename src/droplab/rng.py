@@ -44,6 +44,7 @@ Seeds and streams: every rule in this one file.
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,9 @@ def draw_seed() -> int:
 
     This is how ``seed=None`` is resolved everywhere in droplab, so that
     ``torch.manual_seed`` reproduces a run exactly as with ``torch.nn.Dropout``.
+    The draw is ``torch.randint(0, 2**63 - 1, ())``'s (the same value, the
+    same generator state after it), made in a 0-d buffer of the calling
+    thread, which saves a tensor allocation on every call.
 
     >>> _ = torch.manual_seed(0); a = draw_seed()
     >>> _ = torch.manual_seed(0); a == draw_seed()
@@ -204,8 +208,28 @@ def draw_seed() -> int:
         # slice) that cannot become an int: draw once, outside the transforms;
         # the op's vmap rule then gives each slice its stream (slice_seed).
         with torch._C._DisableFuncTorch():
-            return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
-    return int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+            return int(
+                torch.randint(0, _SEED_HIGH, (), dtype=torch.int64, device="cpu")
+            )
+    try:
+        buffer, view = _SEED_BUFFER.pair
+    except AttributeError:
+        buffer, view = _SEED_BUFFER.pair = _seed_buffer()
+    buffer.random_(0, _SEED_HIGH)
+    return int(view)  # read through NumPy: cheaper than Tensor.__int__
+
+
+_SEED_HIGH = 2**63 - 1
+_SEED_BUFFER = threading.local()
+
+
+def _seed_buffer() -> tuple[torch.Tensor, npt.NDArray[np.int64]]:
+    # A normal CPU tensor even when first made under inference_mode or a
+    # default device, so later draws outside them can write it; and its
+    # NumPy view, which reads it.
+    with torch.inference_mode(False):
+        buffer = torch.empty((), dtype=torch.int64, device="cpu")
+    return buffer, buffer.numpy()
 
 
 def slice_seed(seed: int, index: int) -> int:

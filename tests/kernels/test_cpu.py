@@ -451,3 +451,19 @@ def test_16bit_dropout_takes_the_output_and_a_bounded_buffer() -> None:
     extra = float(done.stdout.split()[-1])
     buffer = 10 * cpu._half_chunk() / 2**27  # f32 in and out, 16-bit copy: 10 B each
     assert extra <= 1.0 + buffer + 0.1, extra
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("offset", [0, 3, 2**63 - 5, 2**63, 2**64 + 9, 4 * 2**64 - 7])
+def test_the_address_entry_of_small_tensors_is_the_array_kernel(dtype, offset) -> None:
+    # Small contiguous float32/float64 tensors take bernoulli_scale_at (Python
+    # ints and two addresses); offsets from 2**63 on take the array kernel.
+    # Either way the reference's bits, seeds across the whole 64-bit range.
+    x = torch.randn(3, 37, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    for seed in SEEDS:
+        ours, ref = both(x, seed=seed, offset=offset, p=0.3)
+        assert same_bits(ours, ref), (seed, offset)
+    # a view with a storage offset: the address is its first element's
+    base = torch.randn(50, dtype=dtype)
+    ours, ref = both(base[7:40], seed=2**64 - 1, offset=offset)
+    assert same_bits(ours, ref)

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from droplab._core.base import DropoutBase
-from droplab._core.fx import Proxy, function_node
+from droplab._core.fx import Proxy, as_module_node, function_node
 from droplab._core.op import MASKED_SCALE, check_graph_seed
 from droplab._validation import (
+    FLOAT_DTYPES,
     OFFSET_LIMIT,
     SEED_LIMIT,
     check_bool,
@@ -221,6 +222,7 @@ class Dropout(DropoutBase):
     """
 
     traceable = True  # draws only through dropout(): compiles into the graph
+    records_fx_node = True  # forward turns a Proxy into its call_module node
     repr_always = ("p", "inplace")
     repr_defaults = (
         ("scale", "inverted"),
@@ -244,7 +246,14 @@ class Dropout(DropoutBase):
         self.scale, self.sampler, self.shared_dims = scale, sampler, shared_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_floating_tensor(x, owner=type(self).__name__)
+        if type(x) is not torch.Tensor:
+            if isinstance(x, Proxy):  # torch.fx.symbolic_trace: one node
+                return as_module_node(self, (x,), {})
+            x = check_floating_tensor(x, owner=type(self).__name__)
+        elif (
+            x.dtype not in FLOAT_DTYPES or x.layout is not torch.strided or x.is_nested
+        ):
+            x = check_floating_tensor(x, owner=type(self).__name__)  # raises
         dims = self.shared_dims
         if not self.training:
             seed, offset = None, 0

@@ -40,6 +40,7 @@ Other code (Monte-Carlo prediction, checkpointing) may read and set the public
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -102,13 +103,20 @@ class StochasticModule(nn.Module):
     # forward eagerly inside compiled code (a graph break, the eager masks).
     traceable: ClassVar[bool] = False
 
+    # Whether forward itself records its call_module node under
+    # torch.fx.symbolic_trace (as_module_node on a Proxy input); else every
+    # subclass's forward is wrapped to do it (one more frame on every call).
+    records_fx_node: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
             forward = cls.__dict__["forward"]
             if not cls.__dict__.get("traceable", False):
                 forward = _eager_when_compiled(forward)
-            cls.forward = _fx_leaf(forward)
+            if not cls.__dict__.get("records_fx_node", False):
+                forward = _fx_leaf(forward)
+            cls.forward = forward
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
@@ -187,6 +195,11 @@ class StochasticModule(nn.Module):
                 step with no communication.
         """
         fold = type(x) is torch.Tensor or x is None or not is_dtensor(x)
+        if not self._owns_seed and fold and not torch.compiler.is_compiling():
+            # the default (seed=None) on a plain tensor: a fresh key, offset 0
+            if type(n) is not int or n < 0:
+                check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
+            return self._effective_seed(draw_seed()), 0
         if torch.compiler.is_compiling():
             if type(self).traceable:
                 # In a graph the stream is a tensor: (next_state(n), 0), which
@@ -397,7 +410,20 @@ def _eager_when_compiled(forward: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fx_leaf(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward``, recorded as one ``call_module`` node under ``symbolic_trace``."""
+    """``forward``, recorded as one ``call_module`` node under ``symbolic_trace``.
+
+    A ``forward(self, x)`` (every droplab module's) gets a wrapper of the same
+    signature: no packing of ``*args`` and ``**kwargs`` on each call.
+    """
+    if _takes_x_only(forward):
+
+        @functools.wraps(forward)
+        def wrapper_x(self: StochasticModule, x: Any) -> Any:
+            if type(x) is not torch.Tensor and isinstance(x, Proxy):
+                return as_module_node(self, (x,), {})
+            return forward(self, x)
+
+        return wrapper_x
 
     @functools.wraps(forward)
     def wrapper(self: StochasticModule, *args: Any, **kwargs: Any) -> Any:
@@ -406,3 +432,19 @@ def _fx_leaf(forward: Callable[..., Any]) -> Callable[..., Any]:
         return forward(self, *args, **kwargs)
 
     return wrapper
+
+
+def _takes_x_only(function: Callable[..., Any]) -> bool:
+    """Whether ``function``'s signature is ``(self, x)``, both positional or keyword."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    kinds = {inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    return (
+        len(parameters) == 2
+        and parameters[1].name == "x"
+        and all(
+            p.kind in kinds and p.default is inspect.Parameter.empty for p in parameters
+        )
+    )

@@ -125,7 +125,7 @@ class StochasticOp:
         self.geometry = geometry
         self.linear: Callable[..., torch.Tensor] = linear or self
         self.function, self.transformable = _eager_function(self)
-        self._apply = _direct_apply(self.function)
+        self._apply, self._unwrap = _direct_apply(self.function)
         self.registered = _register(self, params)
 
     def __repr__(self) -> str:
@@ -141,7 +141,9 @@ class StochasticOp:
     ) -> torch.Tensor:
         if type(x) is not torch.Tensor and is_dtensor(x):
             return _sharded_call(self, x, seed, offset, params, inplace)
-        if isinstance(seed, torch.Tensor) or torch.compiler.is_compiling():
+        if (
+            type(seed) is not int and isinstance(seed, torch.Tensor)
+        ) or torch.compiler.is_compiling():
             # torch.compile, torch.export (and the registered op's own
             # backward): the registered op on the stream as a tensor
             y: torch.Tensor = self.registered(
@@ -161,8 +163,7 @@ class StochasticOp:
             or (x.requires_grad and torch.is_grad_enabled())
             or forward_ad._current_level >= 0  # a dual tensor may carry a tangent
         ):
-            y = self._apply(x, (seed, offset, *params), inplace)
-            return y
+            return self._apply(self._unwrap(x), (seed, offset, *params), inplace)
         # Nothing can differentiate or transform this call: the kernel itself
         # (the usual backward, and every call under no_grad).
         return self.kernel(x, seed, offset, *params)
@@ -252,26 +253,28 @@ def check_graph_seed(seed: Any, owner: str) -> Any:
     return check_seed(seed, owner=owner)
 
 
-def _direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
-    """``function.apply`` without its Python layer, for calls outside torch.func.
+def _direct_apply(
+    function: type[torch.autograd.Function],
+) -> tuple[Callable[..., Any], Callable[[torch.Tensor], torch.Tensor]]:
+    """``function.apply`` without its Python layer, for calls outside torch.func:
+    ``(apply, unwrap)``, called as ``apply(unwrap(x), args, inplace)``.
 
     ``Function.apply`` (Python) binds nothing for a classic Function and,
     outside torch.func transforms, only unwraps "dead" functorch wrappers from
     its arguments (a tree walk, about 1.2 µs a call here) before the C++
-    ``apply``. Our arguments are ``x`` and Python numbers, so this unwraps ``x``
-    alone and calls the C++ ``apply`` directly. Where torch lacks either
-    piece, the public ``apply``.
+    ``apply``. Our arguments are ``x`` and Python numbers, so ``unwrap`` is
+    applied to ``x`` alone before the C++ ``apply``. Where torch lacks either
+    piece, the public ``apply`` and the identity.
     """
     c_apply = torch._C._FunctionBase.__dict__.get("apply")
     unwrap = getattr(torch._C._functorch, "unwrap_if_dead", None)
     if c_apply is None or unwrap is None:
-        return function.apply
-    bound = c_apply.__get__(None, function)
+        return function.apply, _identity
+    return c_apply.__get__(None, function), unwrap
 
-    def apply(x: torch.Tensor, args: tuple[Any, ...], inplace: bool) -> Any:
-        return bound(unwrap(x), args, inplace)
 
-    return apply
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _eager_function(
@@ -305,7 +308,10 @@ def _eager_function(
         return kernel(x, *args)
 
     def replay(t: torch.Tensor, args: tuple[Any, ...]) -> torch.Tensor:
-        # the linear part on the forward's mask: nothing new is drawn
+        # the linear part on the forward's mask: nothing new is drawn. Only a
+        # vmap rule reads the flag, and none runs outside torch.func.
+        if not _transforms_active():
+            return linear(t, *args)
         token = _REPLAY.set(True)
         try:
             return linear(t, *args)

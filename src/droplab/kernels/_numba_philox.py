@@ -32,8 +32,11 @@ threshold) or int64 (sizes), so each kernel compiles once per array dtype.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from numba import njit
+from numba import carray, njit, types
+from numba.extending import intrinsic
 
 # Multipliers and Weyl key increments of Philox4x32 (Salmon et al., Table 2).
 M0 = np.uint64(0xD2511F53)
@@ -118,6 +121,36 @@ def bernoulli_scale(x, out, lo, hi, base_block, head, k0, k1, thr, factor):
         _bernoulli_chunk(
             x, out, start, stop, base_block, head, k0, k1, thr, factor, buffer
         )
+
+
+def _pointer_typer(typingctx: Any, address: Any, like: Any) -> Any:
+    """``address`` (an int64) as a pointer to values of ``like``'s type."""
+    del typingctx
+    pointer = types.CPointer(like)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(types.int64, like), codegen
+
+
+_pointer: Any = intrinsic(_pointer_typer)
+
+
+@njit(cache=True, nogil=True)
+def bernoulli_scale_at(x_at, out_at, n, block, head, k0, k1, thr, factor):
+    """:func:`bernoulli_scale` on ``n`` contiguous elements at two addresses.
+
+    The per-call entry of small tensors: Python ints (``block``, ``k0``,
+    ``k1`` below ``2**63``) and the addresses of ``x`` and ``out`` (of
+    ``factor``'s dtype) cost Numba's dispatcher less than two arrays and four
+    NumPy scalars; the work is :func:`bernoulli_scale`'s.
+    """
+    x = carray(_pointer(x_at, factor), n)
+    out = carray(_pointer(out_at, factor), n)
+    bernoulli_scale(
+        x, out, 0, n, np.uint64(block), head, np.uint64(k0), np.uint64(k1), thr, factor
+    )
 
 
 @njit(cache=True, nogil=True)

@@ -110,6 +110,9 @@ _COMPUTE = {
 # Dtypes the kernels read and write directly, with their NumPy compute type.
 _DIRECT = {torch.float32: np.float32, torch.float64: np.float64}
 
+# Offsets whose Philox block (offset // 4) the address entry takes as an int64.
+_DIRECT_OFFSETS = 2**63
+
 
 @functools.lru_cache(maxsize=256)
 def _threshold_and_factor(
@@ -186,6 +189,31 @@ def masked_scale(
         tensor([[2., 0., 0.],
                 [0., 0., 2.]])
     """
+    if (  # the training default, on a tensor one thread does at once: no detours
+        runs is None
+        and out is None
+        and sampler == "bernoulli"
+        and not shared_dims
+        and scale != "realized"
+        and offset < _DIRECT_OFFSETS
+        and t.dtype in _DIRECT
+        and 0 < t.numel() < 2 * PER_THREAD
+        and t.is_contiguous()
+    ):
+        dst = torch.empty_like(t)  # contiguous as t is; never requires grad
+        threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
+        nk.bernoulli_scale_at(
+            t.data_ptr(),
+            dst.data_ptr(),
+            dst.numel(),
+            offset >> 2,
+            offset & 3,
+            seed & _LOW32,
+            seed >> 32,
+            threshold,
+            factor,
+        )
+        return dst
     if runs is not None:
         return _masked_scale_runs(
             t,
@@ -204,28 +232,6 @@ def masked_scale(
         )  # fmt: skip
         if chunked is not None:
             return chunked
-    if (  # the training default, on a tensor one thread does at once: no detours
-        out is None
-        and sampler == "bernoulli"
-        and not shared_dims
-        and scale != "realized"
-        and t.dtype in _DIRECT
-        and t.is_contiguous()
-        and 0 < t.numel() < 2 * PER_THREAD
-    ):
-        x = t.detach()
-        dst = torch.empty_like(x)
-        threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
-        nk.bernoulli_scale(
-            x.numpy().reshape(-1),
-            dst.numpy().reshape(-1),
-            0,
-            dst.numel(),
-            *_stream_args(seed, offset),
-            threshold,
-            factor,
-        )
-        return dst
     shape = tuple(t.shape)
     compute = _COMPUTE[t.dtype]
     np_compute = np.float64 if compute == torch.float64 else np.float32
