@@ -475,3 +475,21 @@ def test_a_refused_extra_state_changes_nothing() -> None:
     with pytest.raises(ValueError, match="offset"):
         s.load_state_dict(bad)
     assert torch.equal(s.gain, torch.ones(3)) and (s.seed, s.offset) == (1, 0)
+
+
+def test_the_stream_view_follows_its_buffer():
+    # next_stream reads rng_state through a cached NumPy view: it must follow
+    # the buffer when it is replaced, copied, or moved to other memory.
+    x = torch.ones(5)
+    m = Dropout(0.5, seed=4)
+    m(x)
+    m.share_memory()  # new storage under the same tensor
+    m(x)
+    assert m.rng_state.is_shared() and m.offset == 10
+    twin = copy.deepcopy(m)
+    twin(x)
+    assert (m.offset, twin.offset) == (10, 15)
+    m.register_buffer("rng_state", torch.tensor([4, 100]), persistent=False)
+    assert m.next_stream(3) == (4, 100) and m.offset == 103
+    m.load_state_dict({"_extra_state": torch.tensor([4, 7])})
+    assert m.next_stream(1) == (4, 7) and m.offset == 8
