@@ -240,7 +240,7 @@ class StochasticModule(nn.Module):
         (the buffer through ``nn.Module.__getattr__``, then the view) costs
         about 1.5 µs on every call.
         """
-        state = self._buffers["rng_state"]
+        state: torch.Tensor = self._buffers["rng_state"]  # type: ignore[assignment]
         cached = self.__dict__.get("_words")
         if cached is None or cached[0] is not state or cached[1] != state.data_ptr():
             cached = (state, state.data_ptr(), state.numpy())
