@@ -467,3 +467,41 @@ def test_the_address_entry_of_small_tensors_is_the_array_kernel(dtype, offset) -
     base = torch.randn(50, dtype=dtype)
     ours, ref = both(base[7:40], seed=2**64 - 1, offset=offset)
     assert same_bits(ours, ref)
+
+
+class _Unwrapping(torch.Tensor):
+    """A wrapper subclass without memory of its own whose ops return plain
+    tensors (as torch.distributed's AsyncCollectiveTensor does)."""
+
+    @staticmethod
+    def __new__(cls, elem: torch.Tensor) -> _Unwrapping:
+        wrapper = torch.Tensor._make_wrapper_subclass(
+            cls, elem.shape, dtype=elem.dtype, strides=elem.stride()
+        )
+        wrapper.elem = elem
+        return wrapper
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001
+        def unwrap(t: object) -> object:
+            return t.elem if isinstance(t, _Unwrapping) else t
+
+        args = torch.utils._pytree.tree_map(unwrap, args)
+        kwargs = torch.utils._pytree.tree_map(unwrap, kwargs or {})
+        return func(*args, **kwargs)
+
+
+def test_a_wrapper_subclass_is_read_through_its_ops_not_its_address() -> None:
+    # The address entry of small tensors is for plain tensors only: a wrapper
+    # subclass has no memory at its data_ptr (reading it crashed a TP plan).
+    x = torch.randn(4, 8)
+    ours = cpu.masked_scale(
+        _Unwrapping(x), p=0.5, seed=3, offset=1, scale="inverted",
+        sampler="bernoulli", shared_dims=(),
+    )  # fmt: skip
+    expected = reference_masked_scale(
+        x, p=0.5, seed=3, offset=1, scale="inverted", sampler="bernoulli",
+        shared_dims=(),
+    )  # fmt: skip
+    assert type(ours) is torch.Tensor  # the ops unwrapped it
+    assert same_bits(ours, expected)

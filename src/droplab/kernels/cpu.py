@@ -190,7 +190,8 @@ def masked_scale(
                 [0., 0., 2.]])
     """
     if (  # the training default, on a tensor one thread does at once: no detours
-        runs is None
+        type(t) is torch.Tensor  # a subclass's data_ptr may be no memory at all
+        and runs is None
         and out is None
         and sampler == "bernoulli"
         and not shared_dims
