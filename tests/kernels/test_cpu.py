@@ -482,7 +482,7 @@ class _Unwrapping(torch.Tensor):
         return wrapper
 
     @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         def unwrap(t: object) -> object:
             return t.elem if isinstance(t, _Unwrapping) else t
 
