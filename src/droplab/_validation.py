@@ -27,6 +27,7 @@ import torch
 
 __all__ = [
     "FLOAT_DTYPES",
+    "MASK64",
     "OFFSET_LIMIT",
     "SEED_LIMIT",
     "InputDtypeError",
@@ -48,6 +49,8 @@ __all__ = [
 # [0, OFFSET_LIMIT). The stream contract itself is documented in droplab.rng.
 SEED_LIMIT = 2**64
 OFFSET_LIMIT = 4 * SEED_LIMIT
+# Keys and stream positions wrap modulo 2**64: ``value & MASK64``.
+MASK64 = SEED_LIMIT - 1
 
 # The dtypes every backend supports; anything else is refused.
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
