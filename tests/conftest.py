@@ -1,10 +1,15 @@
-"""Shared test set-up: GPU tests skip cleanly on CPU-only machines."""
+"""Shared test set-up: GPU tests skip cleanly on CPU-only machines; the launcher
+of the tests that run several gloo ranks (``tests/_processes.py``)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+from tests._processes import launch
 
 # No example database on disk: runs are derandomised anyway, and the checkout
 # stays clean. Tests still pass their own @settings (max_examples, ...).
@@ -21,3 +26,11 @@ def pytest_collection_modifyitems(
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def launch_ranks() -> Callable[..., Path]:
+    """``launch(test_file, world, folder, *, timeout)``: runs ``worker(rank, world,
+    folder)`` of ``test_file`` on ``world`` gloo ranks and returns the folder it
+    saved in (see ``tests/_processes.py``)."""
+    return launch

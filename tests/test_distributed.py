@@ -1,8 +1,9 @@
 """Distributed ranks: the folding rule, the rank override, and DDP on gloo.
 
-The DDP test launches this very file as two worker processes (as torchrun
-would: each its own interpreter, rank and world size given explicitly) on the
-gloo backend over loopback, then checks in the test process that
+The DDP test runs this file's ``worker`` in two processes (as torchrun would:
+each its own interpreter, rank and world size given explicitly) on the gloo
+backend over loopback (``tests/_processes.py``), then checks in the test
+process that
 
 - the two ranks drew different masks, and a rerun from scratch (a fresh model,
   offsets back at 0, in the same processes: each launch costs two imports of
@@ -14,10 +15,6 @@ gloo backend over loopback, then checks in the test process that
 
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -215,59 +212,22 @@ def mc_case() -> dict[str, torch.Tensor]:
     return {name: run.samples for name, run in runs.items()}  # type: ignore[misc]
 
 
-def worker(rank: int, store: Path, out: Path) -> None:
-    """One DDP process: a run and a rerun from scratch (fresh model, offset 0)."""
-    import torch.distributed as dist
-
-    # A file store for the rendezvous: no port to pick and race for; gloo then
-    # talks over loopback (GLOO_SOCKET_IFNAME=lo).
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD
-    )
-    try:
-        runs = [train(rank), train(rank)]
-        torch.save({"rank": current_rank(), "runs": runs, "mc": mc_case()}, out)
-    finally:
-        dist.destroy_process_group()
+def worker(rank: int, world: int, folder: Path) -> None:
+    """One DDP rank, in a gloo process group (``tests/_processes.py``): a run
+    and a rerun from scratch (fresh model, offset 0)."""
+    assert world == WORLD, world
+    runs = [train(rank), train(rank)]
+    result = {"rank": current_rank(), "runs": runs, "mc": mc_case()}
+    torch.save(result, folder / f"rank{rank}.pt")
 
 
-def launch(tmp: Path, attempts: int = 2) -> list[dict[str, Any]]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    store = tmp / "rendezvous"
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    outs = [tmp / f"rank{r}.pt" for r in range(WORLD)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--rank",
-                str(r),
-                "--store",
-                str(store),
-                "--out",
-                str(outs[r]),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(WORLD)
+def test_ddp_on_gloo_ranks_draw_apart_replay_and_match_one_process(
+    tmp_path, launch_ranks
+):
+    folder = launch_ranks(__file__, WORLD, tmp_path, timeout=120)
+    saved = [
+        torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)
     ]
-    logs = [p.communicate(timeout=120)[0].decode(errors="replace") for p in procs]
-    codes = [p.returncode for p in procs]
-    if any(code < 0 for code in codes) and attempts > 1:
-        # A worker killed by a signal (seen: SIGABRT from a C++ runtime thread,
-        # about 1 run in 10 on a loaded 2-core machine, not reproduced alone) is
-        # the environment, not the masks under test: launch once more, fresh.
-        return launch(tmp / "again", attempts=attempts - 1)
-    for code, log in zip(codes, logs, strict=True):
-        assert code == 0, log
-    return [torch.load(o, weights_only=True) for o in outs]
-
-
-def test_ddp_on_gloo_ranks_draw_apart_replay_and_match_one_process(tmp_path):
-    saved = launch(tmp_path)
     assert [r["rank"] for r in saved] == [0, 1]  # read from torch.distributed
     runs = [r["runs"][0] for r in saved]
     reruns = [r["runs"][1] for r in saved]
@@ -319,13 +279,3 @@ def test_ddp_on_gloo_ranks_draw_apart_replay_and_match_one_process(tmp_path):
     assert torch.equal(mc_case()["plain"], mc[0]["plain"])
     with use_rank(1):
         assert torch.equal(mc_case()["plain"], mc[1]["plain"])
-
-
-if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description="one DDP worker of the test above")
-    cli.add_argument("--rank", type=int, required=True)
-    cli.add_argument("--store", type=Path, required=True)
-    cli.add_argument("--out", type=Path, required=True)
-    options = cli.parse_args()
-    torch.set_num_threads(1)
-    worker(options.rank, options.store, options.out)

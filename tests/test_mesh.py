@@ -1,19 +1,15 @@
 """One model, any mesh: DTensor shards draw their part of the unsharded mask.
 
-Each launch runs this file as 2 or 4 worker processes (gloo over loopback, a
-file store); the workers compute every case on DTensors and save the
-gathered results (``full_tensor()``: outputs, gradients, masks, offsets); the
-tests then compute the same calls in this process on the unsharded tensors
-and compare bit for bit. One launch per world size serves every test, so the
-whole file costs two start-ups of torch per rank.
+Each launch runs this file's ``worker`` in 2 or 4 processes (gloo over
+loopback, a file store: ``tests/_processes.py``); the workers compute every case
+on DTensors and save the gathered results (``full_tensor()``: outputs,
+gradients, masks, offsets); the tests then compute the same calls in this
+process on the unsharded tensors and compare bit for bit. One launch per world
+size serves every test, so the whole file costs two start-ups of torch per rank.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -338,42 +334,37 @@ DP_INPUT = (8, 8)
 # ----------------------------------------------------------------- workers
 
 
-def worker(rank: int, world: int, store: Path, out: Path) -> None:
-    import torch.distributed as dist
+def worker(rank: int, world: int, folder: Path) -> None:
+    """One rank, in a gloo process group (``tests/_processes.py``): every case
+    of this world size, gathered; rank 0 saves them."""
     from torch.distributed.tensor import distribute_tensor, init_device_mesh
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=world
-    )
     results: dict[str, Any] = {}
-    try:
-        if world == 4:
-            meshes = [
-                (init_device_mesh("cpu", (4,)), CASES_1D),
-                (
-                    init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")),
-                    CASES_2D,
-                ),
-            ]
-            for mesh, cases in meshes:
-                for name, codes in cases:
-                    placements = [_placement(c) for c in codes]
-                    x = _input(SHAPES[name], salt=len(name))
-                    sharded = distribute_tensor(x, mesh, placements)
-                    key = f"{name}/{'+'.join(codes)}"
-                    results[key] = _gather(FUNCTIONS[name](sharded))
-            results["errors"] = _errors(init_device_mesh("cpu", (4,)))
-        else:
-            mesh = init_device_mesh("cpu", (world,))
-            x = _input(BLOCK_INPUT, salt=3)
-            results["tp"] = run_block(x, mesh)
-            results["tp_sp"] = run_block(x, mesh, sequence=True)
-            results["dp"] = run_data_parallel(_input(DP_INPUT, salt=4), mesh)
-            results["compiled"] = run_compiled(mesh)
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
+    if world == 4:
+        meshes = [
+            (init_device_mesh("cpu", (4,)), CASES_1D),
+            (
+                init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")),
+                CASES_2D,
+            ),
+        ]
+        for mesh, cases in meshes:
+            for name, codes in cases:
+                placements = [_placement(c) for c in codes]
+                x = _input(SHAPES[name], salt=len(name))
+                sharded = distribute_tensor(x, mesh, placements)
+                key = f"{name}/{'+'.join(codes)}"
+                results[key] = _gather(FUNCTIONS[name](sharded))
+        results["errors"] = _errors(init_device_mesh("cpu", (4,)))
+    else:
+        mesh = init_device_mesh("cpu", (world,))
+        x = _input(BLOCK_INPUT, salt=3)
+        results["tp"] = run_block(x, mesh)
+        results["tp_sp"] = run_block(x, mesh, sequence=True)
+        results["dp"] = run_data_parallel(_input(DP_INPUT, salt=4), mesh)
+        results["compiled"] = run_compiled(mesh)
+    if rank == 0:
+        torch.save(results, folder / "results.pt")
 
 
 def _errors(mesh: Any) -> list[str]:
@@ -405,37 +396,23 @@ def _errors(mesh: Any) -> list[str]:
     return messages
 
 
-def launch(tmp: Path, world: int, attempts: int = 2) -> dict[str, Any]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    store, out = tmp / "rendezvous", tmp / "results.pt"
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(rank), str(world), str(store), str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(world)
-    ]
-    logs = [p.communicate(timeout=300)[0].decode(errors="replace") for p in procs]
-    codes = [p.returncode for p in procs]
-    if any(code < 0 for code in codes) and attempts > 1:
-        # a worker killed by a signal is the environment (see test_distributed)
-        return launch(tmp / "again", world, attempts - 1)
-    for code, log in zip(codes, logs, strict=True):
-        assert code == 0, log
-    return torch.load(out, weights_only=False)
+def launch(launch_ranks: Callable[..., Path], tmp: Path, world: int) -> dict[str, Any]:
+    folder = launch_ranks(__file__, world, tmp, timeout=300)
+    return torch.load(folder / "results.pt", weights_only=False)
 
 
 @pytest.fixture(scope="module")
-def four(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return launch(tmp_path_factory.mktemp("mesh4"), 4)
+def four(
+    tmp_path_factory: pytest.TempPathFactory, launch_ranks: Callable[..., Path]
+) -> dict[str, Any]:
+    return launch(launch_ranks, tmp_path_factory.mktemp("mesh4"), 4)
 
 
 @pytest.fixture(scope="module")
-def two(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return launch(tmp_path_factory.mktemp("mesh2"), 2)
+def two(
+    tmp_path_factory: pytest.TempPathFactory, launch_ranks: Callable[..., Path]
+) -> dict[str, Any]:
+    return launch(launch_ranks, tmp_path_factory.mktemp("mesh2"), 2)
 
 
 # -------------------------------------------------------------------- tests
@@ -511,14 +488,3 @@ def test_plan_of_a_box() -> None:
     assert runs.length == 2
     # shared dims have one mask element: sharding along them changes nothing
     assert plan(Box((4, 6, 5), (0, 0, 3), (4, 6, 2)), (2,)) == 0
-
-
-if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description="one worker of the mesh tests above")
-    cli.add_argument("rank", type=int)
-    cli.add_argument("world", type=int)
-    cli.add_argument("store", type=Path)
-    cli.add_argument("out", type=Path)
-    options = cli.parse_args()
-    torch.set_num_threads(1)
-    worker(options.rank, options.world, options.store, options.out)

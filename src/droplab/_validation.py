@@ -27,6 +27,7 @@ import torch
 
 __all__ = [
     "FLOAT_DTYPES",
+    "MASK64",
     "OFFSET_LIMIT",
     "SEED_LIMIT",
     "InputDtypeError",
@@ -48,6 +49,8 @@ __all__ = [
 # [0, OFFSET_LIMIT). The stream contract itself is documented in droplab.rng.
 SEED_LIMIT = 2**64
 OFFSET_LIMIT = 4 * SEED_LIMIT
+# Keys and stream positions wrap modulo 2**64: ``value & MASK64``.
+MASK64 = SEED_LIMIT - 1
 
 # The dtypes every backend supports; anything else is refused.
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -78,8 +81,8 @@ class InputDtypeError(TypeError, RuntimeError):
 InputRankError.__module__ = InputDtypeError.__module__ = "droplab"
 
 
-def _where(name: str, owner: str | None) -> str:
-    return f"The {name!r} argument" + (f" of {owner}" if owner else "")
+def _where(name: str, owner: str | None, what: str = "argument") -> str:
+    return f"The {name!r} {what}" + (f" of {owner}" if owner else "")
 
 
 def fail(
@@ -89,13 +92,26 @@ def fail(
     *,
     owner: str | None = None,
     kind: type[Exception] = ValueError,
+    got: str | None = None,
+    what: str = "argument",
 ) -> Exception:
     """Build (not raise) the error for argument ``name``; callers ``raise`` it.
 
+    ``got`` says what was received in words where the value's repr would not
+    help (a tensor, an object of some class); ``what`` names what ``name`` is
+    when it is not an argument (a config's field).
+
     >>> str(fail("p", 1.5, "a real number in [0, 1]", owner="dropout"))
     "The 'p' argument of dropout must be a real number in [0, 1]; got 1.5."
+    >>> str(fail("model", [], "a torch.nn.Module", owner="mc_dropout",
+    ...          got="an object of type list"))
+    "The 'model' argument of mc_dropout must be a torch.nn.Module; got an object of type list."
+    >>> str(fail("masks", "all", "'blog' or 'sampled'", owner="the gradients Config",
+    ...          what="field"))
+    "The 'masks' field of the gradients Config must be 'blog' or 'sampled'; got 'all'."
     """
-    return kind(f"{_where(name, owner)} must be {allowed}; got {value!r}.")
+    received = repr(value) if got is None else got
+    return kind(f"{_where(name, owner, what)} must be {allowed}; got {received}.")
 
 
 def fail_ndim(
@@ -274,10 +290,14 @@ def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tenso
         # Sparse and nested tensors: every op refuses them alike, rather than
         # some returning a sparse result and others failing deep in torch.
         kind_of = "nested" if x.is_nested else f"{x.layout}".removeprefix("torch.")
-        raise TypeError(
-            f"The {name!r} argument of {owner} must be a dense (strided) "
-            f"torch.Tensor; got a {kind_of} tensor (convert it with "
-            f"{'.to_padded_tensor(0.0)' if x.is_nested else '.to_dense()'} first)."
+        fix = ".to_padded_tensor(0.0)" if x.is_nested else ".to_dense()"
+        raise fail(
+            name,
+            x,
+            "a dense (strided) torch.Tensor",
+            owner=owner,
+            kind=TypeError,
+            got=f"a {kind_of} tensor (convert it with {fix} first)",
         )
     got = (
         f"a tensor of dtype {x.dtype}"
@@ -285,9 +305,13 @@ def check_floating_tensor(x: Any, name: str = "x", *, owner: str) -> torch.Tenso
         else f"an object of type {type(x).__qualname__}"
     )
     kind = InputDtypeError if isinstance(x, torch.Tensor) else TypeError
-    raise kind(
-        f"The {name!r} argument of {owner} must be a torch.Tensor of dtype "
-        f"{_DTYPE_NAMES}; got {got}."
+    raise fail(
+        name,
+        x,
+        f"a torch.Tensor of dtype {_DTYPE_NAMES}",
+        owner=owner,
+        kind=kind,
+        got=got,
     )
 
 

@@ -55,13 +55,12 @@ from contextvars import ContextVar
 
 import torch.distributed as dist
 
-from droplab._validation import SEED_LIMIT, check_int, check_seed
+from droplab._validation import MASK64, SEED_LIMIT, check_int, check_seed
 
 __all__ = ["RANK_MULTIPLIER", "current_rank", "fold_rank", "stream_key", "use_rank"]
 
 # floor(2**64 / golden ratio), an odd number: the Weyl constant of SplitMix64.
 RANK_MULTIPLIER = 0x9E3779B97F4A7C15
-_MASK64 = SEED_LIMIT - 1
 
 # The rank set by use_rank (None: ask torch.distributed). A context variable,
 # so that a block in one thread or task does not leak into another.
@@ -90,7 +89,7 @@ def fold_rank(seed: int, rank: int) -> int:
     """
     seed = check_seed(seed, owner="fold_rank")
     rank = check_int(rank, "rank", low=0, high=SEED_LIMIT, owner="fold_rank")
-    return seed ^ ((rank * RANK_MULTIPLIER) & _MASK64)
+    return seed ^ ((rank * RANK_MULTIPLIER) & MASK64)
 
 
 def stream_key(seed: int) -> int:

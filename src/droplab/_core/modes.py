@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from torch import nn
 
+from droplab._validation import fail
+
 __all__ = ["keeps_running_statistics", "mc_dropout"]
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
@@ -76,9 +78,13 @@ def mc_dropout(model: ModelT) -> Iterator[ModelT]:
         [False, False, False]
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(
-            "The 'model' argument of mc_dropout must be a torch.nn.Module; "
-            f"got an object of type {type(model).__qualname__}."
+        raise fail(
+            "model",
+            model,
+            "a torch.nn.Module",
+            owner="mc_dropout",
+            kind=TypeError,
+            got=f"an object of type {type(model).__qualname__}",
         )
     saved = [(module, module.training) for module in model.modules()]
     try:

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
-from droplab._validation import check_offset, check_seed
+from droplab._validation import MASK64, check_offset, check_seed
 from droplab.rng import draw_seed
 
 __all__ = [
-    "MASK64",
+    "MASK64",  # _validation's, re-exported for the op and the module base
     "as_int64",
     "draw_key",
     "drawn_state",
@@ -41,8 +41,6 @@ __all__ = [
     "snapshot",
     "state_tensor",
 ]
-
-MASK64 = 2**64 - 1
 
 
 def as_int64(value: int) -> int:

@@ -38,11 +38,13 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic
 
-# Multipliers and Weyl key increments of Philox4x32 (Salmon et al., Table 2).
-M0 = np.uint64(0xD2511F53)
-M1 = np.uint64(0xCD9E8D57)
-W0 = np.uint64(0x9E3779B9)
-W1 = np.uint64(0xBB67AE85)
+# Multipliers and Weyl key increments of Philox4x32: droplab.rng's (the NumPy
+# reference these kernels reproduce), under the short names the rounds use.
+from droplab.rng import PHILOX_M0 as M0
+from droplab.rng import PHILOX_M1 as M1
+from droplab.rng import PHILOX_W0 as W0
+from droplab.rng import PHILOX_W1 as W1
+
 LOW32 = np.uint64(0xFFFFFFFF)
 SHIFT32 = np.uint64(32)
 

@@ -38,19 +38,13 @@ import triton
 import triton.language as tl
 
 from droplab import masks, scaling
+from droplab._validation import FLOAT_DTYPES
 from droplab.mesh import Runs
 
 __all__ = ["BLOCK", "interpreting", "masked_scale", "runs_on"]
 
 # Stream elements per program (a multiple of 4: whole Philox blocks).
 BLOCK = 1024
-
-_COMPUTE = {
-    torch.float16: torch.float32,
-    torch.bfloat16: torch.float32,
-    torch.float32: torch.float32,
-    torch.float64: torch.float64,
-}
 
 
 def interpreting() -> bool:
@@ -64,7 +58,7 @@ def interpreting() -> bool:
 
 def runs_on(t: torch.Tensor) -> bool:
     """Whether this kernel can take ``t``: a CUDA tensor, or any tensor when interpreting."""
-    return t.dtype in _COMPUTE and (t.device.type == "cuda" or interpreting())
+    return t.dtype in FLOAT_DTYPES and (t.device.type == "cuda" or interpreting())
 
 
 def _philox_block(local, first_lo, first_hi, key_lo, key_hi):
@@ -362,7 +356,7 @@ def _masked_scale_runs(
 ) -> torch.Tensor:
     """The shard's result (``x`` contiguous): fused when the mask covers ``x``,
     else the shard's own mask broadcast over the shared dims."""
-    compute = _COMPUTE[x.dtype]
+    compute = scaling.compute_dtype(x.dtype)
     n = math.prod(own)
     starts = torch.from_numpy(runs.starts).to(x.device)
     grid, args = _launch_args(n, seed, offset)
@@ -402,7 +396,7 @@ def masked_scale(
     positions are these runs of the logical mask (:mod:`droplab.mesh`).
     """
     shape = tuple(t.shape)
-    compute = _COMPUTE[t.dtype]
+    compute = scaling.compute_dtype(t.dtype)
     own = masks.mask_shape(shape, shared_dims)
     x = t.detach().contiguous()
     if runs is not None:

@@ -238,16 +238,20 @@ def config_for(
 def row_adder(rows: list[dict[str, Any]]) -> Callable[..., None]:
     """A function that appends one ``numbers(result)`` row to ``rows``.
 
+    A saved ``[value, low, high]`` triple is passed as ``*triple``; ``unit`` is
+    keyword-only, so a sequence of any other length fails instead of filling it.
+
     Examples:
         >>> rows: list[dict[str, Any]] = []
         >>> add = row_adder(rows)
-        >>> add("test error", 0.02, 0.01, 0.03, unit="")
-        >>> rows[0]["quantity"], rows[0]["high"]
-        ('test error', 0.03)
+        >>> add("test error", 0.02, 0.01, 0.03)
+        >>> add("seconds per epoch", *[1.5, 1.25, 1.75], unit="s")
+        >>> rows[0]["quantity"], rows[0]["high"], rows[1]["unit"]
+        ('test error', 0.03, 's')
     """
 
     def add(
-        quantity: str, value: Any, low: Any = None, high: Any = None, unit: str = ""
+        quantity: str, value: Any, low: Any = None, high: Any = None, *, unit: str = ""
     ) -> None:
         rows.append(
             {

@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from droplab._validation import fail
 from droplab.lab.data import Dataset, load
 from droplab.nn import Dropout
 from droplab.rng import derive_seed
@@ -44,9 +45,11 @@ def load_classification(name: str, *, seed: int, experiment: str) -> Dataset:
     """
     data = load(name, seed=seed)
     if not data.n_classes:
-        raise ValueError(
-            f"The 'data' argument of {experiment} must be a classification data set "
-            f"(digits, mnist1d or mnist:DIR); got {name!r}."
+        raise fail(
+            "data",
+            name,
+            "a classification data set (digits, mnist1d or mnist:DIR)",
+            owner=experiment,
         )
     return data
 

@@ -31,6 +31,7 @@ from droplab.lab.curves import (
     train_with_curves,
     warm_up_kernels,
 )
+from droplab.lab.registry import row_adder
 from droplab.lab.stats import geometric_ci, mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
@@ -223,31 +224,25 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Target, epochs and seconds per rule, and the ratios."""
     rows: list[dict[str, Any]] = []
 
-    def add(quantity: str, triple: list[Any], unit: str = "") -> None:
-        rows.append({"quantity": quantity, "value": triple[0], "low": triple[1],
-                     "high": triple[2], "unit": unit})  # fmt: skip
+    add = row_adder(rows)
 
-    add("validation target (error)", [result["target"], None, None])
+    add("validation target (error)", result["target"])
     for rule in RULES:
         r = result["rules"][rule]
         # Geometric means with intervals on the log scale: they stay positive.
-        add(
-            f"{rule}: epochs to target (geometric mean)",
-            list(geometric_ci(r["epochs"])),
-        )
+        add(f"{rule}: epochs to target (geometric mean)", *geometric_ci(r["epochs"]))
         add(f"{rule}: seconds to target (geometric mean)",
-            list(geometric_ci(r["seconds"])), "s")  # fmt: skip
+            *geometric_ci(r["seconds"]), unit="s")  # fmt: skip
         add(f"{rule}: seconds per epoch (geometric mean)",
-            list(geometric_ci(r["epoch_seconds"])), "s")  # fmt: skip
-        add(f"{rule}: runs that reached the target",
-            [result["rules"][rule]["reached"], None, None])  # fmt: skip
+            *geometric_ci(r["epoch_seconds"]), unit="s")  # fmt: skip
+        add(f"{rule}: runs that reached the target", r["reached"])
     for key, label in (
         ("epochs_ratio", "epochs ratio dropout / none (geometric mean)"),
         ("seconds_ratio", "seconds-to-target ratio dropout / none"),
         ("epoch_seconds_ratio", "seconds-per-epoch ratio dropout / none"),
     ):
         r = result[key]
-        add(label, [r["value"], r["low"], r["high"]])
+        add(label, r["value"], r["low"], r["high"])
     return rows
 
 

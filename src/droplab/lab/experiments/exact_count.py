@@ -345,13 +345,19 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
                     *summary[rule]["accuracy"][i],
                 )
                 mean, low, high = summary[rule]["loss"][i]
-                add(f"{name}, n = {width}: test loss, {rule}", mean, low, high, "nats")
+                add(
+                    f"{name}, n = {width}: test loss, {rule}",
+                    mean,
+                    low,
+                    high,
+                    unit="nats",
+                )
     for c in result["comparisons"]:
         unit = "nats" if c["metric"] == "loss" else ""
         add(
             f"{c['data']}, n = {c['width']}: {c['metric']} {c['rule']} - {BASELINE} "
             f"(paired; p = {c['p_value']:.3g}, Holm {c['p_holm']:.3g})",
-            c["mean"], c["low"], c["high"], unit,
+            c["mean"], c["low"], c["high"], unit=unit,
         )  # fmt: skip
     return rows
 

@@ -24,6 +24,7 @@ import torch
 from droplab.execution import one_thread
 from droplab.functional import dropout
 from droplab.lab.ranges import in_range
+from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import (
     build_mlp,
@@ -279,82 +280,47 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Forum means, per-rule bias/variance/MSE, and the width series."""
     rows: list[dict[str, Any]] = []
 
-    def add(quantity: str, triple: list[Any], unit: str = "") -> None:
-        rows.append(
-            {
-                "quantity": quantity,
-                "value": triple[0],
-                "low": triple[1],
-                "high": triple[2],
-                "unit": unit,
-            }
-        )
+    add = row_adder(rows)
 
     for name, entry in result["forum"].items():
-        add(f"forum: mean({name}), average over repeats", entry["mean"])
+        add(f"forum: mean({name}), average over repeats", *entry["mean"])
         # The middle 95 % of single runs is a range, not an interval around one
         # run: the value beside it is their median, which always lies inside.
         singles = entry.get("values")
-        rows.append(
-            {
-                "quantity": f"forum: mean({name}), single runs: median, middle 95 %",
-                "value": float(np.median(singles)) if singles else entry["first"],
-                "low": entry["range95"][0],
-                "high": entry["range95"][1],
-                "unit": "range of runs",
-            }
+        add(
+            f"forum: mean({name}), single runs: median, middle 95 %",
+            float(np.median(singles)) if singles else entry["first"],
+            *entry["range95"],
+            unit="range of runs",
         )
-    rows.append(
-        {
-            "quantity": "network: validation accuracy",
-            "value": result["network"]["val_accuracy"],
-            "low": None,
-            "high": None,
-            "unit": "",
-        }
-    )
+    add("network: validation accuracy", result["network"]["val_accuracy"])
     for rule, entry in result["network"]["rules"].items():
-        add(f"{rule}: bias of z (mean over inputs and outputs)", entry["bias"])
-        add(f"{rule}: |bias| / closed-form sd", entry["abs_bias_over_sd"])
-        add(f"{rule}: variance / closed form", entry["variance_ratio"])
-        add(f"{rule}: mean squared error", entry["mse"])
+        add(f"{rule}: bias of z (mean over inputs and outputs)", *entry["bias"])
+        add(f"{rule}: |bias| / closed-form sd", *entry["abs_bias_over_sd"])
+        add(f"{rule}: variance / closed form", *entry["variance_ratio"])
+        add(f"{rule}: mean squared error", *entry["mse"])
         if "mse_minus_inverted" in entry:
             add(
                 f"{rule}: MSE minus inverted's (paired over inputs)",
-                entry["mse_minus_inverted"],
+                *entry["mse_minus_inverted"],
             )
     for w in result["widths"]:
         add(
             f"n = {w['n']}: P(14.1 and 13.1 both dropped) (exact {w['p_both_exact']:.3g})",
-            w["p_both"],
+            *w["p_both"],
         )
-        rows.append(
-            {
-                "quantity": f"n = {w['n']}: relative error if both dropped (exact)",
-                "value": w["error_if_both_exact"],
-                "low": None,
-                "high": None,
-                "unit": "",
-            }
+        add(
+            f"n = {w['n']}: relative error if both dropped (exact)",
+            w["error_if_both_exact"],
         )
-        add(f"n = {w['n']}: mean relative error over all masks", w["mean_error"])
-        rows.append(
-            {
-                "quantity": f"n = {w['n']}: RMS relative error (closed form; simulated {w['rms_error']:.3g})",
-                "value": w["rms_error_exact"],
-                "low": None,
-                "high": None,
-                "unit": "",
-            }
+        add(f"n = {w['n']}: mean relative error over all masks", *w["mean_error"])
+        add(
+            f"n = {w['n']}: RMS relative error (closed form; simulated {w['rms_error']:.3g})",
+            w["rms_error_exact"],
         )
-    rows.append(
-        {
-            "quantity": "forum's n = 100: P(the 50 largest all dropped) = p^50",
-            "value": result["forum_top_half_dropped"],
-            "low": None,
-            "high": None,
-            "unit": "",
-        }
+    add(
+        "forum's n = 100: P(the 50 largest all dropped) = p^50",
+        result["forum_top_half_dropped"],
     )
     return rows
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from droplab._validation import fail
 from droplab.lab.reference import ReferenceMLP
 
 NAME = "gradients"
@@ -104,8 +105,12 @@ def run(config: Config, *, jobs: int = 1) -> dict[str, Any]:
         None if config.masks == "sampled" else [None, np.array(BLOG_MASKS, dtype=bool)]
     )
     if config.masks not in ("blog", "sampled"):
-        raise ValueError(
-            f"The 'masks' field of the gradients Config must be 'blog' or 'sampled'; got {config.masks!r}."
+        raise fail(
+            "masks",
+            config.masks,
+            "'blog' or 'sampled'",
+            owner="the gradients Config",
+            what="field",
         )
     trace = net.forward(x, masks=given)
     grads = net.backward(trace, y)

@@ -34,6 +34,7 @@ from droplab.lab.curves import (
     warm_up_kernels,
 )
 from droplab.lab.ranges import in_range
+from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.rng import derive_seed
@@ -202,23 +203,21 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Test error, cost and best epoch per network; paired differences."""
     rows: list[dict[str, Any]] = []
 
-    def add(quantity: str, triple: list[Any], unit: str = "") -> None:
-        rows.append({"quantity": quantity, "value": triple[0], "low": triple[1],
-                     "high": triple[2], "unit": unit})  # fmt: skip
+    add = row_adder(rows)
 
     drop = result["dropout"]
     name = f"width {result['width']} with dropout p = {result['p']:g}"
-    add(f"{name}: test error", drop["test_error"])
-    add(f"{name}: training cost", drop["seconds"], "s")
-    add(f"{name}: epoch picked by validation", drop["best_epoch"])
+    add(f"{name}: test error", *drop["test_error"])
+    add(f"{name}: training cost", *drop["seconds"], unit="s")
+    add(f"{name}: epoch picked by validation", *drop["best_epoch"])
     for w, s, d in zip(
         result["widths"], result["plain"], result["dropout_minus_plain"], strict=True
     ):
-        add(f"width {w} without dropout: test error", s["test_error"])
-        add(f"width {w} without dropout: training cost", s["seconds"], "s")
-        add(f"width {w} without dropout: epoch picked by validation", s["best_epoch"])
+        add(f"width {w} without dropout: test error", *s["test_error"])
+        add(f"width {w} without dropout: training cost", *s["seconds"], unit="s")
+        add(f"width {w} without dropout: epoch picked by validation", *s["best_epoch"])
         add(f"dropout minus width {w} (paired; Holm p = {d['p_holm']:.3g})",
-            [d["mean"], d["low"], d["high"]])  # fmt: skip
+            d["mean"], d["low"], d["high"])  # fmt: skip
     return rows
 
 

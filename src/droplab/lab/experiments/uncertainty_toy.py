@@ -30,6 +30,7 @@ from droplab.lab.compare import paired_difference, verdict
 from droplab.lab.curves import load_cached, train_regressor
 from droplab.lab.data import make_gap_regression
 from droplab.lab.ranges import in_range
+from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci, proportion_ci
 from droplab.lab.training import build_mlp, train_classifier
 from droplab.rng import derive_seed
@@ -266,29 +267,35 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Spread by region, coverage, entropies and AUROCs."""
     rows: list[dict[str, Any]] = []
 
-    def add(quantity: str, triple: list[Any], unit: str = "") -> None:
-        rows.append({"quantity": quantity, "value": triple[0], "low": triple[1],
-                     "high": triple[2], "unit": unit})  # fmt: skip
+    add = row_adder(rows)
 
     for k in REGIONS:
-        add(f"toy: MC standard deviation, {k} region", result["region_sd"][k])
+        add(f"toy: MC standard deviation, {k} region", *result["region_sd"][k])
     for key, label in (("gap_minus_data", "gap"), ("beyond_minus_data", "beyond")):
         d = result[key]
         add(
             f"toy: sd {label} minus sd on the data (paired)",
-            [d["mean"], d["low"], d["high"]],
+            d["mean"],
+            d["low"],
+            d["high"],
         )
-    add("toy: coverage of the 2-sigma band on fresh points", result["coverage"])
+    add("toy: coverage of the 2-sigma band on fresh points", *result["coverage"])
     for k in ("test", *SHIFTS):
-        add(f"{result['data']}: predictive entropy, {k}", result["entropy"][k], "nats")
+        add(
+            f"{result['data']}: predictive entropy, {k}",
+            *result["entropy"][k],
+            unit="nats",
+        )
     for k in SHIFTS:
         d = result["entropy_shift"][k]
         add(
             f"{result['data']}: entropy {k} minus test (paired)",
-            [d["mean"], d["low"], d["high"]],
-            "nats",
+            d["mean"],
+            d["low"],
+            d["high"],
+            unit="nats",
         )
-        add(f"{result['data']}: AUROC of entropy, {k} vs test", result["auroc"][k])
+        add(f"{result['data']}: AUROC of entropy, {k} vs test", *result["auroc"][k])
     return rows
 
 

@@ -38,6 +38,7 @@ from droplab.lab.curves import (
     warm_up_kernels,
 )
 from droplab.lab.ranges import in_range
+from droplab.lab.registry import row_adder
 from droplab.lab.stats import mean_ci
 from droplab.lab.training import build_mlp
 from droplab.nn import (
@@ -233,19 +234,17 @@ def numbers(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Accuracy and seconds per epoch per variant, differences to dropout, learned p."""
     rows: list[dict[str, Any]] = []
 
-    def add(quantity: str, triple: list[Any], unit: str = "") -> None:
-        rows.append({"quantity": quantity, "value": triple[0], "low": triple[1],
-                     "high": triple[2], "unit": unit})  # fmt: skip
+    add = row_adder(rows)
 
     for v in VARIANTS:
-        add(f"{_name(v)}: test accuracy", result["accuracy"][v])
+        add(f"{_name(v)}: test accuracy", *result["accuracy"][v])
         if v in result.get("train_error", {}):
-            add(f"{_name(v)}: final training error", result["train_error"][v])
-        add(f"{_name(v)}: seconds per epoch", result["epoch_seconds"][v], "s")
+            add(f"{_name(v)}: final training error", *result["train_error"][v])
+        add(f"{_name(v)}: seconds per epoch", *result["epoch_seconds"][v], unit="s")
     for v, d in result["minus_dropout"].items():
         add(f"{_name(v)} minus dropout: test accuracy (paired; Holm p = {d['p_holm']:.3g})",
-            [d["mean"], d["low"], d["high"]])  # fmt: skip
-    add("concrete dropout: learned rate (mean of its layers)", result["learned_p"])
+            d["mean"], d["low"], d["high"])  # fmt: skip
+    add("concrete dropout: learned rate (mean of its layers)", *result["learned_p"])
     return rows
 
 
