@@ -56,11 +56,12 @@ from contextvars import ContextVar
 import torch.distributed as dist
 
 from droplab._validation import MASK64, SEED_LIMIT, check_int, check_seed
+from droplab.rng import GOLDEN_GAMMA
 
 __all__ = ["RANK_MULTIPLIER", "current_rank", "fold_rank", "stream_key", "use_rank"]
 
 # floor(2**64 / golden ratio), an odd number: the Weyl constant of SplitMix64.
-RANK_MULTIPLIER = 0x9E3779B97F4A7C15
+RANK_MULTIPLIER = GOLDEN_GAMMA
 
 # The rank set by use_rank (None: ask torch.distributed). A context variable,
 # so that a block in one thread or task does not leak into another.

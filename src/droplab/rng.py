@@ -52,6 +52,7 @@ import numpy.typing as npt
 import torch
 
 from droplab._validation import (
+    MASK64,
     OFFSET_LIMIT,
     SEED_LIMIT,
     check_int,
@@ -74,7 +75,9 @@ __all__ = [
     "stream_seed",
 ]
 
-_MASK64 = 2**64 - 1
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+"""2**64 / golden ratio, odd: the Weyl step of SplitMix64 (:func:`slice_seed`)
+and the rank multiplier of :func:`droplab.distributed.fold_rank`."""
 
 # One tag per use of stream_seed, so that the seeds each use derives never meet
 # (the tag is ASCII, in the comment). "mc_predict" is stream_seed's third
@@ -246,9 +249,9 @@ def slice_seed(seed: int, index: int) -> int:
     >>> 0 <= slice_seed(2**64 - 1, 7) < 2**64
     True
     """
-    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z = (seed + (index + 1) * GOLDEN_GAMMA) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
     return z ^ (z >> 31)
 
 

@@ -314,12 +314,6 @@ def test_masks_are_the_documented_ones() -> None:
     assert (kept.sum(dim=1) == masks.fixed_keep_count(33, 0.3)).all()
 
 
-def test_supports() -> None:
-    assert cpu.supports(torch.zeros(2, dtype=torch.float16))
-    assert not cpu.supports(torch.zeros(2, dtype=torch.int32))
-    assert not cpu.supports(torch.zeros(2, dtype=torch.complex64))
-
-
 def test_nothing_of_the_input_size_is_saved_for_backward() -> None:
     from droplab.cli import bench
 

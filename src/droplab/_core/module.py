@@ -55,7 +55,7 @@ from droplab._validation import (
     check_seed,
     fail,
 )
-from droplab.distributed import RANK_MULTIPLIER, current_rank, stream_key
+from droplab.distributed import current_rank, fold_rank, stream_key
 from droplab.mesh import is_dtensor
 from droplab.rng import draw_seed
 from droplab.scaling import eval_scale
@@ -268,8 +268,8 @@ class StochasticModule(nn.Module):
         else:  # drawn when the graph runs, as eager code draws it
             state = drawn_state(0)
         rank = _traced_rank() if fold else 0
-        if rank:  # fold_rank: the key XOR (rank * golden ratio mod 2**64)
-            state[0] ^= as_int64((rank * RANK_MULTIPLIER) & MASK64)
+        if rank:  # the key XOR fold_rank(0, rank), in the graph
+            state[0] ^= as_int64(fold_rank(0, rank))
         return state
 
     def weight_scaled_form(self, where: str) -> tuple[nn.Module, float]:

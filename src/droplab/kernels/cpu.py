@@ -52,7 +52,7 @@ from droplab.kernels import _numba_variants as nv
 from droplab.masks import own_shape, trailing_group
 from droplab.mesh import Runs
 
-__all__ = ["PER_THREAD", "masked_scale", "supports"]
+__all__ = ["PER_THREAD", "masked_scale"]
 
 # Least work (elements, or mask elements) worth handing to another thread: one
 # thread does 2**18 elements in ~0.15-0.3 ms, against ~0.05 ms for the hand-off.
@@ -88,23 +88,6 @@ def _split(total: int, run: Callable[[int, int], object], *, unit: int = 1) -> N
 
 
 _LOW32 = 0xFFFFFFFF
-
-
-def supports(t: torch.Tensor) -> bool:
-    """Whether this kernel takes ``t``: a CPU tensor of one of the four float dtypes.
-
-    >>> supports(torch.zeros(3)), supports(torch.zeros(3, dtype=torch.int64))
-    (True, False)
-    """
-    return t.device.type == "cpu" and t.dtype in _COMPUTE
-
-
-_COMPUTE = {
-    torch.float16: torch.float32,
-    torch.bfloat16: torch.float32,
-    torch.float32: torch.float32,
-    torch.float64: torch.float64,
-}
 
 
 # Dtypes the kernels read and write directly, with their NumPy compute type.
@@ -234,7 +217,7 @@ def masked_scale(
         if chunked is not None:
             return chunked
     shape = tuple(t.shape)
-    compute = _COMPUTE[t.dtype]
+    compute = scaling.compute_dtype(t.dtype)
     np_compute = np.float64 if compute == torch.float64 else np.float32
     # The result is laid out as torch.empty_like(t) would be (channels_last
     # stays channels_last); the mask is defined on the logical row-major index
@@ -384,7 +367,7 @@ def _masked_scale_runs(
     logical stream (a Bernoulli mask with one factor: the rule of
     :mod:`droplab.mesh`). One pass over the shard's runs; nothing
     larger than the shard's own mask is drawn."""
-    compute = _COMPUTE[t.dtype]
+    compute = scaling.compute_dtype(t.dtype)
     np_compute = np.float64 if compute == torch.float64 else np.float32
     x = t.detach().to(compute).contiguous()
     dst = torch.empty_like(x)
