@@ -24,6 +24,8 @@ from droplab import kernels
 __all__ = [
     "alpha_dropout",
     "backend",
+    "concrete_grad",
+    "concrete_scale",
     "drop_block",
     "gaussian_noise",
     "uniform_logits",
@@ -103,3 +105,25 @@ def uniform_logits(
     return cpu_variants.uniform_logits(
         tuple(t.shape), seed=seed, offset=offset, dtype=dtype
     )
+
+
+def concrete_scale(t: torch.Tensor, **kwargs: Any) -> torch.Tensor | None:
+    """Concrete dropout's forward (CPU only); keyword arguments as
+    :func:`droplab.kernels.cpu_variants.concrete_scale`."""
+    if backend(t) != "numba":
+        return None
+    from droplab.kernels import cpu_variants
+
+    return cpu_variants.concrete_scale(t, **kwargs)
+
+
+def concrete_grad(
+    t: torch.Tensor, grad: torch.Tensor, **kwargs: Any
+) -> tuple[torch.Tensor, float] | None:
+    """Concrete dropout's backward (CPU only); arguments as
+    :func:`droplab.kernels.cpu_variants.concrete_grad`."""
+    if backend(t) != "numba" or grad.device != t.device:
+        return None
+    from droplab.kernels import cpu_variants
+
+    return cpu_variants.concrete_grad(t, grad, **kwargs)
