@@ -72,16 +72,22 @@ def gaussian_noise(
     positions ``offset + 2i``, ``offset + 2i + 1``); result in ``t``'s dtype."""
     x = _compute_input(t)
     dst = torch.empty_like(x)
-    if x.numel():
+    n = x.numel()
+    if n:
         x_flat = x.numpy().reshape(-1)
         dst_flat = dst.numpy().reshape(-1)
         stream = _stream(seed, offset)
         scale = np.float64(sigma)
-        cpu._split(
-            x_flat.size,
-            lambda lo, hi: nv.gaussian_scale(x_flat, dst_flat, lo, hi, *stream, scale),
-            unit=_GAUSSIAN_COST,
-        )
+        if n * _GAUSSIAN_COST < 2 * cpu.PER_THREAD:  # one thread's work
+            nv.gaussian_scale(x_flat, dst_flat, 0, n, *stream, scale)
+        else:
+            cpu._split(
+                n,
+                lambda lo, hi: nv.gaussian_scale(
+                    x_flat, dst_flat, lo, hi, *stream, scale
+                ),
+                unit=_GAUSSIAN_COST,
+            )
     return dst if dst.dtype == t.dtype else dst.to(t.dtype)
 
 
@@ -115,6 +121,9 @@ def alpha_dropout(
         x_flat = x.numpy().reshape(-1)
         dst_flat = dst.numpy().reshape(-1)
         stream = _stream(seed, offset)
+        if x_flat.size < 2 * cpu.PER_THREAD:  # one thread's work
+            nv.alpha_scale(x_flat, dst_flat, 0, mask_elements, group, *stream, *consts)
+            return dst
         cpu._split(
             mask_elements,
             lambda lo, hi: nv.alpha_scale(
