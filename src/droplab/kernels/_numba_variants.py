@@ -26,6 +26,16 @@ same argument ``fl(2 pi) * u2`` as the reference. Both are within an ulp or
 two of the exact values, so ``z`` agrees with the reference's to float64
 rounding (3 ulp at most in 2**20 draws here; the tests bound it at 4), and
 after rounding to float32 the noise is almost always the same bits.
+
+**Concrete dropout.** The forward and the backward are one pass each
+(:func:`concrete_scale`, :func:`concrete_grad`): the words, the logistic
+noise ``log(u / (1 - u))`` in float64, the relaxed mask ``sigmoid((logit +
+lp) / t)`` by fdlibm's ``exp`` written out (:func:`_exp`), then the output, or
+the gradient of ``x`` and the chunk sums of the gradient of ``p``; the steps
+after the noise round in the compute dtype as the reference's torch ops do.
+Their ranges count chunks of ``CONCRETE_CHUNK`` elements, not elements: the
+chunk sums (float64, reassociated so that they vectorise) sit at fixed
+positions, and their total is the same on any thread count.
 """
 
 from __future__ import annotations
