@@ -440,6 +440,22 @@ def test_concrete_fused_backward_takes_any_grad_layout(monkeypatch, dtype):
         assert torch.allclose(a, b, rtol=64 * eps, atol=64 * eps)
 
 
+def test_concrete_fused_on_any_layout_same_bits():
+    x = torch.randn(4, 6, 5, 7).to(memory_format=torch.channels_last)
+    for inp in (x, x[:, 1:, ::2], x.transpose(0, 3)):
+        results = []
+        for t in (inp, inp.contiguous()):
+            leaf = t.clone().requires_grad_()
+            p = torch.tensor(0.2, requires_grad=True)
+            y = concrete_dropout(leaf, p, 0.3, seed=6)
+            y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+            assert leaf.grad is not None and p.grad is not None
+            results.append((y.detach(), leaf.grad, p.grad))
+        assert results[0][0].stride() == torch.empty_like(inp).stride()
+        for a, b in zip(*results, strict=True):
+            assert same_bits(a, b)
+
+
 def test_concrete_range_kernels_on_chunk_ranges():
     chunk = nv.CONCRETE_CHUNK
     n, seed, offset = 5 * chunk + 77, 2**33 + 1, 4 * 2**32 - 1

@@ -238,9 +238,11 @@ def concrete_scale(
 
     ``p`` is the rate already rounded to the compute dtype (a Python float),
     ``drop = sigmoid((log p - log(1 - p) + log u - log(1 - u)) / t)``, ``u``
-    from stream position ``offset + i``; result in ``t``'s dtype.
+    from stream position ``offset + i`` (``i`` the row-major index); result in
+    ``t``'s dtype, laid out as ``torch.empty_like(t)`` (any layout: the kernel
+    runs on a dense copy of a strided ``t``).
     """
-    x = _compute_input(t)
+    x = _compute_input(t).contiguous()
     dst = torch.empty_like(x)
     n = x.numel()
     if n:
@@ -253,7 +255,10 @@ def concrete_scale(
             lambda lo, hi: nv.concrete_scale(x_flat, dst_flat, lo, hi, *stream, consts),
             unit=nv.CONCRETE_CHUNK * _CONCRETE_COST,
         )
-    return dst if dst.dtype == t.dtype else dst.to(t.dtype)
+    result = dst if dst.dtype == t.dtype else dst.to(t.dtype)
+    if t.is_contiguous():
+        return result
+    return torch.empty_like(t).copy_(result)  # t's layout, as the reference's
 
 
 def concrete_grad(
@@ -272,7 +277,7 @@ def concrete_grad(
     The sum is taken in float64 over fixed chunks (the same on any thread
     count) and rounded to the compute dtype, as the reference's sum is.
     """
-    x = _compute_input(t)
+    x = _compute_input(t).contiguous()
     g = _compute_input(grad).contiguous()  # an expanded grad (of a sum) too
     grad_x = torch.empty_like(x)
     n = x.numel()

@@ -34,15 +34,18 @@ __all__ = [
 _BY_MODULE = {"droplab.kernels.cpu": "numba", "droplab.kernels.gpu": "triton"}
 
 
-def backend(t: torch.Tensor) -> str:
+def backend(t: torch.Tensor, *, any_layout: bool = False) -> str:
     """``"numba"``, ``"triton"`` or ``""`` (no fused kernel) for tensor ``t``.
+
+    Only for a contiguous ``t``, unless ``any_layout`` (a kernel whose wrapper
+    takes every layout: a dense copy in, the result in ``t``'s layout).
 
     >>> backend(torch.zeros(2)) in ("numba", "")
     True
     """
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return ""
-    if not t.is_contiguous():  # the reference code keeps the layout
+    if not (any_layout or t.is_contiguous()):  # the reference code keeps the layout
         return ""
     try:
         chosen = kernels.select(t)
@@ -108,9 +111,10 @@ def uniform_logits(
 
 
 def concrete_scale(t: torch.Tensor, **kwargs: Any) -> torch.Tensor | None:
-    """Concrete dropout's forward (CPU only); keyword arguments as
+    """Concrete dropout's forward (CPU only, any layout: the values do not
+    depend on it); keyword arguments as
     :func:`droplab.kernels.cpu_variants.concrete_scale`."""
-    if backend(t) != "numba":
+    if backend(t, any_layout=True) != "numba":
         return None
     from droplab.kernels import cpu_variants
 
@@ -120,9 +124,9 @@ def concrete_scale(t: torch.Tensor, **kwargs: Any) -> torch.Tensor | None:
 def concrete_grad(
     t: torch.Tensor, grad: torch.Tensor, **kwargs: Any
 ) -> tuple[torch.Tensor, float] | None:
-    """Concrete dropout's backward (CPU only); arguments as
+    """Concrete dropout's backward (CPU only, any layout); arguments as
     :func:`droplab.kernels.cpu_variants.concrete_grad`."""
-    if backend(t) != "numba" or grad.device != t.device:
+    if backend(t, any_layout=True) != "numba" or grad.device != t.device:
         return None
     from droplab.kernels import cpu_variants
 
