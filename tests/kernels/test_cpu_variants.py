@@ -27,6 +27,7 @@ from droplab._core.stream import normal_noise, uniform_noise
 from droplab.kernels import _numba_variants as nv
 from droplab.kernels import cpu, cpu_variants, fused
 from droplab.kernels.reference import reference_masked_scale
+from droplab.rng import random_words
 from droplab.variants import (
     concrete_dropout,
     drop_block2d,
@@ -376,6 +377,128 @@ def test_concrete_fused_against_reference(monkeypatch, dtype):
     for a, b in zip(ours, theirs, strict=True):
         # the noise within float64 rounding; the sums over x agree as sums do
         assert torch.allclose(a, b, rtol=64 * eps, atol=64 * eps)
+
+
+def concrete_numpy(
+    x: np.ndarray, grad: np.ndarray, p: float, t: float, seed: int, offset: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Concrete dropout's output and gradients written out in float64 NumPy."""
+    u = (random_words(seed, offset, x.size).astype(np.float64) + 0.5) / 2**32
+    drop = 1 / (1 + np.exp(-(np.log(p) - np.log1p(-p) + np.log(u) - np.log1p(-u)) / t))
+    keep = 1 - drop
+    r = keep / (1 - p)
+    d_drop = drop * keep / t * (1 / p + 1 / (1 - p))
+    dr_dp = -d_drop / (1 - p) + keep / (1 - p) ** 2
+    flat_x, flat_g = x.reshape(-1), grad.reshape(-1)
+    return (
+        (flat_x * r).reshape(x.shape),
+        (flat_g * r).reshape(x.shape),
+        float(np.sum(flat_g * flat_x * dr_dp)),
+    )
+
+
+@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("p, t", [(0.3, 0.1), (0.05, 0.5), (0.9, 0.02)])
+def test_concrete_kernels_against_numpy_float64(offset, p, t):
+    gen = torch.Generator().manual_seed(offset % 1000)
+    x = torch.randn(5000, dtype=torch.float64, generator=gen)
+    grad = torch.randn(5000, dtype=torch.float64, generator=gen)
+    y = cpu_variants.concrete_scale(x, p=p, temperature=t, seed=9, offset=offset)
+    grad_x, grad_p = cpu_variants.concrete_grad(
+        x, grad, p=p, temperature=t, seed=9, offset=offset
+    )
+    y_ref, gx_ref, gp_ref = concrete_numpy(x.numpy(), grad.numpy(), p, t, 9, offset)
+    # a few roundings of float64 (the sigmoid's argument is scaled by 1/t),
+    # relative to x / (1 - p): 1 - drop loses its relative precision when the
+    # kept fraction is small, in both
+    tol = 2.0**-52 * 64 / t
+    assert np.all(np.abs(y.numpy() - y_ref) <= tol * np.abs(x.numpy()) / (1 - p))
+    assert np.all(
+        np.abs(grad_x.numpy() - gx_ref) <= tol * np.abs(grad.numpy()) / (1 - p)
+    )
+    scale = np.sum(np.abs(grad.numpy() * x.numpy())) / (1 - p) ** 2 / t
+    assert abs(grad_p - gp_ref) <= tol * scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_concrete_fused_backward_takes_any_grad_layout(monkeypatch, dtype):
+    x = torch.randn(7, 33, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        leaf = x.clone().requires_grad_()
+        p = torch.tensor(0.2, requires_grad=True)
+        y = concrete_dropout(leaf, p, 0.3, seed=3, offset=1)
+        y.sum().backward()  # an expanded (stride 0) gradient
+        assert leaf.grad is not None and p.grad is not None
+        return y.detach(), leaf.grad, p.grad
+
+    ours = run()
+    theirs = reference(monkeypatch, run)
+    eps = torch.finfo(dtype).eps
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.allclose(a, b, rtol=64 * eps, atol=64 * eps)
+
+
+def test_concrete_fused_on_any_layout_same_bits():
+    x = torch.randn(4, 6, 5, 7).to(memory_format=torch.channels_last)
+    for inp in (x, x[:, 1:, ::2], x.transpose(0, 3)):
+        results = []
+        for t in (inp, inp.contiguous()):
+            leaf = t.clone().requires_grad_()
+            p = torch.tensor(0.2, requires_grad=True)
+            y = concrete_dropout(leaf, p, 0.3, seed=6)
+            y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape))
+            assert leaf.grad is not None and p.grad is not None
+            results.append((y.detach(), leaf.grad, p.grad))
+        assert results[0][0].stride() == torch.empty_like(inp).stride()
+        for a, b in zip(*results, strict=True):
+            assert same_bits(a, b)
+
+
+def test_concrete_range_kernels_on_chunk_ranges():
+    chunk = nv.CONCRETE_CHUNK
+    n, seed, offset = 5 * chunk + 77, 2**33 + 1, 4 * 2**32 - 1
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    consts = cpu_variants._concrete_consts(0.4, 0.1, torch.float32)
+    chunks = -(-n // chunk)
+    whole, parts = np.empty_like(x), np.empty_like(x)
+    nv.concrete_scale(x, whole, 0, chunks, *stream(seed, offset), consts[:4])
+    nv.concrete_scale(x, parts, 0, 2, *stream(seed, offset), consts[:4])
+    nv.concrete_scale(x, parts, 2, chunks, *stream(seed, offset), consts[:4])
+    np.testing.assert_array_equal(parts, whole)
+    gx_whole, gx_parts = np.empty_like(x), np.empty_like(x)
+    sums_whole, sums_parts = np.zeros(chunks), np.zeros(chunks)
+    nv.concrete_grad(
+        x, g, gx_whole, sums_whole, 0, chunks, *stream(seed, offset), consts
+    )
+    for lo, hi in ((0, 1), (1, 4), (4, chunks)):
+        nv.concrete_grad(
+            x, g, gx_parts, sums_parts, lo, hi, *stream(seed, offset), consts
+        )
+    np.testing.assert_array_equal(gx_parts, gx_whole)
+    np.testing.assert_array_equal(sums_parts, sums_whole)
+
+
+def test_concrete_same_result_on_any_thread_count():
+    x = torch.randn(cpu.PER_THREAD // 2 + 3, requires_grad=True)
+    p = torch.tensor(0.3, requires_grad=True)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            x.grad = p.grad = None
+            y = concrete_dropout(x, p, 0.1, seed=4)
+            y.backward(torch.ones_like(y))
+            assert x.grad is not None and p.grad is not None
+            results.append((y.detach(), x.grad.clone(), p.grad.clone()))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert same_bits(a, b)
 
 
 def test_standard_dropout_is_untouched():

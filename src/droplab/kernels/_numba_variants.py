@@ -26,6 +26,16 @@ same argument ``fl(2 pi) * u2`` as the reference. Both are within an ulp or
 two of the exact values, so ``z`` agrees with the reference's to float64
 rounding (3 ulp at most in 2**20 draws here; the tests bound it at 4), and
 after rounding to float32 the noise is almost always the same bits.
+
+**Concrete dropout.** The forward and the backward are one pass each
+(:func:`concrete_scale`, :func:`concrete_grad`): the words, the logistic
+noise ``log(u / (1 - u))`` in float64, the relaxed mask ``sigmoid((logit +
+lp) / t)`` by fdlibm's ``exp`` written out (:func:`_exp`), then the output, or
+the gradient of ``x`` and the chunk sums of the gradient of ``p``; the steps
+after the noise round in the compute dtype as the reference's torch ops do.
+Their ranges count chunks of ``CONCRETE_CHUNK`` elements, not elements: the
+chunk sums (float64, reassociated so that they vectorise) sit at fixed
+positions, and their total is the same on any thread count.
 """
 
 from __future__ import annotations
@@ -75,6 +85,15 @@ C6 = -1.13596475577881948265e-11
 INV_PIO2 = 6.36619772367581382433e-01
 PIO2_1 = 1.57079632673412561417e00  # the first 33 bits of pi/2
 PIO2_1T = 6.07710050650619224932e-11  # pi/2 - PIO2_1
+
+# fdlibm e_exp.c
+INV_LN2 = 1.44269504088896338700e00
+P1 = 1.66666666666666019037e-01
+P2 = -2.77777777770155933842e-03
+P3 = 6.61375632143793436117e-05
+P4 = -1.65339022054652515390e-06
+P5 = 4.13813679705723846039e-08
+EXP_LIMIT = 708.0  # |x| beyond it is clamped: exp(+-708) keeps 2**k normal
 
 EXP_MASK = np.int64(0x7FF)
 MANTISSA = np.int64((1 << 52) - 1)
@@ -139,6 +158,26 @@ def _cos_reduced(x, n):
     cos_x = w + (((1.0 - w) - hz) + z * r)
     value = cos_x if (n & 1) == 0 else sin_x
     return -value if ((n + 1) & 2) != 0 else value
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _exp(x):
+    """``exp(x)`` for float64 ``x`` (fdlibm's ``__ieee754_exp``, branch-free).
+
+    ``x`` is clamped to ``[-708, 708]`` first, so ``2**k`` stays a normal
+    float64 built from its bits: below ``-708`` the result is ``exp(-708)``
+    (about ``3e-308``, not a smaller number or 0), above ``708`` it is
+    ``exp(708)``, not infinity. Within that range it is within an ulp.
+    """
+    x = min(max(x, -EXP_LIMIT), EXP_LIMIT)
+    k = np.floor(x * INV_LN2 + 0.5)
+    hi = x - k * LN2_HI
+    lo = k * LN2_LO
+    r = hi - lo
+    t = r * r
+    c = r - t * (P1 + t * (P2 + t * (P3 + t * (P4 + t * P5))))
+    y = 1.0 - ((lo - (r * c) / (2.0 - c)) - hi)
+    return y * _bits_float((np.int64(k) + 1023) << 52)
 
 
 # contract: the polynomials may use FMA (the product with x is elsewhere)
@@ -208,9 +247,10 @@ def normal_words(z, lo, hi, base_block, head, k0, k1):
 def _logits(words, out):
     for i in range(out.size):
         word = np.float64(words[i])
-        u = (word + 0.5) * TWO_POW_M32
-        rest = (4294967295.5 - word) * TWO_POW_M32  # 1 - u, exactly
-        out[i] = _log_unit(u) - _log_unit(rest)  # rounded to out's dtype
+        # u / (1 - u) = (w + 1/2) / (2**32 - w - 1/2), both exact: one
+        # rounding in the quotient, one logarithm
+        ratio = (word + 0.5) / (4294967295.5 - word)
+        out[i] = _log_unit(ratio)  # rounded to out's dtype
 
 
 @njit(cache=True, nogil=True)
@@ -218,15 +258,104 @@ def uniform_logits(out, lo, hi, base_block, head, k0, k1):
     """``out[i] = log(u) - log(1 - u)``, ``u`` from stream position ``offset + i``.
 
     ``u = (w + 1/2) 2**-32`` and ``1 - u = (2**32 - w - 1/2) 2**-32`` are both
-    exact, so the two logarithms (the reference's ``log(u) - log1p(-u)``) take
-    exact arguments; the difference is taken in float64 and rounded to
-    ``out``'s dtype.
+    exact; their quotient rounds once and one logarithm of it is taken in
+    float64 (the reference's ``log(u) - log1p(-u)`` takes two), then rounded
+    to ``out``'s dtype. The error is within an ulp or two of ``log 2``-sized
+    values, as the reference's own difference of two logarithms.
     """
     words_buf = np.empty(CHUNK + 8, np.uint32)
     for start in range(lo, hi, CHUNK):
         stop = min(start + CHUNK, hi)
         words = chunk_words(start, stop, base_block, head, k0, k1, words_buf)
         _logits(words, out[start:stop])
+
+
+# Elements per chunk of the Concrete kernels: words, logits and drops stay in L1/L2.
+CONCRETE_CHUNK = 2048
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _concrete_drops(words, logit, drop, lp, t):
+    """``drop = sigmoid((logit + lp) / t)`` of the chunk's words (Gal et al.'s
+    relaxed mask), ``logit = log u - log(1 - u)`` rounded to its dtype first.
+
+    ``logit + lp`` and ``/ t`` round in the buffers' dtype, as the reference's
+    ``add_`` and ``div_``; the sigmoid ``1 / (1 + exp(-a))`` is taken in
+    float64 and rounded once.
+    """
+    _logits(words, logit)
+    for i in range(logit.size):
+        a = (logit[i] + lp) / t
+        drop[i] = 1.0 / (1.0 + _exp(-np.float64(a)))
+
+
+@njit(cache=True, nogil=True)
+def concrete_scale(x, out, lo, hi, base_block, head, k0, k1, consts):
+    """Concrete dropout's forward on chunks ``[lo, hi)`` of ``CONCRETE_CHUNK``
+    elements: ``out = x * ((1 - drop) / (1 - p))``, element ``i`` drawing from
+    stream position ``offset + i``.
+
+    ``consts = (1, lp, t, q)``: one, ``log p - log(1 - p)``, the temperature
+    and ``1 - p``, in ``x``'s dtype (the compute dtype); ``1 - drop``, the ratio
+    and the product round in it, as the reference's torch ops.
+    """
+    one, lp, t, q = consts
+    words_buf = np.empty(CONCRETE_CHUNK + 8, np.uint32)
+    logit = np.empty(CONCRETE_CHUNK, x.dtype)
+    drop = np.empty(CONCRETE_CHUNK, x.dtype)
+    for chunk in range(lo, hi):
+        start = chunk * CONCRETE_CHUNK
+        stop = min(start + CONCRETE_CHUNK, x.size)
+        n = stop - start
+        words = chunk_words(start, stop, base_block, head, k0, k1, words_buf)
+        _concrete_drops(words, logit[:n], drop[:n], lp, t)
+        src = x[start:stop]
+        dst = out[start:stop]
+        for i in range(n):
+            dst[i] = src[i] * ((one - drop[i]) / q)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _sum64(values):
+    total = 0.0
+    for i in range(values.size):
+        total += np.float64(values[i])
+    return total
+
+
+@njit(cache=True, nogil=True)
+def concrete_grad(x, grad, grad_x, partial, lo, hi, base_block, head, k0, k1, consts):
+    """Concrete dropout's backward on chunks ``[lo, hi)`` (the noise redrawn).
+
+    ``grad_x = grad * r`` with ``r = (1 - drop) / (1 - p)``, and
+    ``partial[c]`` = the float64 sum over chunk ``c`` of ``grad * x * dr/dp``,
+    ``dr/dp = -(drop (1 - drop) / t (1/p + 1/(1 - p))) / (1 - p) + (1 - drop)
+    / (1 - p)**2``, each term rounded in ``x``'s dtype as the reference's torch
+    ops round it. Chunks sit at fixed positions, so the partial sums (and
+    their total) do not depend on how the chunks are split over threads.
+    ``consts = (1, lp, t, q, c, q2)``: as :func:`concrete_scale`, then
+    ``1/p + 1/(1 - p)`` and ``(1 - p)**2``.
+    """
+    one, lp, t, q, c, q2 = consts
+    words_buf = np.empty(CONCRETE_CHUNK + 8, np.uint32)
+    logit = np.empty(CONCRETE_CHUNK, x.dtype)
+    drop = np.empty(CONCRETE_CHUNK, x.dtype)
+    terms = np.empty(CONCRETE_CHUNK, x.dtype)
+    for chunk in range(lo, hi):
+        start = chunk * CONCRETE_CHUNK
+        stop = min(start + CONCRETE_CHUNK, x.size)
+        n = stop - start
+        words = chunk_words(start, stop, base_block, head, k0, k1, words_buf)
+        _concrete_drops(words, logit[:n], drop[:n], lp, t)
+        src = x[start:stop]
+        g = grad[start:stop]
+        dst = grad_x[start:stop]
+        for i in range(n):
+            keep = one - drop[i]
+            dst[i] = g[i] * (keep / q)
+            d_drop = drop[i] * keep / t * c
+            terms[i] = g[i] * src[i] * (-d_drop / q + keep / q2)
+        partial[chunk] = _sum64(terms[:n])
 
 
 @njit(cache=True, nogil=True)

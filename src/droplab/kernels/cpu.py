@@ -234,7 +234,7 @@ def masked_scale(
     )
     dst = out.detach() if writes_out and out is not None else torch.empty_like(x)
     flat = x.is_contiguous() and dst.is_contiguous()
-    own = own_shape(shape, shared_dims) if shared_dims else shape
+    own = _own_shape(shape, shared_dims) if shared_dims else shape
 
     if x.numel() == 0:
         pass
@@ -277,7 +277,7 @@ def masked_scale(
         sampler == "bernoulli"
         and scale != "realized"
         and flat
-        and (group := trailing_group(own, shape))
+        and (group := _trailing_group(own, shape))
     ):  # channel dropout, DropPath: one fused pass, no mask array
         threshold, factor = _threshold_and_factor(p, scale, np_compute)
         _shared_scale(x, dst, group, own, seed, offset, threshold, factor)
@@ -412,6 +412,11 @@ def _masked_scale_runs(
     return _delivered(dst, t.dtype, out)
 
 
+# Memoised: a training run asks for the same few shapes over and over.
+_own_shape = functools.lru_cache(maxsize=256)(own_shape)
+_trailing_group = functools.lru_cache(maxsize=256)(trailing_group)
+
+
 def _shared_scale(
     x: torch.Tensor,
     dst: torch.Tensor,
@@ -430,8 +435,14 @@ def _shared_scale(
     x_flat = x.numpy().reshape(-1)
     dst_flat = dst.numpy().reshape(-1)
     base, head, k0, k1 = _stream_args(seed, offset)
+    groups = math.prod(own)  # mask elements
+    if x_flat.size < 2 * PER_THREAD:  # one thread's work: no split to plan
+        nv.group_scale(
+            x_flat, dst_flat, 0, groups, group, base, head, k0, k1, threshold, factor
+        )
+        return
     _split(
-        math.prod(own),
+        groups,
         lambda lo, hi: nv.group_scale(
             x_flat, dst_flat, lo, hi, group, base, head, k0, k1, threshold, factor
         ),

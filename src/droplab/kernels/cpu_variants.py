@@ -11,7 +11,10 @@ for backward) and gives what the variant's reference code gives:
 - :func:`alpha_dropout`: alpha and feature alpha dropout, bit for bit;
 - :func:`drop_block`: DropBlock, bit for bit;
 - :func:`uniform_logits`: Concrete dropout's ``log u - log(1 - u)``, within
-  float64 rounding.
+  float64 rounding;
+- :func:`concrete_scale`, :func:`concrete_grad`: Concrete dropout's forward
+  and backward (the gradients of ``x`` and ``p``) in one pass each, within a
+  few roundings of the reference's torch ops.
 
 The variants reach them through :mod:`droplab.kernels.fused` (for a contiguous
 CPU tensor when the Numba ``masked_scale`` is the one chosen for it, so
@@ -36,6 +39,8 @@ from droplab.scaling import compute_dtype
 
 __all__ = [
     "alpha_dropout",
+    "concrete_grad",
+    "concrete_scale",
     "drop_block",
     "gaussian_noise",
     "uniform_logits",
@@ -45,6 +50,7 @@ __all__ = [
 # over threads (cpu.PER_THREAD elements of that is worth a thread).
 _GAUSSIAN_COST = 8
 _LOGIT_COST = 8
+_CONCRETE_COST = 12
 
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -66,16 +72,22 @@ def gaussian_noise(
     positions ``offset + 2i``, ``offset + 2i + 1``); result in ``t``'s dtype."""
     x = _compute_input(t)
     dst = torch.empty_like(x)
-    if x.numel():
+    n = x.numel()
+    if n:
         x_flat = x.numpy().reshape(-1)
         dst_flat = dst.numpy().reshape(-1)
         stream = _stream(seed, offset)
         scale = np.float64(sigma)
-        cpu._split(
-            x_flat.size,
-            lambda lo, hi: nv.gaussian_scale(x_flat, dst_flat, lo, hi, *stream, scale),
-            unit=_GAUSSIAN_COST,
-        )
+        if n * _GAUSSIAN_COST < 2 * cpu.PER_THREAD:  # one thread's work
+            nv.gaussian_scale(x_flat, dst_flat, 0, n, *stream, scale)
+        else:
+            cpu._split(
+                n,
+                lambda lo, hi: nv.gaussian_scale(
+                    x_flat, dst_flat, lo, hi, *stream, scale
+                ),
+                unit=_GAUSSIAN_COST,
+            )
     return dst if dst.dtype == t.dtype else dst.to(t.dtype)
 
 
@@ -109,6 +121,9 @@ def alpha_dropout(
         x_flat = x.numpy().reshape(-1)
         dst_flat = dst.numpy().reshape(-1)
         stream = _stream(seed, offset)
+        if x_flat.size < 2 * cpu.PER_THREAD:  # one thread's work
+            nv.alpha_scale(x_flat, dst_flat, 0, mask_elements, group, *stream, *consts)
+            return dst
         cpu._split(
             mask_elements,
             lambda lo, hi: nv.alpha_scale(
@@ -201,3 +216,85 @@ def uniform_logits(
             unit=_LOGIT_COST,
         )
     return out
+
+
+def _concrete_consts(
+    p: float, temperature: float, dtype: torch.dtype
+) -> tuple[Any, ...]:
+    """``(1, log p - log(1 - p), t, 1 - p, 1/p + 1/(1 - p), (1 - p)**2)`` in
+    ``dtype``'s NumPy type, each rounded as the reference's ops on ``p`` (a
+    0-d tensor of that dtype) round it."""
+    kind = _NP[dtype]
+    one, p_c = kind(1.0), kind(p)
+    q = one - p_c
+    lp = np.log(p_c) - np.log1p(-p_c)
+    return one, lp, kind(temperature), q, one / p_c + one / q, q * q
+
+
+def concrete_scale(
+    t: torch.Tensor, *, p: float, temperature: float, seed: int, offset: int
+) -> torch.Tensor:
+    """Concrete dropout's output ``x * (1 - drop) / (1 - p)`` in one pass.
+
+    ``p`` is the rate already rounded to the compute dtype (a Python float),
+    ``drop = sigmoid((log p - log(1 - p) + log u - log(1 - u)) / t)``, ``u``
+    from stream position ``offset + i`` (``i`` the row-major index); result in
+    ``t``'s dtype, laid out as ``torch.empty_like(t)`` (any layout: the kernel
+    runs on a dense copy of a strided ``t``).
+    """
+    x = _compute_input(t).contiguous()
+    dst = torch.empty_like(x)
+    n = x.numel()
+    if n:
+        x_flat = x.numpy().reshape(-1)
+        dst_flat = dst.numpy().reshape(-1)
+        stream = _stream(seed, offset)
+        consts = _concrete_consts(p, temperature, x.dtype)[:4]
+        cpu._split(
+            -(-n // nv.CONCRETE_CHUNK),
+            lambda lo, hi: nv.concrete_scale(x_flat, dst_flat, lo, hi, *stream, consts),
+            unit=nv.CONCRETE_CHUNK * _CONCRETE_COST,
+        )
+    result = dst if dst.dtype == t.dtype else dst.to(t.dtype)
+    if t.is_contiguous():
+        return result
+    return torch.empty_like(t).copy_(result)  # t's layout, as the reference's
+
+
+def concrete_grad(
+    t: torch.Tensor,
+    grad: torch.Tensor,
+    *,
+    p: float,
+    temperature: float,
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, float]:
+    """Concrete dropout's backward: ``(grad * r`` in ``t``'s dtype, the sum of
+    ``grad * x * dr/dp`` as a float), the noise redrawn; arguments as
+    :func:`concrete_scale`, ``grad`` of ``t``'s shape.
+
+    The sum is taken in float64 over fixed chunks (the same on any thread
+    count) and rounded to the compute dtype, as the reference's sum is.
+    """
+    x = _compute_input(t).contiguous()
+    g = _compute_input(grad).contiguous()  # an expanded grad (of a sum) too
+    grad_x = torch.empty_like(x)
+    n = x.numel()
+    chunks = -(-n // nv.CONCRETE_CHUNK)
+    partial = np.zeros(chunks, np.float64)
+    if n:
+        x_flat = x.numpy().reshape(-1)
+        g_flat = g.numpy().reshape(-1)
+        dst_flat = grad_x.numpy().reshape(-1)
+        stream = _stream(seed, offset)
+        consts = _concrete_consts(p, temperature, x.dtype)
+        cpu._split(
+            chunks,
+            lambda lo, hi: nv.concrete_grad(
+                x_flat, g_flat, dst_flat, partial, lo, hi, *stream, consts
+            ),
+            unit=nv.CONCRETE_CHUNK * _CONCRETE_COST,
+        )
+    grad_p = float(_NP[x.dtype](partial.sum()))
+    return (grad_x if grad_x.dtype == t.dtype else grad_x.to(t.dtype)), grad_p

@@ -24,6 +24,8 @@ from droplab import kernels
 __all__ = [
     "alpha_dropout",
     "backend",
+    "concrete_grad",
+    "concrete_scale",
     "drop_block",
     "gaussian_noise",
     "uniform_logits",
@@ -32,15 +34,18 @@ __all__ = [
 _BY_MODULE = {"droplab.kernels.cpu": "numba", "droplab.kernels.gpu": "triton"}
 
 
-def backend(t: torch.Tensor) -> str:
+def backend(t: torch.Tensor, *, any_layout: bool = False) -> str:
     """``"numba"``, ``"triton"`` or ``""`` (no fused kernel) for tensor ``t``.
+
+    Only for a contiguous ``t``, unless ``any_layout`` (a kernel whose wrapper
+    takes every layout: a dense copy in, the result in ``t``'s layout).
 
     >>> backend(torch.zeros(2)) in ("numba", "")
     True
     """
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return ""
-    if not t.is_contiguous():  # the reference code keeps the layout
+    if not (any_layout or t.is_contiguous()):  # the reference code keeps the layout
         return ""
     try:
         chosen = kernels.select(t)
@@ -103,3 +108,26 @@ def uniform_logits(
     return cpu_variants.uniform_logits(
         tuple(t.shape), seed=seed, offset=offset, dtype=dtype
     )
+
+
+def concrete_scale(t: torch.Tensor, **kwargs: Any) -> torch.Tensor | None:
+    """Concrete dropout's forward (CPU only, any layout: the values do not
+    depend on it); keyword arguments as
+    :func:`droplab.kernels.cpu_variants.concrete_scale`."""
+    if backend(t, any_layout=True) != "numba":
+        return None
+    from droplab.kernels import cpu_variants
+
+    return cpu_variants.concrete_scale(t, **kwargs)
+
+
+def concrete_grad(
+    t: torch.Tensor, grad: torch.Tensor, **kwargs: Any
+) -> tuple[torch.Tensor, float] | None:
+    """Concrete dropout's backward (CPU only, any layout); arguments as
+    :func:`droplab.kernels.cpu_variants.concrete_grad`."""
+    if backend(t, any_layout=True) != "numba" or grad.device != t.device:
+        return None
+    from droplab.kernels import cpu_variants
+
+    return cpu_variants.concrete_grad(t, grad, **kwargs)

@@ -22,6 +22,7 @@ regenerated from ``(seed, offset)`` and nothing is saved.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -33,6 +34,8 @@ from droplab._core.fx import traced_as_node
 from droplab._core.op import MASKED_SCALE, StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
+    OFFSET_LIMIT,
+    SEED_LIMIT,
     check_bool,
     check_floating_tensor,
     check_offset,
@@ -71,6 +74,17 @@ def alpha_dropout_affine(p: float) -> tuple[float, float]:
     return a, -a * SELU_SATURATION * p
 
 
+@functools.lru_cache(maxsize=64)
+def _constants(p: float) -> tuple[float, float, float]:
+    """``(a, b, dropped)`` for a checked rate ``p``: the affine map and the
+    value of a dropped unit (``a * alpha' + b``; 0 at ``p = 1``).
+
+    Memoised: every call of a training run asks for the same rate.
+    """
+    a, b = alpha_dropout_affine(p)
+    return a, b, 0.0 if p == 1.0 else a * SELU_SATURATION + b
+
+
 def _alpha_kernel(
     x: torch.Tensor,
     seed: int,
@@ -79,9 +93,8 @@ def _alpha_kernel(
     shared_dims: Any,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    a, b = alpha_dropout_affine(p)
-    compute = compute_dtype(x.dtype)
-    shared = tuple(shared_dims)
+    a, b, dropped = _constants(p)
+    shared = shared_dims if type(shared_dims) is tuple else tuple(shared_dims)
     y = fused.alpha_dropout(  # one fused pass (None: a case left to the code below)
         x,
         p=p,
@@ -90,10 +103,11 @@ def _alpha_kernel(
         shared_dims=shared,
         a=a,
         b=b,
-        dropped=0.0 if p == 1.0 else a * SELU_SATURATION + b,
+        dropped=dropped,
     )
     if y is not None:
         return y if out is None else out.copy_(y)
+    compute = compute_dtype(x.dtype)
     # a * x where kept, +0.0 elsewhere: the mask keeps x exactly (scale
     # "none"), the product with the Python float a is taken in the compute dtype
     masked = MASKED_SCALE.kernel(x, seed, offset, p, "none", "bernoulli", shared)
@@ -120,7 +134,7 @@ def _alpha_linear(
 ) -> torch.Tensor:
     # dy/dx = a where kept, 0 where dropped: (t * a) in the compute dtype,
     # rounded to t's dtype, then the mask (the constant part has no derivative)
-    a, _ = alpha_dropout_affine(p)
+    a = _constants(p)[0]
     if (  # a call nothing differentiates: one fused pass, as the forward's
         type(seed) is int
         and not (t.requires_grad and torch.is_grad_enabled())
@@ -133,7 +147,9 @@ def _alpha_linear(
             p=p,
             seed=seed,
             offset=offset,
-            shared_dims=tuple(shared_dims),
+            shared_dims=shared_dims
+            if type(shared_dims) is tuple
+            else tuple(shared_dims),
             a=a,
             b=-0.0,
             dropped=0.0,
@@ -218,7 +234,7 @@ def feature_alpha_dropout(
     if x.ndim < 2:
         raise fail_ndim(x.ndim, "have at least 2 dimensions (N, C, ...)", owner=owner)
     return _alpha_op(
-        owner, x, p, training, inplace, seed, offset, tuple(range(2, x.ndim))
+        owner, x, p, training, inplace, seed, offset, tuple(range(2, x.ndim)), False
     )
 
 
@@ -231,14 +247,25 @@ def _alpha_op(
     seed: Any,
     offset: Any,
     shared_dims: Any,
+    check_dims: bool = True,
 ) -> torch.Tensor:
+    """The door of both functions: each check is one comparison when the value
+    is right (``check_dims=False``: ``shared_dims`` built here, not given)."""
     x = check_floating_tensor(x, owner=owner)
-    p = check_probability(p, owner=owner)
-    training = check_bool(training, "training", owner=owner)
-    inplace = check_bool(inplace, "inplace", owner=owner)
-    shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
-    seed = check_graph_seed(seed, owner)
-    offset = check_offset(offset, owner=owner)
+    if type(p) is not float or not 0.0 <= p <= 1.0:
+        p = check_probability(p, owner=owner)
+    if training is not True and training is not False:
+        training = check_bool(training, "training", owner=owner)
+    if inplace is not True and inplace is not False:
+        inplace = check_bool(inplace, "inplace", owner=owner)
+    if not check_dims or (type(shared_dims) is tuple and not shared_dims):
+        shared = shared_dims
+    else:
+        shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
+    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
+        seed = check_graph_seed(seed, owner)
+    if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
+        offset = check_offset(offset, owner=owner)
     if not (training and p > 0.0 and x.numel() > 0):
         return x  # x itself, as torch returns its input (and nothing is drawn)
     # In place, a leaf that requires grad refuses, as in torch.

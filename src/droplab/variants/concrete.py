@@ -75,6 +75,11 @@ def _ratio(
     return keep / (1.0 - p), drop, keep, p
 
 
+def _rate(x: torch.Tensor, p: torch.Tensor) -> float:
+    """``p`` rounded to ``x``'s compute dtype, as a Python float."""
+    return float(p.detach().to(compute_dtype(x.dtype)))
+
+
 def _relaxed(
     x: torch.Tensor, p: torch.Tensor, t: float, seed: int, offset: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,12 +96,27 @@ class _Concrete(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.args = (t, seed, offset)
         ctx.save_for_backward(x, p)
+        # one fused pass where a kernel takes x (the rate in the compute dtype)
+        y = fused.concrete_scale(
+            x, p=_rate(x, p), temperature=t, seed=seed, offset=offset
+        )
+        if y is not None:
+            return y
         r = _ratio(x, p, t, seed, offset)[0]
         return (x.to(r.dtype) * r).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         x, p = ctx.saved_tensors
+        if not torch.is_grad_enabled():  # no double backward: one fused pass
+            t, seed, offset = ctx.args
+            fused_grads = fused.concrete_grad(
+                x, grad, p=_rate(x, p), temperature=t, seed=seed, offset=offset
+            )
+            if fused_grads is not None:
+                grad_x, total = fused_grads
+                grad_p = torch.tensor(total, dtype=p.dtype, device=p.device)
+                return grad_x, grad_p, None, None, None
         r, dr_dp = _relaxed(x, p, *ctx.args)  # the noise regenerated
         g = grad.to(r.dtype)
         grad_x = (g * r).to(x.dtype)

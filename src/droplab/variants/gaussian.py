@@ -30,6 +30,8 @@ from droplab._core.fx import traced_as_node
 from droplab._core.op import StochasticOp, check_graph_seed
 from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
+    OFFSET_LIMIT,
+    SEED_LIMIT,
     check_bool,
     check_floating_tensor,
     check_offset,
@@ -131,10 +133,15 @@ def gaussian_dropout(
     """
     owner = "gaussian_dropout"
     x = check_floating_tensor(x, owner=owner)
-    p = _check_rate(p, owner)
-    training = check_bool(training, "training", owner=owner)
-    seed = check_graph_seed(seed, owner)
-    offset = check_offset(offset, owner=owner)
+    # each check is one comparison when the value is right
+    if type(p) is not float or not 0.0 <= p < 1.0:
+        p = _check_rate(p, owner)
+    if training is not True and training is not False:
+        training = check_bool(training, "training", owner=owner)
+    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
+        seed = check_graph_seed(seed, owner)
+    if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
+        offset = check_offset(offset, owner=owner)
     if not training or p == 0.0:
         return x  # nothing is drawn
     return GAUSSIAN_NOISE(x, seed, offset, p)
