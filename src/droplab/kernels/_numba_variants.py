@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
 from numba.extending import intrinsic
 
-from droplab.kernels._numba_philox import CHUNK, chunk_words
+from droplab.kernels._numba_philox import CHUNK, _pointer, chunk_words
 
 # Normals per chunk of the Gaussian kernel: its words, normals and noise
 # (32 bytes a normal) stay in a 64 KiB L1/L2 slice.
@@ -383,6 +383,30 @@ def group_scale(x, out, lo, hi, group, base_block, head, k0, k1, thr, factor):
             else:
                 for e in range(group):
                     dst[e] = zero
+
+
+@njit(cache=True, nogil=True)
+def group_scale_at(x_at, out_at, groups, group, block, head, k0, k1, thr, factor):
+    """:func:`group_scale` on all ``groups`` mask elements of a contiguous
+    tensor at ``x_at``, written at ``out_at`` (of ``factor``'s dtype): the
+    per-call entry of small tensors, as ``bernoulli_scale_at`` is for
+    unshared masks (Python ints below ``2**63``, no arrays to type)."""
+    n = groups * group
+    x = carray(_pointer(x_at, factor), n)
+    out = carray(_pointer(out_at, factor), n)
+    group_scale(
+        x,
+        out,
+        0,
+        groups,
+        group,
+        np.uint64(block),
+        head,
+        np.uint64(k0),
+        np.uint64(k1),
+        thr,
+        factor,
+    )
 
 
 @njit(cache=True)

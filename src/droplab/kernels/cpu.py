@@ -177,27 +177,23 @@ def masked_scale(
         and runs is None
         and out is None
         and sampler == "bernoulli"
-        and not shared_dims
         and scale != "realized"
         and offset < _DIRECT_OFFSETS
         and t.dtype in _DIRECT
         and 0 < t.numel() < 2 * PER_THREAD
         and t.is_contiguous()
     ):
-        dst = torch.empty_like(t)  # contiguous as t is; never requires grad
-        threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
-        nk.bernoulli_scale_at(
-            t.data_ptr(),
-            dst.data_ptr(),
-            dst.numel(),
-            offset >> 2,
-            offset & 3,
-            seed & _LOW32,
-            seed >> 32,
-            threshold,
-            factor,
-        )
-        return dst
+        if not shared_dims:
+            dst = torch.empty_like(t)  # contiguous as t is; never requires grad
+            threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
+            nk.bernoulli_scale_at(
+                t.data_ptr(), dst.data_ptr(), dst.numel(), offset >> 2,
+                offset & 3, seed & _LOW32, seed >> 32, threshold, factor,
+            )  # fmt: skip
+            return dst
+        shared = _small_shared_scale(t, p, seed, offset, scale, shared_dims)
+        if shared is not None:
+            return shared
     if runs is not None:
         return _masked_scale_runs(
             t,
@@ -315,6 +311,31 @@ def masked_scale(
     if writes_out and out is not None:
         return out
     return _delivered(dst, t.dtype, out)
+
+
+def _small_shared_scale(
+    t: torch.Tensor,
+    p: float,
+    seed: int,
+    offset: int,
+    scale: str,
+    shared_dims: tuple[int, ...],
+) -> torch.Tensor | None:
+    """The small-tensor entry of :func:`masked_scale` for a mask shared along
+    trailing dims (channel dropout, DropPath): the address entry of
+    :func:`droplab.kernels._numba_variants.group_scale`. None when the shared
+    dims are not trailing."""
+    shape = tuple(t.shape)
+    group = _trailing_group(_own_shape(shape, shared_dims), shape)
+    if not group:
+        return None
+    dst = torch.empty_like(t)
+    threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
+    nv.group_scale_at(
+        t.data_ptr(), dst.data_ptr(), dst.numel() // group, group, offset >> 2,
+        offset & 3, seed & _LOW32, seed >> 32, threshold, factor,
+    )  # fmt: skip
+    return dst
 
 
 def _delivered(
