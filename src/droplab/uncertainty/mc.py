@@ -25,10 +25,10 @@ rounding, since BLAS may block a product differently for a different number of
 rows. The modules' own seeds and
 offsets are restored afterwards.
 
-What a droplab module tells ``mc_predict`` is declared on its base
-(:class:`droplab._core.base.DropoutBase`): the stream elements a call draws
-(``replica_elements``) and, for a module that draws once per batch, that its
-input holds ``c`` batches (``replicated``).
+What a droplab module tells ``mc_predict`` is declared on the base of its
+dropout modules (``DropoutBase`` in ``droplab._core.base``): the stream
+elements a call draws (``replica_elements``) and, to a module that draws once
+per batch, that its input holds ``c`` batches (``replicated``).
 
 Any model. The call runs under :func:`droplab.intercept`: a ``torch.nn``
 dropout module (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
@@ -155,9 +155,8 @@ def _plan(model: torch.nn.Module) -> _Plan:
         modules.append(module)
         names[id(module)] = name
         if device is None:  # model.parameters()'s first, as it orders them
-            device = next(
-                (t.device for t in module._parameters.values() if t is not None), None
-            )
+            first = next(module.parameters(recurse=False), None)
+            device = None if first is None else first.device
         if isinstance(module, StochasticModule):
             sites.append(_Site(name, module, None))
             continue
