@@ -197,14 +197,13 @@ class _DroplabHooks:
 
     index: int
     name: str
-    module: _Declared
+    declared: _Declared  # the module, as the protocol reads it
     passes: PassStreams
     expected: int = 0  # the offset the call in flight must end at
 
     def before(self, module: StochasticModule, args: tuple[Any, ...]) -> None:
-        copies = self.passes.copies
-        elements = self.module.replica_elements(args[0])
-        if elements is None or elements % copies:
+        elements = self.declared.replica_elements(args[0])
+        if elements is None or elements % self.passes.copies:
             # A mask shared along the batch would give every pass of a
             # chunk the same mask: the replicated batch must run along dim 0.
             raise fail(
@@ -421,30 +420,18 @@ def mc_predict(
     interception = Interception(
         strict=request.strict, names=plan.names, passes=passes, owner="mc_predict"
     )
-    accumulators: dict[str, _Accumulator] = {}
-    batch = x.shape[0]
+    statistics = _Statistics(request)
     with torch.no_grad(), sampling_modes(plan.modules):
         with _pinned_streams(plan, passes) as declared:
             for first, size in _chunks(request.samples, request.chunk):
                 passes.start(first, size)
                 for module in declared:  # one draw per pass, not per chunk
                     module.replicated(size)
-                args = _replicated(x, size, batch)
-                kwargs = {
-                    key: _replicated(value, size, batch)
-                    for key, value in request.model_kwargs.items()
-                }
+                args, kwargs = _replicated_inputs(x, request.model_kwargs, size)
                 with interception:
                     out = model(args, **kwargs)
-                classify = request.task == "classification"
-                picked = _picked(out, request.output, size * batch, classify)
-                for path, leaf in picked.items():
-                    if path not in accumulators:
-                        accumulators[path] = _Accumulator(
-                            request.task, request.samples, request.keep_samples
-                        )
-                    accumulators[path].add(leaf.reshape(size, batch, *leaf.shape[1:]))
-    return _result(accumulators, request.output, request.seed)
+                statistics.add(out, size, x.shape[0])
+    return statistics.result()
 
 
 def _checked_request(
@@ -516,16 +503,42 @@ def _chunks(samples: int, chunk: int) -> Iterator[tuple[int, int]]:
         yield first, min(chunk, samples - first)
 
 
-def _result(
-    accumulators: dict[str, _Accumulator], output: Any, seed: int
-) -> MCPrediction | dict[str, MCPrediction]:
-    """One prediction, or a dict by leaf path when the statistics are of several."""
-    if list(accumulators) == [""]:  # the output was a tensor
-        return accumulators[""].result(seed)
-    if output == "all" or len(accumulators) > 1:
-        return {path: acc.result(seed) for path, acc in accumulators.items()}
-    (only,) = accumulators.values()
-    return only.result(seed)
+class _Statistics:
+    """The running statistics of mc_predict, one accumulator per output leaf."""
+
+    def __init__(self, request: _Request) -> None:
+        self.request = request
+        self.by_path: dict[str, _Accumulator] = {}
+
+    def add(self, out: Any, size: int, batch: int) -> None:
+        """The output of a forward call of ``size`` passes over ``batch`` rows."""
+        request = self.request
+        classify = request.task == "classification"
+        for path, leaf in _picked(out, request.output, size * batch, classify).items():
+            if path not in self.by_path:
+                self.by_path[path] = _Accumulator(
+                    request.task, request.samples, request.keep_samples
+                )
+            self.by_path[path].add(leaf.reshape(size, batch, *leaf.shape[1:]))
+
+    def result(self) -> MCPrediction | dict[str, MCPrediction]:
+        """One prediction, or a dict by leaf path when they are of several leaves."""
+        seed = self.request.seed
+        if list(self.by_path) == [""]:  # the output was a tensor
+            return self.by_path[""].result(seed)
+        if self.request.output == "all" or len(self.by_path) > 1:
+            return {path: acc.result(seed) for path, acc in self.by_path.items()}
+        (only,) = self.by_path.values()
+        return only.result(seed)
+
+
+def _replicated_inputs(
+    x: torch.Tensor, model_kwargs: Mapping[str, Any], size: int
+) -> tuple[Any, dict[str, Any]]:
+    """The model's input and keyword arguments for ``size`` passes at once."""
+    batch = x.shape[0]
+    args = _replicated(x, size, batch)
+    return args, {key: _replicated(v, size, batch) for key, v in model_kwargs.items()}
 
 
 def _replicated(value: Any, size: int, batch: int) -> Any:
