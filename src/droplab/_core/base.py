@@ -12,16 +12,16 @@ classes: a :class:`DropoutBase` subclass declares its hyper-parameters as data,
   then each droplab extra whose value differs from its default.
 
 Each variant adds only what is its own (a ``p`` with another range, a
-``block_size``, a ``mode``).
+``block_size``, a ``mode``). ``forward`` reads the checked attributes and calls
+the variant's trusted internal form: the argument checks of the public
+functions run once, at their own door, never again on a module's call.
 
 The base also declares what :func:`droplab.mc_predict` needs from a module,
 which runs several passes at once on a batch replicated along dim 0:
 :meth:`DropoutBase.replica_elements` (the stream elements a call draws, where
 each row of dim 0 has mask elements of its own) and
 :meth:`DropoutBase.replicated` (declare the replicated batch to a module that
-draws once per batch). A variant whose mask is not the default overrides them. ``forward`` reads the checked attributes and calls
-the variant's trusted internal form: the argument checks of the public
-functions run once, at their own door, never again on a module's call.
+draws once per batch). A variant whose mask is not the default overrides them.
 
 Examples:
     >>> class Scaled(DropoutBase):
