@@ -783,7 +783,7 @@ def test_mc_writes_no_private_attribute_of_a_module() -> None:
 
 
 def test_the_protocol_declared_on_the_base() -> None:
-    from droplab._core.base import DropoutBase
+    from droplab._core.base import Replicable
     from droplab.nn import Dropout2d, FeatureAlphaDropout
 
     x = torch.ones(4, 3, 5, 6)
@@ -794,7 +794,7 @@ def test_the_protocol_declared_on_the_base() -> None:
     assert FeatureAlphaDropout(0.5).replica_elements(x) == 12
     # the base declares no grouping: its rows draw apart already
     plain = Dropout(0.5)
-    assert isinstance(plain, DropoutBase) and plain.replicated(3) == 1
+    assert isinstance(plain, Replicable) and plain.replicated(3) == 1
     with pytest.raises(ValueError, match=r"'groups' argument of Dropout.replicated"):
         plain.replicated(0)
     row, batch = DroplabDropPath(0.5), DroplabDropPath(0.5, mode="batch")
@@ -804,7 +804,10 @@ def test_the_protocol_declared_on_the_base() -> None:
 
 def test_a_module_outside_the_base_samples_as_before() -> None:
     # ConcreteDropout is a StochasticModule, not a DropoutBase: read the base's way
+    from droplab._core.base import Replicable
     from droplab.nn import ConcreteDropout
+
+    assert not isinstance(ConcreteDropout(), Replicable)
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 5), ConcreteDropout()).double()

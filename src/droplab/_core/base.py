@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -61,6 +61,7 @@ from droplab.scaling import SCALES
 __all__ = [
     "Check",
     "DropoutBase",
+    "Replicable",
     "bool_check",
     "choice_check",
     "int_check",
@@ -84,6 +85,17 @@ def choice_check(name: str, choices: tuple[str, ...]) -> Check:
 def int_check(name: str, low: int) -> Check:
     """A check that ``name`` is an int of at least ``low``."""
     return lambda value, owner: check_int(value, name, low=low, owner=owner)
+
+
+@runtime_checkable
+class Replicable(Protocol):
+    """What :func:`droplab.mc_predict` needs from a module: the two methods
+    :class:`DropoutBase` declares (``replica_elements``, ``replicated``).
+    A module of any class that has them is read through them."""
+
+    def replica_elements(self, x: torch.Tensor) -> int | None: ...
+
+    def replicated(self, groups: int) -> int: ...
 
 
 def shared_mask_elements(x: torch.Tensor, shared_dims: Any) -> int | None:

@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from droplab._core.base import DropoutBase, shared_mask_elements
+from droplab._core.base import Replicable, shared_mask_elements
 from droplab._core.modes import sampling_modes
 from droplab._core.module import StochasticModule
 from droplab._validation import (
@@ -170,8 +170,8 @@ def _plan(model: torch.nn.Module) -> _Plan:
 
 
 class _Undeclared:
-    """The protocol of :class:`DropoutBase`, read the base's way, for a
-    :class:`StochasticModule` outside it (``ConcreteDropout``,
+    """The protocol (``Replicable``, which ``DropoutBase`` declares), read the
+    base's way, for a :class:`StochasticModule` without it (``ConcreteDropout``,
     ``WeightDropLSTM``, a user's own): its ``mask_elements`` if it has one,
     else one element per element of its input outside its ``shared_dims``."""
 
@@ -188,7 +188,7 @@ class _Undeclared:
         return 1
 
 
-_Declared = DropoutBase | _Undeclared
+_Declared = Replicable | _Undeclared
 
 
 @dataclass
@@ -284,7 +284,8 @@ def _pin(
             site.module.register_forward_hook(foreign.leave, always_call=True).remove
         )
         return None
-    declared = target if isinstance(target, DropoutBase) else _Undeclared(target)
+    # (a structural check: it holds for any class that has the two methods)
+    declared = target if isinstance(target, Replicable) else _Undeclared(target)
     undo.callback(_restore_stream, target, target.seed, target.offset)
     undo.callback(declared.replicated, declared.replicated(1))
     hooks = _DroplabHooks(index, site.name, declared, passes)
