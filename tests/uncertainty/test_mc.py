@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -640,3 +641,178 @@ def test_keep_samples_must_be_a_bool(value: object) -> None:
         match=r"The 'keep_samples' argument of mc_predict must be True or False",
     ):
         mc_predict(net, torch.ones(2, 3), samples=2, seed=0, keep_samples=value)  # type: ignore[arg-type]
+
+
+# --- the plan: one walk, a declared protocol, no calls back ------------------------
+
+
+class Functional(torch.nn.Module):
+    """Functional dropout, and a draw droplab does not replay (named with advice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.dropout(self.linear(x), 0.3, self.training)
+        return h + 0.0 * torch.rand(1, dtype=h.dtype)
+
+
+def every_kind_of_site() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 5),
+        Dropout(0.2, seed=3),
+        torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.BatchNorm1d(5)),
+        DropPath(0.3),  # timm's, as convert recognises it
+        DroplabDropPath(0.2, mode="batch"),
+        Functional(),
+    ).double()
+
+
+def test_the_model_is_walked_once_and_each_module_kinded_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import droplab.uncertainty.mc as mc
+
+    model = every_kind_of_site()
+    walks: list[str] = []  # the walks that start at the model (parameters() too)
+    kinded: list[int] = []
+
+    def spied(name: str) -> object:
+        original = getattr(torch.nn.Module, name)
+
+        def spy(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
+            if self is model:
+                walks.append(name)
+            return original(self, *args, **kwargs)
+
+        return spy
+
+    for name in ("named_modules", "modules", "children", "named_children"):
+        monkeypatch.setattr(torch.nn.Module, name, spied(name))
+    kind_of = mc.kind_of
+
+    def counted(module: torch.nn.Module) -> object:
+        kinded.append(id(module))
+        return kind_of(module)
+
+    monkeypatch.setattr(mc, "kind_of", counted)
+    with pytest.warns(UserWarning, match="torch.rand"):
+        result = mc_predict(model, X, samples=6, seed=1, chunk=2, keep_samples=True)
+    assert result.samples is not None and result.samples.shape == (6, 7, 5)
+    assert walks == ["named_modules"]  # the plan's walk, and nothing else
+    droplab_modules = sum(isinstance(m, StochasticModule) for m in model.modules())
+    assert (
+        len(kinded) == len(set(kinded)) == len(list(model.modules())) - droplab_modules
+    )
+
+
+def test_intercept_draws_without_calling_back_into_mc() -> None:
+    import importlib
+    import sys
+
+    # (droplab.interop.intercept is also the name of the function it re-exports)
+    intercept = importlib.import_module("droplab.interop.intercept")
+    mc = importlib.import_module("droplab.uncertainty.mc")
+    mc_file, intercept_file = mc.__file__, intercept.__file__
+    back_calls: list[str] = []
+    draws: list[str] = []
+
+    def under_intercept(frame: object) -> bool:
+        frame = frame.f_back  # type: ignore[attr-defined]
+        while frame is not None:
+            if frame.f_code.co_filename == intercept_file:  # type: ignore[attr-defined]
+                return True
+            frame = frame.f_back  # type: ignore[attr-defined]
+        return False
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event != "call":
+            return
+        code = frame.f_code  # type: ignore[attr-defined]
+        if code.co_filename == mc_file and under_intercept(frame):
+            back_calls.append(code.co_name)
+        if code.co_filename == intercept_file and code.co_name in (
+            "draw",
+            "_name_unreplayed",
+        ):
+            draws.append(code.co_name)
+
+    model = every_kind_of_site()
+    sys.setprofile(profile)
+    try:
+        with pytest.warns(UserWarning, match="with chunk > 1"):  # the advice
+            mc_predict(model, X, samples=4, seed=1, chunk=2)
+    finally:
+        sys.setprofile(None)
+    assert "draw" in draws and "_name_unreplayed" in draws  # it drew, and named
+    assert back_calls == []
+    # nor does intercept import mc_predict's module, at any level
+    source = Path(intercept_file).read_text(encoding="utf-8")
+    assert "uncertainty" not in source and "mc_predict(" not in source
+
+
+def test_mc_writes_no_private_attribute_of_a_module() -> None:
+    # What mc_predict needs from a module is declared on it (replica_elements,
+    # replicated), not written into private attributes from outside.
+    import ast
+    import inspect
+
+    import droplab.uncertainty.mc as mc
+
+    tree = ast.parse(inspect.getsource(mc))
+    written = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            for part in ast.walk(target):
+                if isinstance(part, ast.Attribute) and part.attr.startswith("_"):
+                    if not (
+                        isinstance(part.value, ast.Name) and part.value.id == "self"
+                    ):
+                        written.append(ast.unparse(part))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr":
+            written.append(ast.unparse(node))
+    assert written == []
+    assert "_groups" not in inspect.getsource(mc)
+
+
+def test_the_protocol_declared_on_the_base() -> None:
+    from droplab._core.base import Replicable
+    from droplab.nn import Dropout2d, FeatureAlphaDropout
+
+    x = torch.ones(4, 3, 5, 6)
+    assert Dropout(0.5).replica_elements(x) == 4 * 3 * 5 * 6
+    assert Dropout(0.5, shared_dims=(2, -1)).replica_elements(x) == 12
+    assert Dropout(0.5, shared_dims=0).replica_elements(x) is None  # shared batch
+    assert Dropout2d(0.5).replica_elements(x) == 12  # one per (sample, channel)
+    assert FeatureAlphaDropout(0.5).replica_elements(x) == 12
+    # the base declares no grouping: its rows draw apart already
+    plain = Dropout(0.5)
+    assert isinstance(plain, Replicable) and plain.replicated(3) == 1
+    with pytest.raises(ValueError, match=r"'groups' argument of Dropout.replicated"):
+        plain.replicated(0)
+    row, batch = DroplabDropPath(0.5), DroplabDropPath(0.5, mode="batch")
+    assert row.replica_elements(x) == 4 and batch.replica_elements(x) == 1
+    assert batch.replicated(2) == 1 and batch.replica_elements(x) == 2
+
+
+def test_a_module_outside_the_base_samples_as_before() -> None:
+    # ConcreteDropout is a StochasticModule, not a DropoutBase: read the base's way
+    from droplab._core.base import Replicable
+    from droplab.nn import ConcreteDropout
+
+    assert not isinstance(ConcreteDropout(), Replicable)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 5), ConcreteDropout()).double()
+    a = mc_predict(net, X, samples=6, seed=2, chunk=6, keep_samples=True)
+    b = mc_predict(net, X, samples=6, seed=2, chunk=4, keep_samples=True)
+    assert a.samples is not None and b.samples is not None
+    assert torch.allclose(a.samples, b.samples, rtol=0, atol=1e-12)
+    assert not torch.equal(a.samples[0], a.samples[1])

@@ -16,6 +16,13 @@ Each variant adds only what is its own (a ``p`` with another range, a
 the variant's trusted internal form: the argument checks of the public
 functions run once, at their own door, never again on a module's call.
 
+The base also declares what :func:`droplab.mc_predict` needs from a module,
+which runs several passes at once on a batch replicated along dim 0:
+:meth:`DropoutBase.replica_elements` (the stream elements a call draws, where
+each row of dim 0 has mask elements of its own) and
+:meth:`DropoutBase.replicated` (declare the replicated batch to a module that
+draws once per batch). A variant whose mask is not the default overrides them.
+
 Examples:
     >>> class Scaled(DropoutBase):
     ...     repr_defaults = (("scale", "inverted"),)
@@ -32,9 +39,12 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
 
 from droplab._core.module import StochasticModule
 from droplab._validation import (
@@ -43,11 +53,20 @@ from droplab._validation import (
     check_dims_type,
     check_int,
     check_probability,
+    check_shared_dims,
 )
-from droplab.masks import SAMPLERS
+from droplab.masks import SAMPLERS, mask_shape
 from droplab.scaling import SCALES
 
-__all__ = ["Check", "DropoutBase", "bool_check", "choice_check", "int_check"]
+__all__ = [
+    "Check",
+    "DropoutBase",
+    "Replicable",
+    "bool_check",
+    "choice_check",
+    "int_check",
+    "shared_mask_elements",
+]
 
 Check = Callable[[Any, str], Any]
 """``check(value, owner) -> value``: the checked value, or raises naming ``owner``."""
@@ -66,6 +85,31 @@ def choice_check(name: str, choices: tuple[str, ...]) -> Check:
 def int_check(name: str, low: int) -> Check:
     """A check that ``name`` is an int of at least ``low``."""
     return lambda value, owner: check_int(value, name, low=low, owner=owner)
+
+
+@runtime_checkable
+class Replicable(Protocol):
+    """What :func:`droplab.mc_predict` needs from a module: the two methods
+    :class:`DropoutBase` declares (``replica_elements``, ``replicated``).
+    A module of any class that has them is read through them."""
+
+    def replica_elements(self, x: torch.Tensor) -> int | None: ...
+
+    def replicated(self, groups: int) -> int: ...
+
+
+def shared_mask_elements(x: torch.Tensor, shared_dims: Any) -> int | None:
+    """Elements of the mask of ``x`` with size 1 along ``shared_dims`` (one stream
+    element each, row by row), or None when the mask is shared along dim 0.
+
+    >>> x = torch.ones(4, 3, 5)
+    >>> shared_mask_elements(x, (2,)), shared_mask_elements(x, 0)
+    (12, None)
+    """
+    shared = check_shared_dims(shared_dims, x.dim())
+    if 0 in shared:
+        return None
+    return math.prod(mask_shape(x.shape, shared))
 
 
 class DropoutBase(StochasticModule):
@@ -116,3 +160,27 @@ class DropoutBase(StochasticModule):
             if value != default:
                 parts.append(f"{name}={value!r}")
         return ", ".join(parts)
+
+    # What droplab.mc_predict needs from a module (see the module's docstring).
+
+    def replica_elements(self, x: torch.Tensor) -> int | None:
+        """Stream elements a training call on ``x`` draws, one per element of its
+        mask in row-major order, where each row of dim 0 has mask elements of
+        its own; None where the mask is shared along dim 0, so that batches
+        stacked along dim 0 (:func:`droplab.mc_predict`'s passes) would share
+        it. The base: ``x``'s shape with size 1 along ``shared_dims``, if the
+        module has them. (A module that draws otherwise, two words per element
+        say, is found out by ``mc_predict`` after its call.)
+        """
+        return shared_mask_elements(x, getattr(self, "shared_dims", ()))
+
+    def replicated(self, groups: int) -> int:
+        """Declare that inputs hold ``groups`` batches one after the other along
+        dim 0 (the replicated batch of :func:`droplab.mc_predict`); returns the
+        previous count. The base has nothing to change: each row draws its own
+        mask elements, so each batch draws its own part of the stream already.
+        A variant that draws once per batch overrides it (``DropPath`` with
+        ``mode="batch"``).
+        """
+        check_int(groups, "groups", low=1, owner=f"{type(self).__name__}.replicated")
+        return 1

@@ -13,14 +13,14 @@ foreign dropout classes, is :mod:`droplab.interop.weight_scaling`.)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from torch import nn
 
 from droplab._validation import fail
 
-__all__ = ["keeps_running_statistics", "mc_dropout"]
+__all__ = ["keeps_running_statistics", "mc_dropout", "sampling_modes"]
 
 ModelT = TypeVar("ModelT", bound=nn.Module)
 
@@ -86,13 +86,22 @@ def mc_dropout(model: ModelT) -> Iterator[ModelT]:
             kind=TypeError,
             got=f"an object of type {type(model).__qualname__}",
         )
-    saved = [(module, module.training) for module in model.modules()]
+    with sampling_modes(model.modules()):
+        yield model
+
+
+@contextlib.contextmanager
+def sampling_modes(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """:func:`mc_dropout`'s rule over ``modules`` (each listed once), for the
+    block: for a caller that has walked the model already
+    (:func:`droplab.mc_predict`). On exit every module gets its flag back."""
+    saved = [(module, module.training) for module in modules]
     try:
         for module, _ in saved:
             # Set the flag itself: Module.train() recurses, and some overrides
             # of train() do more than flip this module's flag.
             module.training = not keeps_running_statistics(module)
-        yield model
+        yield
     finally:
         for module, training in saved:
             module.training = training

@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -48,12 +48,10 @@ from droplab._validation import check_bool, check_seed, fail
 from droplab.distributed import stream_key
 from droplab.interop.attention import attention_math, multi_head_attention
 from droplab.interop.kinds import FunctionRule, function_rules, random_site
+from droplab.interop.passes import PassStreams
 from droplab.rng import draw_seed
 
 __all__ = ["RANDOM_FUNCTIONS", "Interception", "intercept"]
-
-# A source of (seed, offset) for a call that uses `elements` stream elements.
-StreamSource = Callable[[int], tuple[int, int]]
 
 _NAMES = ("input", "p", "training", "inplace")
 _SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
@@ -129,7 +127,7 @@ class _ModulePaths:
     ran since the previous step is the current one."""
 
     def __init__(
-        self, names: dict[int, str], on_step: Callable[[], None] | None = None
+        self, names: Mapping[int, str], on_step: Callable[[], None] | None = None
     ) -> None:
         self.names = names
         self.stack: list[nn.Module] = []
@@ -185,8 +183,13 @@ class Interception(TorchFunctionMode):
         unreplayed: ``(module path, what)`` for each such draw named so far.
         owner: the function the user called, named in errors (``intercept``,
             ``mc_predict``).
-        advice: called when a draw is named; what it returns is added to the
-            message (``mc_predict`` says there what chunking does to it).
+
+    For :func:`droplab.mc_predict`: ``passes`` (a
+    :class:`droplab.interop.passes.PassStreams`) gives every call its stream,
+    in place of ``seed``, and every dropout samples, whatever its
+    ``training`` argument (Monte-Carlo dropout keeps every dropout on);
+    ``names`` (module paths by ``id(module)``) names modules in place of
+    walking ``model`` again.
     """
 
     def __init__(
@@ -195,14 +198,12 @@ class Interception(TorchFunctionMode):
         *,
         strict: bool = False,
         model: nn.Module | None = None,
-        sample_all: bool = False,
-        streams: StreamSource | None = None,
+        names: Mapping[int, str] | None = None,
+        passes: PassStreams | None = None,
         owner: str = "intercept",
-        advice: Callable[[], str] | None = None,
     ) -> None:
         super().__init__()
         self.owner = owner
-        self.advice = advice
         self.seed = None if seed is None else check_seed(seed, owner=owner)
         self.offset = 0
         self.calls = 0
@@ -215,12 +216,15 @@ class Interception(TorchFunctionMode):
                 owner=owner,
                 kind=TypeError,
             )
-        names = {} if model is None else {id(m): n for n, m in model.named_modules()}
+        if names is None:
+            names = (
+                {} if model is None else {id(m): n for n, m in model.named_modules()}
+            )
         self.unreplayed: list[tuple[str, str]] = []
         self._paths = _ModulePaths(names, on_step=self._check_host_draws)
         self._host: tuple[Any, ...] | None = None
-        self._sample_all = sample_all
-        self._streams = streams
+        self._passes = passes
+        self._sample_all = passes is not None  # Monte-Carlo: every dropout samples
         self._rules: dict[Any, FunctionRule] = function_rules()
         self._depth = 0
 
@@ -261,8 +265,8 @@ class Interception(TorchFunctionMode):
     def draw(self, elements: int) -> tuple[int, int]:
         """``(key, offset)`` for a call of ``elements`` stream elements: the
         next part of the stream, keyed by :func:`droplab.distributed.stream_key`."""
-        if self._streams is not None:
-            seed, offset = self._streams(elements)
+        if self._passes is not None:
+            seed, offset = self._passes.draw(elements)
         elif self.seed is None:
             seed, offset = draw_seed(), 0
         else:
@@ -274,7 +278,7 @@ class Interception(TorchFunctionMode):
     def replays(self) -> bool:
         """Whether the calls draw from a stream that replays (a seed, or the
         streams of mc_predict), so torch's own draws are worth naming."""
-        return self.seed is not None or self._streams is not None
+        return self.seed is not None or self._passes is not None
 
     # ------------------------------------------------------------ dispatch
 
@@ -403,7 +407,7 @@ class Interception(TorchFunctionMode):
         if (path, what) in self.unreplayed:
             return
         self.unreplayed.append((path, what))
-        advice = self.advice() if self.advice is not None else ""
+        advice = self._passes.advice() if self._passes is not None else ""
         message = (
             f"{what} in {path!r} draws from {source}, which droplab does "
             f"not replay: the results mix in its random numbers (seed it "

@@ -17,12 +17,18 @@ Reproducibility. Every droplab dropout module owns a Philox stream
 mask of a replicated batch of ``c * B`` rows at offset ``o`` covers the elements
 ``o .. o + c * E`` row by row, so setting ``o = t0 * E`` for the chunk that starts
 at pass ``t0`` gives pass ``t`` the same mask whatever chunk it falls in: the
-same seed gives the same masks for any ``chunk``. Outputs are then identical
+same seed gives the same masks for any ``chunk`` (:mod:`droplab.interop.passes`
+keeps the count). Outputs are then identical
 bit for bit where the model's arithmetic does not depend on the number of rows
 (element-wise layers); after a matrix product they agree to floating-point
 rounding, since BLAS may block a product differently for a different number of
 rows. The modules' own seeds and
 offsets are restored afterwards.
+
+What a droplab module tells ``mc_predict`` is declared on the base of its
+dropout modules (``DropoutBase`` in ``droplab._core.base``): the stream
+elements a call draws (``replica_elements``) and, to a module that draws once
+per batch, that its input holds ``c`` batches (``replicated``).
 
 Any model. The call runs under :func:`droplab.intercept`: a ``torch.nn``
 dropout module (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
@@ -32,9 +38,12 @@ model equals ``mc_predict`` on ``droplab.convert(model)`` bit for bit.
 Dropout called functionally in a ``forward`` (``F.dropout(h, self.p,
 self.training)``) samples too, whatever its ``training`` argument (Monte-Carlo
 dropout keeps every dropout on), from the stream numbered after the modules.
-Attention dropout drawn inside ``scaled_dot_product_attention`` cannot be
-replayed: such a call with ``dropout_p > 0`` is an error (attention modules in
-eval mode, as ``mc_dropout`` leaves them, pass 0).
+So does attention dropout: ``scaled_dot_product_attention`` with
+``dropout_p > 0`` runs as its math form with droplab's mask, and so does the
+dropout of ``nn.MultiheadAttention`` (:mod:`droplab.interop.attention`), from
+that same last stream; attention modules are in training mode, as
+``mc_dropout`` leaves every module that keeps no running statistics, so they
+pass their rate on.
 
 The statistics are accumulated pass by pass in pass order, in float64, so they
 do not depend on the chunking either. The metrics of the classification and
@@ -45,29 +54,27 @@ calibration error, Brier score) are in :mod:`droplab.uncertainty.metrics`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from droplab import masks
-from droplab._core.modes import mc_dropout
+from droplab._core.base import Replicable, shared_mask_elements
+from droplab._core.modes import sampling_modes
 from droplab._core.module import StochasticModule
 from droplab._validation import (
     check_bool,
     check_choice,
     check_int,
     check_seed,
-    check_shared_dims,
     fail,
 )
 from droplab.interop.intercept import Interception
-from droplab.interop.kinds import kind_of
-from droplab.rng import draw_seed, stream_seed
-from droplab.variants import DropPath
+from droplab.interop.kinds import Kind, kind_of
+from droplab.interop.passes import PassStreams
+from droplab.rng import draw_seed
 
 __all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
 
@@ -114,186 +121,216 @@ def dropout_modules(model: torch.nn.Module) -> list[tuple[str, StochasticModule]
     ]
 
 
-def _dropout_sites(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    # droplab's modules and the registry's foreign ones, in registration order:
-    # a foreign module has the index its droplab twin has in convert(model).
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, StochasticModule) or kind_of(module) is not None
-    ]
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class _Site:
+    """A dropout site: a droplab module (``kind`` None) or a foreign module of
+    the registry; its index in the plan numbers its streams."""
+
+    name: str
+    module: torch.nn.Module
+    kind: Kind | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`mc_predict` needs to know of the model, from one walk."""
+
+    modules: list[torch.nn.Module]  # every module once, for the sampling modes
+    names: dict[int, str]  # module paths by id, for the interception's messages
+    sites: list[_Site]  # droplab's and foreign dropout, in registration order
+    device: torch.device  # of the first parameter: where droplab twins go
+
+
+def _plan(model: torch.nn.Module) -> _Plan:
+    # Registration order: a foreign module has the index its droplab twin has
+    # in convert(model), so both draw the same streams.
+    modules: list[torch.nn.Module] = []
+    names: dict[int, str] = {}
+    sites: list[_Site] = []
+    device: torch.device | None = None
+    for name, module in model.named_modules():
+        modules.append(module)
+        names[id(module)] = name
+        if device is None:  # model.parameters()'s first, as it orders them
+            first = next(module.parameters(recurse=False), None)
+            device = None if first is None else first.device
+        if isinstance(module, StochasticModule):
+            sites.append(_Site(name, module, None))
+            continue
+        kind = kind_of(module)
+        if kind is not None:
+            sites.append(_Site(name, module, kind))
+    return _Plan(modules, names, sites, device or torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- pinning
+
+
+class _Undeclared:
+    """The protocol (``Replicable``, which ``DropoutBase`` declares), read the
+    base's way, for a :class:`StochasticModule` without it (``ConcreteDropout``,
+    ``WeightDropLSTM``, a user's own): its ``mask_elements`` if it has one,
+    else one element per element of its input outside its ``shared_dims``."""
+
+    def __init__(self, module: StochasticModule) -> None:
+        self.module = module
+
+    def replica_elements(self, x: torch.Tensor) -> int | None:
+        own = getattr(self.module, "mask_elements", None)
+        if own is not None:
+            return int(own(x))
+        return shared_mask_elements(x, getattr(self.module, "shared_dims", ()))
+
+    def replicated(self, groups: int) -> int:
+        return 1
+
+
+_Declared = Replicable | _Undeclared
 
 
 @dataclass
-class _Chunk:
-    """The chunk in flight, read by the hooks: its first pass and size, the
-    number of calls each module (and, last, functional dropout) has had in this
-    forward pass, and the foreign dropout module being called, if any."""
+class _DroplabHooks:
+    """The hooks that point a droplab module's calls at the pass streams."""
 
-    first_pass: int
-    size: int
-    calls: list[int]
-    active: int | None = None
+    index: int
+    name: str
+    declared: _Declared  # the module, as the protocol reads it
+    passes: PassStreams
+    expected: int = 0  # the offset the call in flight must end at
+
+    def before(self, module: StochasticModule, args: tuple[Any, ...]) -> None:
+        elements = self.declared.replica_elements(args[0])
+        if elements is None or elements % self.passes.copies:
+            # A mask shared along the batch would give every pass of a
+            # chunk the same mask: the replicated batch must run along dim 0.
+            raise fail(
+                "model",
+                f"dropout module {self.name!r} sharing its mask along dim 0",
+                "dropout modules whose dim 0 is the batch (not shared)",
+                owner="mc_predict",
+            )
+        module.seed, module.offset = self.passes.take(self.index, elements)
+        self.expected = module.offset + elements
+
+    def after(self, module: StochasticModule, args: Any, output: Any) -> None:
+        # Passes are contiguous blocks of the stream only for modules that
+        # draw one element per mask element of their input, row by row.
+        if module.offset != self.expected:
+            raise fail(
+                "model",
+                f"a model whose module {self.name!r} ({type(module).__name__}) "
+                "does not draw one stream element per element of its input's mask",
+                "a model whose stochastic modules are per-row dropout "
+                "(droplab.nn.Dropout and its subclasses)",
+                owner="mc_predict",
+            )
+
+
+@dataclass
+class _ForeignHooks:
+    """The hooks that tell the pass streams which foreign module is running,
+    so that the torch function it calls draws that module's stream."""
+
+    index: int
+    passes: PassStreams
+
+    def enter(self, module: torch.nn.Module, args: Any) -> None:
+        self.passes.active = self.index
+
+    def leave(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self.passes.active = None
 
 
 _MISSING = object()
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
+def _swap_forward(module: torch.nn.Module, forward: Any, undo: ExitStack) -> None:
+    """Set ``module.forward`` for the block; the one it had comes back."""
+    own = module.__dict__.get("forward", _MISSING)
+
+    def restore() -> None:
+        if own is _MISSING:
+            del module.forward  # the class's forward again
+        else:
+            module.forward = own
+
+    undo.callback(restore)
+    module.forward = forward
 
 
-# Added to the message naming an unreplayed draw when passes run chunked.
-_SHARED_DRAW = (
-    "; with chunk > 1 the passes of a chunk run as one batch and share such a "
-    "draw: a per-pass draw (layerdrop, stochastic depth by torch.rand) is then "
-    "the same for every pass of the chunk, and the variance between passes it "
-    "should add collapses (to exactly 0 where it is the only randomness); pass "
-    "chunk=1 to draw it once per pass"
-)
+def _restore_stream(module: StochasticModule, seed: int | None, offset: int) -> None:
+    module.seed, module.offset = seed, offset
+
+
+def _pin(
+    index: int, site: _Site, plan: _Plan, passes: PassStreams, undo: ExitStack
+) -> _Declared | None:
+    """Point site ``index`` at its pass streams until ``undo`` closes; returns
+    the droplab module that draws for it, if any."""
+    target = site.module
+    if site.kind is not None and site.kind.reach == "bernoulli":
+        # Its draw is a bernoulli_ no mode can tell from other code: for the
+        # call, its forward is its droplab twin's, on the twin's stream.
+        target = site.kind.to_droplab(site.module).to(plan.device)
+        # (its bound __call__: a Module value would register a submodule)
+        _swap_forward(site.module, target.__call__, undo)
+    if not isinstance(target, StochasticModule):  # draws through torch's functions
+        foreign = _ForeignHooks(index, passes)
+        undo.callback(site.module.register_forward_pre_hook(foreign.enter).remove)
+        undo.callback(
+            site.module.register_forward_hook(foreign.leave, always_call=True).remove
+        )
+        return None
+    # (a structural check: it holds for any class that has the two methods)
+    declared = target if isinstance(target, Replicable) else _Undeclared(target)
+    undo.callback(_restore_stream, target, target.seed, target.offset)
+    undo.callback(declared.replicated, declared.replicated(1))
+    hooks = _DroplabHooks(index, site.name, declared, passes)
+    undo.callback(target.register_forward_pre_hook(hooks.before).remove)
+    undo.callback(target.register_forward_hook(hooks.after).remove)
+    return declared
 
 
 @contextmanager
-def _pinned_streams(
-    model: torch.nn.Module,
-    sites: list[tuple[str, torch.nn.Module]],
-    seed: int,
-    strict: bool,
-) -> Iterator[tuple[_Chunk, Interception]]:
-    """Point each module call at its derived stream while the context is open.
+def _pinned_streams(plan: _Plan, passes: PassStreams) -> Iterator[list[_Declared]]:
+    """Point each dropout site's calls at its pass streams while open.
 
     droplab's modules get their stream through hooks; foreign modules whose
-    forward calls a torch dropout function, and functional dropout, through the
-    yielded interception, which the caller enters around each forward call
-    after updating the yielded :class:`_Chunk`; foreign modules that draw with
-    ``bernoulli_`` (timm's ``DropPath``, torchvision's ``StochasticDepth``)
-    run their droplab twin's forward, hooked as droplab's modules are. On exit,
-    even after an error, every module's seed, offset and ``forward`` attribute
-    are as before and every hook added here is removed.
+    forward calls a torch dropout function, and functional dropout, through
+    the interception, which draws from ``passes``; foreign modules that draw
+    with ``bernoulli_`` (timm's ``DropPath``, torchvision's
+    ``StochasticDepth``) run their droplab twin's forward, hooked as droplab's
+    modules are. Yields the droplab modules that draw, to which each chunk
+    declares its replicated batch. On exit, even after an error, every
+    module's seed, offset, declared batch and ``forward`` attribute are as
+    before and every hook added here is removed.
     """
-    chunk = _Chunk(0, 1, [0] * (len(sites) + 1))
+    with ExitStack() as undo:
+        pinned = [
+            _pin(index, site, plan, passes, undo)
+            for index, site in enumerate(plan.sites)
+        ]
+        yield [module for module in pinned if module is not None]
 
-    def stream(elements: int) -> tuple[int, int]:
-        # A foreign module's call, or functional dropout (index len(sites)).
-        index = len(sites) if chunk.active is None else chunk.active
-        if elements % chunk.size:
-            where = "functional dropout" if chunk.active is None else sites[index][0]
-            raise fail(
-                "model",
-                f"dropout ({where!r}) whose input does not hold the batch along dim 0",
-                "dropout applied to tensors whose dim 0 is the batch",
-                owner="mc_predict",
-            )
-        drawn = stream_seed(seed, index, chunk.calls[index])
-        chunk.calls[index] += 1
-        return drawn, chunk.first_pass * (elements // chunk.size)
 
-    def enter(index: int) -> Any:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            chunk.active = index
+# ---------------------------------------------------------------- the call
 
-        return hook
 
-    def leave(module: torch.nn.Module, args: Any, output: Any) -> None:
-        chunk.active = None
+@dataclass(frozen=True)
+class _Request:
+    """mc_predict's arguments, checked."""
 
-    def make_hook(index: int, name: str) -> Any:
-        def hook(module: StochasticModule, args: tuple[Any, ...]) -> None:
-            x = args[0]
-            if isinstance(module, DropPath) and module.mode == "batch":
-                module.replicated(chunk.size)  # one draw per pass, not per chunk
-            own = getattr(module, "mask_elements", None)
-            if own is not None:  # channel dropout, DropPath: one draw per (N, C) / N
-                shared: tuple[int, ...] = ()
-                elements = own(x)
-            else:
-                shared = check_shared_dims(getattr(module, "shared_dims", ()), x.dim())
-                elements = math.prod(masks.mask_shape(x.shape, shared))
-            if 0 in shared or elements % chunk.size:
-                # A mask shared along the batch would give every pass of a
-                # chunk the same mask: the replicated batch must run along dim 0.
-                raise fail(
-                    "model",
-                    f"dropout module {name!r} sharing its mask along dim 0",
-                    "dropout modules whose dim 0 is the batch (not shared)",
-                    owner="mc_predict",
-                )
-            module.seed = stream_seed(seed, index, chunk.calls[index])
-            module.offset = chunk.first_pass * (elements // chunk.size)
-            chunk.calls[index] += 1
-            expected[index] = module.offset + elements
-
-        return hook
-
-    def make_check(index: int, name: str) -> Any:
-        def check(module: StochasticModule, args: Any, output: Any) -> None:
-            # Passes are contiguous blocks of the stream only for modules that
-            # draw one element per mask element of their input, row by row.
-            if module.offset != expected[index]:
-                raise fail(
-                    "model",
-                    f"a model whose module {name!r} ({type(module).__name__}) "
-                    "does not draw one stream element per element of its input's mask",
-                    "a model whose stochastic modules are per-row dropout "
-                    "(droplab.nn.Dropout and its subclasses)",
-                    owner="mc_predict",
-                )
-
-        return check
-
-    expected = [0] * len(sites)
-    handles: list[Any] = []
-    forwards: list[tuple[torch.nn.Module, Any]] = []
-    saved: list[tuple[StochasticModule, int | None, int, int | None]] = []
-    try:
-        for index, (name, module) in enumerate(sites):
-            kind = None if isinstance(module, StochasticModule) else kind_of(module)
-            target = module
-            if kind is not None and kind.reach == "bernoulli":
-                # Its draw is a bernoulli_ no mode can tell from other code: for
-                # the call, its forward is its droplab twin's, on the twin's stream.
-                target = kind.to_droplab(module).to(_device_of(model))
-                forwards.append((module, module.__dict__.get("forward", _MISSING)))
-                # (its bound __call__: a Module value would register a submodule)
-                module.forward = target.__call__
-            if isinstance(target, StochasticModule):
-                saved.append(
-                    (
-                        target,
-                        target.seed,
-                        target.offset,
-                        getattr(target, "_groups", None),
-                    )
-                )
-                handles.append(target.register_forward_pre_hook(make_hook(index, name)))
-                handles.append(target.register_forward_hook(make_check(index, name)))
-            else:
-                handles.append(module.register_forward_pre_hook(enter(index)))
-                handles.append(module.register_forward_hook(leave, always_call=True))
-        interception = Interception(
-            sample_all=True,
-            streams=stream,
-            strict=strict,
-            model=model,
-            owner="mc_predict",
-            advice=lambda: _SHARED_DRAW if chunk.size > 1 else "",
-        )
-        yield chunk, interception
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, forward in forwards:
-            if forward is _MISSING:
-                del module.forward  # the class's forward again
-            else:
-                module.forward = forward
-        for target, old_seed, old_offset, groups in saved:
-            target.seed = old_seed
-            target.offset = old_offset
-            if isinstance(target, DropPath) and groups is not None:
-                target.replicated(groups)
+    samples: int
+    seed: int
+    chunk: int
+    task: str
+    keep_samples: bool
+    output: str | Callable[[Any], torch.Tensor] | None
+    model_kwargs: Mapping[str, Any]
+    strict: bool
 
 
 def mc_predict(
@@ -367,6 +404,52 @@ def mc_predict(
         >>> a.mean.shape, bool(torch.allclose(a.mean, b.mean, rtol=0, atol=1e-12))
         (torch.Size([4, 1]), True)
     """
+    request = _checked_request(
+        model,
+        x,
+        samples=samples,
+        seed=seed,
+        chunk=chunk,
+        task=task,
+        keep_samples=keep_samples,
+        output=output,
+        model_kwargs=model_kwargs,
+        strict=strict,
+    )
+    plan = _plan(model)
+    passes = PassStreams(request.seed, [site.name for site in plan.sites])
+    interception = Interception(
+        strict=request.strict, names=plan.names, passes=passes, owner="mc_predict"
+    )
+    statistics = _Statistics(request)
+    with torch.no_grad(), sampling_modes(plan.modules):
+        with _pinned_streams(plan, passes) as declared:
+            for first, size in _chunks(request.samples, request.chunk):
+                passes.start(first, size)
+                for module in declared:  # one draw per pass, not per chunk
+                    module.replicated(size)
+                args, kwargs = _replicated_inputs(x, request.model_kwargs, size)
+                with interception:
+                    out = model(args, **kwargs)
+                statistics.add(out, size, x.shape[0])
+    return statistics.result()
+
+
+def _checked_request(
+    model: Any,
+    x: Any,
+    *,
+    samples: Any,
+    seed: Any,
+    chunk: Any,
+    task: Any,
+    keep_samples: Any,
+    output: Any,
+    model_kwargs: Any,
+    strict: Any,
+) -> _Request:
+    """mc_predict's arguments checked, in the order their errors are raised;
+    the seed drawn and the chunk picked where they are None."""
     if not isinstance(model, torch.nn.Module):
         raise fail(
             "model", model, "a torch.nn.Module", owner="mc_predict", kind=TypeError
@@ -407,39 +490,56 @@ def mc_predict(
     if seed is None:
         seed = draw_seed()
     seed = check_seed(seed, owner="mc_predict")
-    batch = x.shape[0]
     if chunk is None:
-        chunk = max(1, DEFAULT_MAX_ROWS // max(batch, 1))
+        chunk = max(1, DEFAULT_MAX_ROWS // max(x.shape[0], 1))
     chunk = min(check_int(chunk, "chunk", low=1, owner="mc_predict"), passes)
+    return _Request(
+        passes, seed, chunk, task, keep_samples, output, model_kwargs or {}, strict
+    )
 
-    sites = _dropout_sites(model)
-    accumulators: dict[str, _Accumulator] = {}
-    with torch.no_grad(), mc_dropout(model):
-        with _pinned_streams(model, sites, seed, strict) as (state, interception):
-            start = 0
-            while start < passes:
-                size = min(chunk, passes - start)
-                state.first_pass, state.size = start, size
-                state.calls = [0] * (len(sites) + 1)
-                args = _replicated(x, size, batch)
-                kwargs = {
-                    key: _replicated(value, size, batch)
-                    for key, value in (model_kwargs or {}).items()
-                }
-                with interception:
-                    out = model(args, **kwargs)
-                picked = _picked(out, output, size * batch, task == "classification")
-                for path, leaf in picked.items():
-                    if path not in accumulators:
-                        accumulators[path] = _Accumulator(task, passes, keep_samples)
-                    accumulators[path].add(leaf.reshape(size, batch, *leaf.shape[1:]))
-                start += size
-    if list(accumulators) == [""]:  # the output was a tensor
-        return accumulators[""].result(seed)
-    if output == "all" or len(accumulators) > 1:
-        return {path: acc.result(seed) for path, acc in accumulators.items()}
-    (only,) = accumulators.values()
-    return only.result(seed)
+
+def _chunks(samples: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """``(first pass, passes)`` of each forward call, in pass order."""
+    for first in range(0, samples, chunk):
+        yield first, min(chunk, samples - first)
+
+
+class _Statistics:
+    """The running statistics of mc_predict, one accumulator per output leaf."""
+
+    def __init__(self, request: _Request) -> None:
+        self.request = request
+        self.by_path: dict[str, _Accumulator] = {}
+
+    def add(self, out: Any, size: int, batch: int) -> None:
+        """The output of a forward call of ``size`` passes over ``batch`` rows."""
+        request = self.request
+        classify = request.task == "classification"
+        for path, leaf in _picked(out, request.output, size * batch, classify).items():
+            if path not in self.by_path:
+                self.by_path[path] = _Accumulator(
+                    request.task, request.samples, request.keep_samples
+                )
+            self.by_path[path].add(leaf.reshape(size, batch, *leaf.shape[1:]))
+
+    def result(self) -> MCPrediction | dict[str, MCPrediction]:
+        """One prediction, or a dict by leaf path when they are of several leaves."""
+        seed = self.request.seed
+        if list(self.by_path) == [""]:  # the output was a tensor
+            return self.by_path[""].result(seed)
+        if self.request.output == "all" or len(self.by_path) > 1:
+            return {path: acc.result(seed) for path, acc in self.by_path.items()}
+        (only,) = self.by_path.values()
+        return only.result(seed)
+
+
+def _replicated_inputs(
+    x: torch.Tensor, model_kwargs: Mapping[str, Any], size: int
+) -> tuple[Any, dict[str, Any]]:
+    """The model's input and keyword arguments for ``size`` passes at once."""
+    batch = x.shape[0]
+    args = _replicated(x, size, batch)
+    return args, {key: _replicated(v, size, batch) for key, v in model_kwargs.items()}
 
 
 def _replicated(value: Any, size: int, batch: int) -> Any:

@@ -323,3 +323,7 @@ class FeatureAlphaDropout(AlphaDropout):
     def mask_elements(self, x: torch.Tensor) -> int:
         """Stream elements a training call on ``x`` draws: one per (sample, channel)."""
         return stream_elements(tuple(x.shape), tuple(range(2, x.ndim)))
+
+    def replica_elements(self, x: torch.Tensor) -> int:
+        """:meth:`mask_elements`: each (sample, channel) has its own element."""
+        return self.mask_elements(x)

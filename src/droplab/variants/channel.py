@@ -324,6 +324,10 @@ class _ChannelDropout(DropoutBase):
         """Stream elements a training call on ``x`` draws: one per (sample, channel)."""
         return _stream_elements(tuple(x.shape), self._name)
 
+    def replica_elements(self, x: torch.Tensor) -> int:
+        """:meth:`mask_elements`: each (sample, channel) has its own element."""
+        return self.mask_elements(x)
+
 
 class Dropout1d(_ChannelDropout):
     """Module form of :func:`dropout1d`; a drop-in for ``torch.nn.Dropout1d``.

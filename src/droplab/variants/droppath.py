@@ -211,3 +211,7 @@ class DropPath(DropoutBase):
         """Stream elements a training call on ``x`` draws: one per sample
         (``mode="row"``), one per batch (``"batch"``)."""
         return int(x.shape[0]) if self.mode == "row" else self._groups
+
+    def replica_elements(self, x: torch.Tensor) -> int:
+        """:meth:`mask_elements`: one element per sample, or per declared batch."""
+        return self.mask_elements(x)
