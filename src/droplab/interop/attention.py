@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from droplab._core.dropout import dropout
+from droplab._validation import fail
 
 __all__ = ["attention_math", "multi_head_attention"]
 
@@ -67,9 +68,12 @@ def attention_math(
         The attention output, ``(..., L, Ev)``.
     """
     if is_causal and attn_mask is not None:
-        raise ValueError(
-            "The 'attn_mask' argument of scaled_dot_product_attention must be None "
-            "when is_causal=True (torch refuses both too); got a tensor."
+        raise fail(
+            "attn_mask",
+            attn_mask,
+            "None when is_causal=True (torch refuses both too)",
+            owner="scaled_dot_product_attention",
+            got="a tensor",
         )
     negative = scale is not None and scale < 0.0
     base = abs(scale) if scale is not None else 1.0 / math.sqrt(query.shape[-1])

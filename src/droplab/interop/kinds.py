@@ -51,6 +51,7 @@ from droplab.variants import (
     dropout3d,
     feature_alpha_dropout,
 )
+from droplab.variants.channel import channel_elements
 
 __all__ = [
     "DROPOUT_TYPES",
@@ -136,14 +137,9 @@ class Kind:
         return getattr(function, "__code__", None)
 
 
-def _channels(spatial: int, name: str) -> Callable[[torch.Size], int]:
-    # Channel dropout draws one element per (sample, channel) of the batched
-    # view: N * C, or C for an unbatched input (as droplab's channel variants).
-    def elements(shape: torch.Size) -> int:
-        batched = len(shape) == spatial + 2 or (name == "dropout2d" and len(shape) >= 2)
-        return math.prod(shape[:2] if batched else shape[:1])
-
-    return elements
+def _channels(name: str) -> Callable[[torch.Size], int]:
+    # the stream elements of droplab's channel variant, which the call becomes
+    return lambda shape: channel_elements(tuple(shape), name)
 
 
 def _torch_back(cls: type[nn.Module]) -> Callable[[StochasticModule], nn.Module | str]:
@@ -237,7 +233,7 @@ KINDS: tuple[Kind, ...] = (
                 F.dropout1d,
                 dropout1d,
                 True,
-                _channels(1, "dropout1d"),
+                _channels("dropout1d"),
             ),
         ),
     ),
@@ -250,7 +246,7 @@ KINDS: tuple[Kind, ...] = (
                 F.dropout2d,
                 dropout2d,
                 True,
-                _channels(2, "dropout2d"),
+                _channels("dropout2d"),
             ),
         ),
     ),
@@ -263,7 +259,7 @@ KINDS: tuple[Kind, ...] = (
                 F.dropout3d,
                 dropout3d,
                 True,
-                _channels(3, "dropout3d"),
+                _channels("dropout3d"),
             ),
         ),
     ),

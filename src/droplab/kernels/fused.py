@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from droplab import kernels
+from droplab._validation import FLOAT_DTYPES
 
 __all__ = [
     "alpha_dropout",
@@ -43,7 +44,7 @@ def backend(t: torch.Tensor, *, any_layout: bool = False) -> str:
     >>> backend(torch.zeros(2)) in ("numba", "")
     True
     """
-    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    if t.dtype not in FLOAT_DTYPES:
         return ""
     if not (any_layout or t.is_contiguous()):  # the reference code keeps the layout
         return ""

@@ -10,7 +10,6 @@
 """
 
 from droplab.uncertainty.mc import MCPrediction as MCPrediction
-from droplab.uncertainty.mc import dropout_modules as dropout_modules
 from droplab.uncertainty.mc import mc_predict as mc_predict
 
-__all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
+__all__ = ["MCPrediction", "mc_predict"]

@@ -76,7 +76,7 @@ from droplab.interop.kinds import Kind, kind_of
 from droplab.interop.passes import PassStreams
 from droplab.rng import draw_seed
 
-__all__ = ["MCPrediction", "dropout_modules", "mc_predict"]
+__all__ = ["MCPrediction", "mc_predict"]
 
 TASKS = ("regression", "classification")
 
@@ -110,15 +110,6 @@ class MCPrediction:
     mutual_information: torch.Tensor | None
     variation_ratio: torch.Tensor | None
     seed: int
-
-
-def dropout_modules(model: torch.nn.Module) -> list[tuple[str, StochasticModule]]:
-    """The droplab dropout modules of ``model``, in registration order, by name."""
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, StochasticModule)
-    ]
 
 
 # ---------------------------------------------------------------- the plan

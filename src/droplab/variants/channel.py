@@ -274,8 +274,14 @@ dropout2d.__doc__ = (
 dropout3d.__doc__ = _doc("dropout3d", 3)
 
 
-def _stream_elements(shape: Sequence[int], name: str) -> int:
-    # Channels of the batched view: N * C, or C for an unbatched input.
+def channel_elements(shape: Sequence[int], name: str) -> int:
+    """Stream elements a channel dropout ``name`` (``"dropout1d"``, ...) draws
+    for an input of ``shape``: the channels of the batched view, ``N * C``, or
+    ``C`` for an unbatched input (torch's rule for which is which).
+
+    >>> channel_elements((8, 16, 5, 5), "dropout2d"), channel_elements((16, 5, 5), "dropout3d")
+    (128, 16)
+    """
     spatial = _SPATIAL[name]
     batched = len(shape) == spatial + 2 or (name == "dropout2d" and len(shape) >= 2)
     lead = shape[:2] if batched else shape[:1]
@@ -306,7 +312,7 @@ class _ChannelDropout(DropoutBase):
         seed, offset = None, 0
         if self.training:
             seed, offset = self.next_stream(
-                _stream_elements(tuple(x.shape), self._name), x
+                channel_elements(tuple(x.shape), self._name), x
             )
         return _apply(
             self._name,
@@ -322,7 +328,7 @@ class _ChannelDropout(DropoutBase):
 
     def mask_elements(self, x: torch.Tensor) -> int:
         """Stream elements a training call on ``x`` draws: one per (sample, channel)."""
-        return _stream_elements(tuple(x.shape), self._name)
+        return channel_elements(tuple(x.shape), self._name)
 
     def replica_elements(self, x: torch.Tensor) -> int:
         """:meth:`mask_elements`: each (sample, channel) has its own element."""
