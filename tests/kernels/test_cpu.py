@@ -499,3 +499,19 @@ def test_a_wrapper_subclass_is_read_through_its_ops_not_its_address() -> None:
     )  # fmt: skip
     assert type(ours) is torch.Tensor  # the ops unwrapped it
     assert same_bits(ours, expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "shared"),
+    [((37, 1), (1,)), ((5, 3, 1, 1), (2, 3)), ((5, 3, 4, 2), (2, 3)), ((6, 7), (1,))],
+)
+def test_the_address_entry_of_shared_trailing_masks_is_the_reference(
+    shape, shared
+) -> None:
+    # Small masks shared along trailing dims take group_scale's address entry
+    # (bernoulli_scale's when the shared dims have size 1).
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    for seed in SEEDS:
+        for offset in (0, 3, 2**62 + 7):
+            ours, ref = both(x, seed=seed, offset=offset, shared_dims=shared)
+            assert same_bits(ours, ref), (seed, offset)

@@ -331,6 +331,12 @@ def _small_shared_scale(
         return None
     dst = torch.empty_like(t)
     threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
+    if group == 1:  # the shared dims have size 1: a mask element per element
+        nk.bernoulli_scale_at(
+            t.data_ptr(), dst.data_ptr(), dst.numel(), offset >> 2,
+            offset & 3, seed & _LOW32, seed >> 32, threshold, factor,
+        )  # fmt: skip
+        return dst
     nv.group_scale_at(
         t.data_ptr(), dst.data_ptr(), dst.numel() // group, group, offset >> 2,
         offset & 3, seed & _LOW32, seed >> 32, threshold, factor,
