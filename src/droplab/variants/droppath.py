@@ -134,8 +134,14 @@ def _drop_path(
         shared = tuple(range(2, flat.ndim))
         out = _dropout(flat, p, training, seed, offset, scale, sampler, shared, False)
         return out.reshape(x.shape)
-    shared = tuple(range(1, x.ndim))
+    shared = (
+        _AFTER_FIRST[x.ndim] if x.ndim < len(_AFTER_FIRST) else tuple(range(1, x.ndim))
+    )
     return _dropout(x, p, training, seed, offset, scale, sampler, shared, False)
+
+
+# tuple(range(1, ndim)) for the usual ndims: every dim but the batch's
+_AFTER_FIRST = tuple(tuple(range(1, ndim)) for ndim in range(9))
 
 
 class DropPath(DropoutBase):
@@ -194,7 +200,8 @@ class DropPath(DropoutBase):
                     f"a divisor of the batch size {x.shape[0]}",
                     owner=type(self).__name__,
                 )
-            seed, offset = self.next_stream(self.mask_elements(x), x)
+            n = x.shape[0] if self.mode == "row" else self._groups  # mask_elements
+            seed, offset = self.next_stream(n, x)
         return _drop_path(
             x,
             self.p,
