@@ -43,15 +43,17 @@ DEFAULT_SECONDS = {
 # (RENDER_SECONDS each), the experiments' own time is these factors times the
 # sum above (data loading, warm-ups and process start-up included).
 PRESET_FACTOR = {"quick": 0.047, "default": 1.27}
-# The page's cost per experiment: its figure drawn twice (desktop and phone);
-# 41.5 s for 14 experiments at load 3.4 on the 2 cores, 2026-12-06.
-RENDER_SECONDS = 2.0
-# The calibration workload's best time (best of 30), the unit of this machine's
-# speed: measured on 2026-12-06 on the project's 2-core machine of that day (an
-# AMD EPYC with AVX-512, load about 3), not on the Intel Xeon that measured
-# DEFAULT_SECONDS on 2026-12-03, which could not be rerun; the two machines'
-# speeds were not compared (the range, high at least 1.3 times low, leaves room).
-REFERENCE_CALIBRATION_S = 0.122
+# The page's cost per experiment: its figure drawn twice (desktop and phone),
+# on the reference machine; fitted with REFERENCE_CALIBRATION_S below.
+RENDER_SECONDS = 1.2
+# The calibration workload's time on the reference machine: the unit of this
+# machine's speed. The Intel Xeon that measured DEFAULT_SECONDS could not be
+# rerun, so it is fitted on the project's 2-core AMD EPYC of 2026-12-06, quiet
+# (load 0.4-0.9, 17:14-17:20 UTC, from a fresh venv): calibration best 0.0262 s,
+# `droplab report` 240 s and `--preset quick` 22 s, which the model gives with
+# a speed of 0.83 (0.0262 / 0.0315) and RENDER_SECONDS 1.2. (Until then it was
+# 0.122 s, measured at load 3: runs were expected in about half their time.)
+REFERENCE_CALIBRATION_S = 0.0315
 
 
 @dataclass(frozen=True)
@@ -116,10 +118,10 @@ def expected_range(
 
     >>> quiet = Speed(best=1.0, typical=1.05, load=0.3, cores=2)
     >>> [round(s) for s in expected_range(["rate"], "default", set(), quiet)]
-    [28, 37]
+    [27, 36]
     >>> busy = Speed(best=1.3, typical=1.6, load=8.0, cores=2)
     >>> [round(s) for s in expected_range(["rate"], "default", set(), busy)]
-    [37, 181]
+    [36, 176]
     """
     work = reference_seconds(names, preset, reused)
     # The load beyond the cores: work that competes with this run all along.
@@ -137,9 +139,9 @@ def reference_seconds(
     """Seconds the run takes on the reference machine, quiet (the page included).
 
     >>> round(reference_seconds(list(DEFAULT_SECONDS), "default"))
-    300
+    288
     >>> round(reference_seconds(list(DEFAULT_SECONDS), "quick"))
-    38
+    27
     """
     todo = [n for n in names if n not in (reused or set())]
     work = PRESET_FACTOR.get(preset, 1.0) * sum(
@@ -188,7 +190,7 @@ def expected_time(
 
     >>> quiet = Speed(best=1.0, typical=1.05, load=0.3, cores=2)
     >>> print(expected_time(["masks", "rate"], "default", {"masks"}, quiet))
-    expected time: 30 to 39 s (1 experiment to run, 1 saved result reused; measured: this machine now 1.0-1.1x the reference's time, load 0.3 on 2 cores)
+    expected time: 29 to 37 s (1 experiment to run, 1 saved result reused; measured: this machine now 1.0-1.1x the reference's time, load 0.3 on 2 cores)
     >>> print(expected_time(["rate"], "full", set(), quiet))
     expected time: the full preset takes minutes to hours per experiment (when-it-helps: 37 min on 2 cores)
     """
