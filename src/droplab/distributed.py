@@ -111,10 +111,7 @@ def stream_key(seed: int) -> int:
         ...     stream_key(7) == fold_rank(7, 3)
         True
     """
-    # current_rank(), inlined: this runs on every call of a module
-    rank = _RANK_OVERRIDE.get()
-    if rank is None:
-        rank = int(dist.get_rank()) if _DISTRIBUTED and dist.is_initialized() else 0
+    rank = current_rank()
     # fold_rank(seed, 0) is the seed itself: skip its checks in one process.
     return seed if rank == 0 else fold_rank(seed, rank)
 

@@ -195,11 +195,6 @@ class StochasticModule(nn.Module):
                 step with no communication.
         """
         fold = type(x) is torch.Tensor or x is None or not is_dtensor(x)
-        if not self._owns_seed and fold and not torch.compiler.is_compiling():
-            # the default (seed=None) on a plain tensor: a fresh key, offset 0
-            if type(n) is not int or n < 0:
-                check_int(n, "n", low=0, owner=f"{type(self).__name__}.next_stream")
-            return self._effective_seed(draw_seed()), 0
         if torch.compiler.is_compiling():
             if type(self).traceable:
                 # In a graph the stream is a tensor: (next_state(n), 0), which

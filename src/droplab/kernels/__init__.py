@@ -101,10 +101,9 @@ _BACKEND_KEY: Any = (
 
 def _backend_variable() -> str:
     """``DROPLAB_BACKEND``, or "" when it is unset."""
-    if _BACKEND_KEY is None:
-        return os.environ.get("DROPLAB_BACKEND", "")
-    value = _ENVIRON_DATA.get(_BACKEND_KEY)
-    return "" if value is None else os.environ.get("DROPLAB_BACKEND", "")
+    if _BACKEND_KEY is not None and _BACKEND_KEY not in _ENVIRON_DATA:
+        return ""  # unset: one dict lookup
+    return os.environ.get("DROPLAB_BACKEND", "")
 
 
 def select(t: torch.Tensor) -> MaskedScale:
@@ -113,11 +112,7 @@ def select(t: torch.Tensor) -> MaskedScale:
     ``DROPLAB_BACKEND`` (``reference``, ``numba`` or ``triton``) forces a path;
     a forced kernel that cannot run here is an error rather than a silent fallback.
     """
-    forced = (
-        _backend_variable()
-        if _BACKEND_KEY is None or _BACKEND_KEY in _ENVIRON_DATA
-        else ""
-    )
+    forced = _backend_variable()
     # The common case first, with nothing more than these lookups: no forced
     # path, a CPU tensor, Numba installed (numba_available is memoised; it is
     # a global of this module, looked up each time, so tests can replace it).

@@ -183,17 +183,15 @@ def masked_scale(
         and 0 < t.numel() < 2 * PER_THREAD
         and t.is_contiguous()
     ):
+        # elements per mask element: 1 for a mask covering t, the trailing
+        # block of a mask shared along trailing dims, 0 for other shared dims
         if not shared_dims:
-            dst = torch.empty_like(t)  # contiguous as t is; never requires grad
-            threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
-            nk.bernoulli_scale_at(
-                t.data_ptr(), dst.data_ptr(), dst.numel(), offset >> 2,
-                offset & 3, seed & _LOW32, seed >> 32, threshold, factor,
-            )  # fmt: skip
-            return dst
-        shared = _small_shared_scale(t, p, seed, offset, scale, shared_dims)
-        if shared is not None:
-            return shared
+            group = 1
+        else:
+            shape = tuple(t.shape)
+            group = _trailing_group(_own_shape(shape, shared_dims), shape)
+        if group:
+            return _scale_at(t, p, seed, offset, scale, group)
     if runs is not None:
         return _masked_scale_runs(
             t,
@@ -313,34 +311,25 @@ def masked_scale(
     return _delivered(dst, t.dtype, out)
 
 
-def _small_shared_scale(
-    t: torch.Tensor,
-    p: float,
-    seed: int,
-    offset: int,
-    scale: str,
-    shared_dims: tuple[int, ...],
-) -> torch.Tensor | None:
-    """The small-tensor entry of :func:`masked_scale` for a mask shared along
-    trailing dims (channel dropout, DropPath): the address entry of
-    :func:`droplab.kernels._numba_variants.group_scale`. None when the shared
-    dims are not trailing."""
-    shape = tuple(t.shape)
-    group = _trailing_group(_own_shape(shape, shared_dims), shape)
-    if not group:
-        return None
-    dst = torch.empty_like(t)
+def _scale_at(
+    t: torch.Tensor, p: float, seed: int, offset: int, scale: str, group: int
+) -> torch.Tensor:
+    """The small-tensor entry of :func:`masked_scale` (a plain contiguous
+    float32/float64 ``t``, a Bernoulli mask, one factor, offset below
+    ``2**63``): the kernels' address entries, one mask element per ``group``
+    consecutive elements (``group_scale``'s; ``bernoulli_scale``'s for 1)."""
+    dst = torch.empty_like(t)  # contiguous as t is; never requires grad
     threshold, factor = _threshold_and_factor(p, scale, _DIRECT[t.dtype])
-    if group == 1:  # the shared dims have size 1: a mask element per element
+    stream = (offset >> 2, offset & 3, seed & _LOW32, seed >> 32)
+    if group == 1:
         nk.bernoulli_scale_at(
-            t.data_ptr(), dst.data_ptr(), dst.numel(), offset >> 2,
-            offset & 3, seed & _LOW32, seed >> 32, threshold, factor,
+            t.data_ptr(), dst.data_ptr(), dst.numel(), *stream, threshold, factor
+        )
+    else:
+        nv.group_scale_at(
+            t.data_ptr(), dst.data_ptr(), dst.numel() // group, group, *stream,
+            threshold, factor,
         )  # fmt: skip
-        return dst
-    nv.group_scale_at(
-        t.data_ptr(), dst.data_ptr(), dst.numel() // group, group, offset >> 2,
-        offset & 3, seed & _LOW32, seed >> 32, threshold, factor,
-    )  # fmt: skip
     return dst
 
 

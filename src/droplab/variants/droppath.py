@@ -200,8 +200,7 @@ class DropPath(DropoutBase):
                     f"a divisor of the batch size {x.shape[0]}",
                     owner=type(self).__name__,
                 )
-            n = x.shape[0] if self.mode == "row" else self._groups  # mask_elements
-            seed, offset = self.next_stream(n, x)
+            seed, offset = self.next_stream(self.mask_elements(x), x)
         return _drop_path(
             x,
             self.p,
