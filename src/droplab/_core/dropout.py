@@ -24,15 +24,12 @@ import torch
 
 from droplab._core.base import DropoutBase
 from droplab._core.fx import Proxy, as_module_node, function_node
-from droplab._core.op import MASKED_SCALE, check_graph_seed
+from droplab._core.op import MASKED_SCALE, check_stream
 from droplab._validation import (
     FLOAT_DTYPES,
-    OFFSET_LIMIT,
-    SEED_LIMIT,
     check_bool,
     check_choice,
     check_floating_tensor,
-    check_offset,
     check_probability,
     check_shared_dims,
 )
@@ -141,11 +138,8 @@ def check_arguments(
         p = check_probability(p, owner=owner)
     if training is not True and training is not False:
         training = check_bool(training, "training", owner=owner)
-    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
-        # in a graph a module's stream arrives as its tensor (next_state)
-        seed = check_graph_seed(seed, owner)
-    if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
-        offset = check_offset(offset, owner=owner)
+    # in a graph a module's stream arrives as its tensor (next_state)
+    seed, offset = check_stream(seed, offset, owner)
     if type(scale) is not str or scale not in SCALES:
         scale = check_choice(scale, "scale", SCALES, owner=owner)
     if type(sampler) is not str or sampler not in SAMPLERS:

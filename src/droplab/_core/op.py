@@ -59,11 +59,17 @@ from torch.autograd import forward_ad
 
 from droplab import kernels
 from droplab._core.registered import MASK64, graph_state
-from droplab._validation import SEED_LIMIT, check_seed
+from droplab._validation import OFFSET_LIMIT, SEED_LIMIT, check_offset, check_seed
 from droplab.mesh import Runs, box_of, is_dtensor, plan, wrap_like
 from droplab.rng import draw_seed, slice_seed
 
-__all__ = ["MASKED_SCALE", "VMAP_ERROR", "StochasticOp", "check_graph_seed"]
+__all__ = [
+    "MASKED_SCALE",
+    "VMAP_ERROR",
+    "StochasticOp",
+    "check_graph_seed",
+    "check_stream",
+]
 
 Kernel = Callable[..., torch.Tensor]
 Geometry = Callable[..., tuple[tuple[int, ...], int, str]]
@@ -241,6 +247,16 @@ def _batched_if_vmap_asks(x: torch.Tensor) -> torch.Tensor:
         return x  # batched already
     probe = torch.rand((), device=x.device)
     return torch.where(probe < 2.0, x, x)
+
+
+def check_stream(seed: Any, offset: Any, owner: str) -> tuple[Any, int]:
+    """``(seed, offset)`` checked as a public function takes them (seed:
+    :func:`check_graph_seed`); one comparison each when they are right."""
+    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
+        seed = check_graph_seed(seed, owner)
+    if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
+        offset = check_offset(offset, owner=owner)
+    return seed, offset
 
 
 def check_graph_seed(seed: Any, owner: str) -> Any:

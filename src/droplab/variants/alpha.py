@@ -31,14 +31,11 @@ from torch.autograd import forward_ad
 
 from droplab._core.base import DropoutBase
 from droplab._core.fx import traced_as_node
-from droplab._core.op import MASKED_SCALE, StochasticOp, check_graph_seed
+from droplab._core.op import MASKED_SCALE, StochasticOp, check_stream
 from droplab._core.stream import compute_dtype, keep_mask
 from droplab._validation import (
-    OFFSET_LIMIT,
-    SEED_LIMIT,
     check_bool,
     check_floating_tensor,
-    check_offset,
     check_probability,
     check_shared_dims,
     fail_ndim,
@@ -262,10 +259,7 @@ def _alpha_op(
         shared = shared_dims
     else:
         shared = check_shared_dims(shared_dims, x.ndim, owner=owner)
-    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
-        seed = check_graph_seed(seed, owner)
-    if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
-        offset = check_offset(offset, owner=owner)
+    seed, offset = check_stream(seed, offset, owner)
     if not (training and p > 0.0 and x.numel() > 0):
         return x  # x itself, as torch returns its input (and nothing is drawn)
     # In place, a leaf that requires grad refuses, as in torch.

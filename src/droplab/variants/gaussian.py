@@ -27,14 +27,11 @@ import torch
 
 from droplab._core.base import DropoutBase
 from droplab._core.fx import traced_as_node
-from droplab._core.op import StochasticOp, check_graph_seed
+from droplab._core.op import StochasticOp, check_stream
 from droplab._core.stream import compute_dtype, normal_noise
 from droplab._validation import (
-    OFFSET_LIMIT,
-    SEED_LIMIT,
     check_bool,
     check_floating_tensor,
-    check_offset,
     check_probability,
     fail,
 )
@@ -138,10 +135,7 @@ def gaussian_dropout(
         p = _check_rate(p, owner)
     if training is not True and training is not False:
         training = check_bool(training, "training", owner=owner)
-    if seed is not None and (type(seed) is not int or not 0 <= seed < SEED_LIMIT):
-        seed = check_graph_seed(seed, owner)
-    if type(offset) is not int or not 0 <= offset < OFFSET_LIMIT:
-        offset = check_offset(offset, owner=owner)
+    seed, offset = check_stream(seed, offset, owner)
     if not training or p == 0.0:
         return x  # nothing is drawn
     return GAUSSIAN_NOISE(x, seed, offset, p)
